@@ -1,0 +1,11 @@
+"""fastbert's fused ops: a ``torch.autograd.Function`` per op over a Triton kernel, with a PyTorch path.
+
+Dispatch (fastbert/ops/_dispatch.py): Triton for CUDA tensors, and for CPU tensors under
+``TRITON_INTERPRET=1``; PyTorch otherwise.
+"""
+from .attention import attention
+from .gelu import bias_gelu
+from .layer_norm import layer_norm
+from .padding import pad_input, unpad_input
+
+__all__ = ["attention", "bias_gelu", "layer_norm", "pad_input", "unpad_input"]
