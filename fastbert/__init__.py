@@ -3,4 +3,35 @@
 ``from fastbert import BertModel, BertTokenizer`` replaces the Hugging Face imports. Importing fastbert
 never imports triton and never touches a GPU.
 """
+from .configuration_bert import BertConfig
+from .modeling_bert import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    BertPreTrainedModel,
+    mean_pooling,
+)
+from .modeling_utils import CheckpointError
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The tokenizer loads the compiled extension: imported on first use.
+    if name in ("BertTokenizer", "BertTokenizerFast"):
+        from .tokenization_bert import BertTokenizer
+
+        return BertTokenizer
+    raise AttributeError(f"module 'fastbert' has no attribute {name!r}")
+
+
+__all__ = [
+    "BertConfig", "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
+    "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
+    "BertForQuestionAnswering", "BertPreTrainedModel", "BertTokenizer", "CheckpointError", "mean_pooling",
+]

@@ -1,0 +1,768 @@
+"""BERT, as Hugging Face names it, with two backends per forward pass.
+
+Module tree and state-dict keys are Hugging Face's (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``, ``attention.output.LayerNorm``, ``intermediate.dense``, ...), so
+checkpoints load with no remapping. The backend is decided once per forward, in ``BertModel.forward``
+(see ``resolve_backend``), never deep inside a layer:
+
+- ``torch``: the reference path. ``scaled_dot_product_attention`` (or explicit softmax when attention
+  probabilities are asked for), ``F.layer_norm``, ``F.gelu``. Matches ``transformers`` to fp32 rounding.
+- ``triton``: fastbert's fused ops (``fastbert.ops``). Q, K and V come from one fused GEMM; dense -> dropout
+  -> fused residual+LayerNorm; the intermediate GEMM without bias, then fused bias+GELU. With
+  ``config.unpad`` (the default) padding is removed once after the embeddings, every layer runs on real
+  tokens only (packed variable-length attention), and the padded layout is restored at the end.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+
+from . import ops
+from .configuration_bert import BertConfig
+from .modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    BertForPreTrainingOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    NextSentencePredictorOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from .modeling_utils import BertPreTrainedModel
+from .ops._dispatch import interpret_mode, triton_available
+
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+ACT2FN = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def resolve_backend(config: BertConfig, device: torch.device) -> str:
+    """The one place that picks the backend: 'torch' or 'triton'."""
+    if config.backend == "torch":
+        return "torch"
+    triton_ok = triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpret_mode()))
+    if config.backend == "triton":
+        if not triton_ok:
+            raise RuntimeError(
+                "backend='triton' needs triton and CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
+                "use backend='auto' or 'torch' on this machine"
+            )
+        return "triton"
+    return "triton" if triton_ok and device.type == "cuda" else "torch"
+
+
+class Batch:
+    """How the token rows of one forward pass are laid out, shared by every layer.
+
+    Padded: hidden states are (B, S, H) and ``mask`` is (B, S) bool (True = real token) or None.
+    Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
+    """
+
+    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None):
+        self.backend = backend
+        self.mask = mask
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = max_seqlen
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Embeddings
+# ------------------------------------------------------------------------------------------------------
+class BertEmbeddings(nn.Module):
+    """word + position + token type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        shape = inputs_embeds.shape[:-1]
+        if position_ids is None:
+            position_ids = torch.arange(shape[-1], device=inputs_embeds.device).expand(shape)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(shape, dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        embeddings = self.LayerNorm(embeddings)
+        return self.dropout(embeddings)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Encoder layer
+# ------------------------------------------------------------------------------------------------------
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.all_head_size = config.hidden_size
+        self.query = nn.Linear(config.hidden_size, self.all_head_size)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.scaling = self.attention_head_size ** -0.5
+
+    def forward(self, hidden_states, batch: Batch, output_attentions=False):
+        nh, hd = self.num_attention_heads, self.attention_head_size
+        dropout_p = self.dropout_p if self.training else 0.0
+        if batch.backend == "triton":
+            # One GEMM for Q, K and V; the kernel reads them as strided views.
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            qkv = F.linear(hidden_states, weight, bias)
+            qkv = qkv.view(*hidden_states.shape[:-1], 3, nh, hd)  # (B, S, 3, nh, hd) or (T, 3, nh, hd)
+            q, k, v = qkv.unbind(dim=-3)
+            out = ops.attention(
+                q, k, v,
+                key_padding_mask=None if batch.packed else batch.mask,
+                cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen,
+                dropout_p=dropout_p, softmax_scale=self.scaling,
+            )
+            return out.reshape(*hidden_states.shape[:-1], self.all_head_size), None
+
+        B, S, _ = hidden_states.shape
+        q = self.query(hidden_states).view(B, S, nh, hd).transpose(1, 2)  # (B, nh, S, hd)
+        k = self.key(hidden_states).view(B, S, nh, hd).transpose(1, 2)
+        v = self.value(hidden_states).view(B, S, nh, hd).transpose(1, 2)
+        attn_mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
+        if output_attentions:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+            probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=self.training)
+            out = torch.matmul(probs, v)
+        else:
+            probs = None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                 scale=self.scaling)
+        return out.transpose(1, 2).reshape(B, S, self.all_head_size), probs
+
+
+class BertSelfOutput(nn.Module):
+    """LayerNorm(dropout(dense(h)) + input): on the Triton backend, one fused residual+LayerNorm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor, batch: Batch):
+        hidden_states = self.dropout(self.dense(hidden_states))
+        if batch.backend == "triton":
+            return ops.layer_norm(hidden_states, self.LayerNorm.weight, self.LayerNorm.bias,
+                                  eps=self.LayerNorm.eps, residual=input_tensor)
+        return self.LayerNorm(hidden_states + input_tensor)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden_states, batch: Batch, output_attentions=False):
+        context, probs = self.self(hidden_states, batch, output_attentions)
+        return self.output(context, hidden_states, batch), probs
+
+
+class BertIntermediate(nn.Module):
+    """act(dense(h)): on the Triton backend, the GEMM without bias, then fused bias+GELU."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.hidden_act = config.hidden_act
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states, batch: Batch):
+        if batch.backend == "triton" and self.hidden_act in ("gelu",) + _TANH_GELUS:
+            h = F.linear(hidden_states, self.dense.weight)
+            approximate = "none" if self.hidden_act == "gelu" else "tanh"
+            return ops.bias_gelu(h, self.dense.bias, approximate=approximate)
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config: BertConfig):
+        nn.Module.__init__(self)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, batch: Batch, output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, batch, output_attentions)
+        layer_output = self.output(self.intermediate(attention_output, batch), attention_output, batch)
+        return layer_output, probs
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, batch: Batch, output_attentions=False, output_hidden_states=False):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_probs = () if output_attentions else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states, probs = torch.utils.checkpoint.checkpoint(
+                    layer, hidden_states, batch, output_attentions, use_reentrant=False
+                )
+            else:
+                hidden_states, probs = layer(hidden_states, batch, output_attentions)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden_states,)
+            if output_attentions:
+                all_probs = all_probs + (probs,)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=all_probs)
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, first_token_states):  # (B, H): the [CLS] token of each sequence
+        return self.activation(self.dense(first_token_states))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Base model
+# ------------------------------------------------------------------------------------------------------
+class BertModel(BertPreTrainedModel):
+    """The bare BERT encoder. Inputs as Hugging Face's (padded ``(batch, seqlen)``), or packed: 1-D
+    ``input_ids`` of all tokens with ``cu_seqlens`` (and ``max_seqlen``), as the tokenizer's packed output
+    gives; then ``last_hidden_state`` is packed ``(total_tokens, hidden)``."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        max_seqlen: Optional[int] = None,
+        **kwargs,
+    ):
+        _reject_unsupported(kwargs)
+        output_attentions = bool(output_attentions or getattr(self.config, "output_attentions", False))
+        output_hidden_states = bool(output_hidden_states or getattr(self.config, "output_hidden_states", False))
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        ref = input_ids if input_ids is not None else inputs_embeds
+        backend = resolve_backend(self.config, ref.device)
+        if output_attentions:
+            backend = "torch"  # attention probabilities exist only on the explicit-softmax path
+
+        if cu_seqlens is not None:
+            out = self._forward_packed(input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens,
+                                       max_seqlen, attention_mask, backend, output_attentions,
+                                       output_hidden_states)
+        else:
+            out = self._forward_padded(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
+                                       backend, output_attentions, output_hidden_states)
+        return out if return_dict is not False else out.to_tuple()
+
+    def _forward_padded(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, backend,
+                        output_attentions, output_hidden_states):
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if len(shape) != 2:
+            raise ValueError(
+                f"input_ids must be (batch, seqlen), got shape {tuple(shape)}; for packed inputs pass 1-D "
+                "input_ids with cu_seqlens"
+            )
+        B, S = shape
+        self._check_inputs(input_ids, token_type_ids, position_ids, S)
+        mask = _check_mask(attention_mask, (B, S), ref=input_ids if input_ids is not None else inputs_embeds)
+        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+
+        if backend == "triton" and self.config.unpad and mask is not None and not output_hidden_states:
+            unpadded = ops.unpad_input(embeddings, mask)
+            batch = Batch("triton", cu_seqlens=unpadded.cu_seqlens, max_seqlen=unpadded.max_seqlen)
+            packed = self.encoder(unpadded.hidden_states, batch).last_hidden_state
+            sequence_output = ops.pad_input(packed, unpadded.indices, B, S)
+            encoder_out = BaseModelOutput(last_hidden_state=sequence_output)
+        else:
+            if mask is not None and bool(mask.all()):
+                mask = None  # nothing to mask: lets SDPA take its fastest kernel
+            encoder_out = self.encoder(embeddings, Batch(backend, mask=mask), output_attentions,
+                                       output_hidden_states)
+            sequence_output = encoder_out.last_hidden_state
+        pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output, pooler_output=pooled,
+            hidden_states=encoder_out.hidden_states, attentions=encoder_out.attentions,
+        )
+
+    def _forward_packed(self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen,
+                        attention_mask, backend, output_attentions, output_hidden_states):
+        if attention_mask is not None:
+            raise ValueError("packed inputs (cu_seqlens) carry no padding: do not pass attention_mask with them")
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if len(shape) != 1:
+            raise ValueError(f"with cu_seqlens, input_ids must be 1-D (total_tokens,), got {tuple(shape)}")
+        T = shape[0]
+        cu_seqlens, max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, T, self.config.max_position_embeddings)
+        seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        if position_ids is None:
+            starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=T)
+            position_ids = torch.arange(T, device=cu_seqlens.device) - starts
+        self._check_inputs(input_ids, token_type_ids, position_ids, max_seqlen)
+        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (T, H)
+        B = cu_seqlens.numel() - 1
+
+        if backend == "triton" and not output_hidden_states:
+            batch = Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+            encoder_out = self.encoder(embeddings, batch)
+            sequence_output = encoder_out.last_hidden_state
+        else:  # the reference path works on the padded layout
+            mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
+            indices = torch.nonzero(mask.flatten()).flatten()
+            padded = ops.pad_input(embeddings, indices, B, max_seqlen)
+            encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states)
+            flat = encoder_out.last_hidden_state.reshape(B * max_seqlen, -1)
+            sequence_output = flat.index_select(0, indices)
+        first = sequence_output[cu_seqlens[:-1].long().clamp(max=max(T - 1, 0))]
+        pooled = self.pooler(first) if self.pooler is not None else None
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=encoder_out.hidden_states,
+            attentions=encoder_out.attentions, cu_seqlens=cu_seqlens,
+        )
+
+    def _check_inputs(self, input_ids, token_type_ids, position_ids, seqlen):
+        """Clear errors instead of device-side asserts for ids outside the embedding tables."""
+        cfg = self.config
+        if seqlen > cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {seqlen} is longer than the model allows (max_position_embeddings="
+                f"{cfg.max_position_embeddings}); truncate the input (tokenizer truncation=True, max_length="
+                f"{cfg.max_position_embeddings})"
+            )
+        checks = (("input_ids", input_ids, cfg.vocab_size), ("token_type_ids", token_type_ids, cfg.type_vocab_size),
+                  ("position_ids", position_ids, cfg.max_position_embeddings))
+        for name, ids, limit in checks:
+            if ids is None:
+                continue
+            if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+                raise TypeError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
+            if ids.numel() == 0 or _capturing():
+                continue
+            lo, hi = torch.aminmax(ids)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= limit:
+                raise ValueError(
+                    f"{name} holds ids outside [0, {limit - 1}] (found min {lo}, max {hi}): the ids do not "
+                    f"match this model's {'vocabulary' if name == 'input_ids' else name} (size {limit}); "
+                    "was the text tokenized with this model's tokenizer?"
+                )
+
+
+def _capturing() -> bool:
+    """No host-side checks while torch.compile traces or a CUDA graph is captured."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _check_mask(attention_mask, shape, ref):
+    if attention_mask is None:
+        return None
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {tuple(shape)}; "
+            "pass a (batch, seqlen) mask with 1 for real tokens and 0 for padding"
+        )
+    if attention_mask.device != ref.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device} but the inputs are on {ref.device}")
+    if attention_mask.dtype.is_floating_point and not _capturing():
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
+    return attention_mask.bool()
+
+
+def _check_cu_seqlens(cu_seqlens, max_seqlen, total, max_positions):
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with batch+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+    cu_seqlens = cu_seqlens.to(torch.int32)
+    if not _capturing():
+        seqlens = cu_seqlens[1:] - cu_seqlens[:-1]
+        if int(cu_seqlens[0]) != 0 or bool((seqlens < 0).any()) or int(cu_seqlens[-1]) != total:
+            raise ValueError(
+                f"cu_seqlens must start at 0, never decrease and end at the number of tokens ({total}); "
+                f"got {cu_seqlens.tolist() if cu_seqlens.numel() < 20 else '...'}"
+            )
+        longest = int(seqlens.max())
+        if max_seqlen is None:
+            max_seqlen = longest
+        elif max_seqlen < longest:
+            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest})")
+    elif max_seqlen is None:
+        raise ValueError("pass max_seqlen with cu_seqlens while capturing or compiling")
+    if max_seqlen > max_positions:
+        raise ValueError(
+            f"a sequence of length {max_seqlen} is longer than the model allows (max_position_embeddings="
+            f"{max_positions}); truncate the input"
+        )
+    return cu_seqlens, int(max_seqlen)
+
+
+def _reject_unsupported(kwargs):
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and v is not False}
+    for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache"):
+        if name in kwargs:
+            raise NotImplementedError(f"{name}: fastbert is an encoder-only BERT (no decoder / cross-attention)")
+    if kwargs:
+        raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Heads
+# ------------------------------------------------------------------------------------------------------
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        # The output weights are tied to the input embeddings; the bias is the head's own.
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden_states):
+        return self.decoder(self.transform(hidden_states))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, sequence_output):
+        return self.predictions(sequence_output)
+
+
+class BertOnlyNSPHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled_output):
+        return self.seq_relationship(pooled_output)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, sequence_output, pooled_output):
+        return self.predictions(sequence_output), self.seq_relationship(pooled_output)
+
+
+def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
+            output_hidden_states, **packed):
+    return model.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states, return_dict=True, **packed)
+
+
+def _finish(output, return_dict):
+    return output if return_dict is not False else output.to_tuple()
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                          "cls.predictions.decoder.bias": "cls.predictions.bias"}
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        prediction_scores, seq_relationship_score = self.cls(out.last_hidden_state, out.pooler_output)
+        total_loss = None
+        if labels is not None and next_sentence_label is not None:
+            loss_fct = CrossEntropyLoss()
+            masked_lm_loss = loss_fct(prediction_scores.view(-1, self.config.vocab_size), labels.view(-1))
+            next_sentence_loss = loss_fct(seq_relationship_score.view(-1, 2), next_sentence_label.view(-1))
+            total_loss = masked_lm_loss + next_sentence_loss
+        return _finish(BertForPreTrainingOutput(
+            loss=total_loss, prediction_logits=prediction_scores, seq_relationship_logits=seq_relationship_score,
+            hidden_states=out.hidden_states, attentions=out.attentions), return_dict)
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    _tied_weights_keys = BertForPreTraining._tied_weights_keys
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        prediction_scores = self.cls(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(prediction_scores.view(-1, self.config.vocab_size), labels.view(-1))
+        return _finish(MaskedLMOutput(loss=loss, logits=prediction_scores, hidden_states=out.hidden_states,
+                                      attentions=out.attentions), return_dict)
+
+
+class BertForNextSentencePrediction(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertOnlyNSPHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        scores = self.cls(out.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(scores.view(-1, 2), labels.view(-1))
+        return _finish(NextSentencePredictorOutput(loss=loss, logits=scores, hidden_states=out.hidden_states,
+                                                   attentions=out.attentions), return_dict)
+
+
+def _classifier_dropout(config):
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(out.pooler_output))
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif self.num_labels > 1 and labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                if self.num_labels == 1:
+                    loss = MSELoss()(logits.squeeze(), labels.squeeze())
+                else:
+                    loss = MSELoss()(logits, labels)
+            elif self.config.problem_type == "single_label_classification":
+                _check_labels(labels, self.num_labels)
+                loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            elif self.config.problem_type == "multi_label_classification":
+                loss = BCEWithLogitsLoss()(logits, labels)
+            else:
+                raise ValueError(f"unknown problem_type {self.config.problem_type!r}")
+        return _finish(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                                attentions=out.attentions), return_dict)
+
+
+def _check_labels(labels, num_labels, ignore_index=-100):
+    if labels.numel() == 0 or _capturing():
+        return
+    valid = (labels == ignore_index) | ((labels >= 0) & (labels < num_labels))
+    if not bool(valid.all()):
+        bad = labels[~valid][:5].tolist()
+        raise ValueError(f"labels {bad} are outside the label set [0, {num_labels - 1}] (or -100 to ignore)")
+
+
+class BertForMultipleChoice(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None or ref.dim() < 3 - (input_ids is not None):
+            raise ValueError("multiple choice inputs must be (batch, num_choices, seqlen)")
+        num_choices = ref.shape[1]
+
+        def flat(t):
+            return None if t is None else t.reshape(-1, t.size(-1))
+
+        out = _encode(self, flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                      None if inputs_embeds is None else inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:]),
+                      output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(out.pooler_output))
+        reshaped_logits = logits.view(-1, num_choices)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, num_choices)
+            loss = CrossEntropyLoss()(reshaped_logits, labels)
+        return _finish(MultipleChoiceModelOutput(loss=loss, logits=reshaped_logits,
+                                                 hidden_states=out.hidden_states, attentions=out.attentions),
+                       return_dict)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            _check_labels(labels, self.num_labels)
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        return _finish(TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                             attentions=out.attentions), return_dict)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                      output_attentions, output_hidden_states)
+        logits = self.qa_outputs(out.last_hidden_state)
+        start_logits, end_logits = logits.split(1, dim=-1)
+        start_logits = start_logits.squeeze(-1).contiguous()
+        end_logits = end_logits.squeeze(-1).contiguous()
+        total_loss = None
+        if start_positions is not None and end_positions is not None:
+            if start_positions.dim() > 1:
+                start_positions = start_positions.squeeze(-1)
+            if end_positions.dim() > 1:
+                end_positions = end_positions.squeeze(-1)
+            # positions outside the inputs are ignored, as in Hugging Face
+            ignored_index = start_logits.size(1)
+            start_positions = start_positions.clamp(0, ignored_index)
+            end_positions = end_positions.clamp(0, ignored_index)
+            loss_fct = CrossEntropyLoss(ignore_index=ignored_index)
+            total_loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
+        return _finish(QuestionAnsweringModelOutput(
+            loss=total_loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=out.hidden_states, attentions=out.attentions), return_dict)
+
+
+def mean_pooling(last_hidden_state: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers computes them for all-MiniLM-L6-v2: the mean of the
+    token vectors over real tokens."""
+    if attention_mask is None:
+        return last_hidden_state.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+__all__ = [
+    "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
+    "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
+    "BertForQuestionAnswering", "BertPreTrainedModel", "mean_pooling", "resolve_backend",
+]
