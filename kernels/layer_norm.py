@@ -1,0 +1,241 @@
+"""Fused residual + LayerNorm in Triton: ``y = LN(x + residual) * weight + bias``, forward and backward.
+
+One program normalizes one row (the whole hidden dimension sits in one block, so a row is read once);
+statistics are fp32 whatever the input dtype. The backward splits the rows into a fixed number of
+programs; each keeps its share of dweight/dbias in fp32 registers and writes one partial row, and the
+launcher sums the partials (deterministic: no atomics).
+
+Layout: ``x``, ``residual`` and ``dy`` are 2-D ``(rows, hidden)`` with unit column stride (any row stride);
+``weight`` and ``bias`` are contiguous ``(hidden,)``. The autograd Function and argument checks live in
+fastbert/ops/layer_norm.py; this module is imported only when a kernel is first launched.
+"""
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# The whole row sits in one block, computed in fp32: past 16384 features (64 KiB of fp32 per row) registers
+# spill badly. BERT's hidden sizes are far below this.
+MAX_HIDDEN_SIZE = 16384
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@triton.jit
+def _round(x, DTYPE: tl.constexpr, EMULATE_RTNE: tl.constexpr):
+    """fp32 -> DTYPE, rounding to nearest even. Hardware does this for every cast; triton 3.6's interpreter
+    truncates fp32 -> bf16, so under it the rounding is done on the bits first (then the cast is exact)."""
+    if EMULATE_RTNE:
+        if DTYPE == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+            x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+def _warp_configs():
+    return [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(
+    X,  # pointer to the input (rows, N)
+    R,  # pointer to the residual (rows, N); unused unless HAS_RESIDUAL
+    W,  # pointer to the weight (N,)
+    B,  # pointer to the bias (N,)
+    Y,  # pointer to the output (rows, N)
+    Z,  # pointer to the output x + residual (rows, N); unused unless STORE_Z
+    Mean,  # pointer to the per-row mean, fp32 (rows,); unused unless STORE_STATS
+    Rstd,  # pointer to the per-row 1/std, fp32 (rows,); unused unless STORE_STATS
+    stride_x, stride_r, stride_y, stride_z,  # row strides
+    N,  # hidden size
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    STORE_Z: tl.constexpr,
+    STORE_STATS: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        # Round the sum to the activation dtype, as `LN(x + residual)` in PyTorch does, so the kernel
+        # normalizes exactly the tensor it returns (and the backward re-reads).
+        x = _round(x, Y.dtype.element_ty, EMULATE_RTNE).to(tl.float32)
+        if STORE_Z:
+            tl.store(Z + row * stride_z + cols, _round(x, Z.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    mean = tl.sum(x, axis=0) / N
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    if STORE_STATS:
+        tl.store(Mean + row, mean)
+        tl.store(Rstd + row, rstd)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xc * rstd * w + b
+    tl.store(Y + row * stride_y + cols, _round(y, Y.dtype.element_ty, EMULATE_RTNE), mask=mask)
+
+
+@triton.jit
+def _layer_norm_bwd_kernel(
+    Z,  # pointer to the LayerNorm input, x + residual (rows, N)
+    W,  # pointer to the weight (N,)
+    DY,  # pointer to the gradient of y (rows, N)
+    DZ,  # pointer to the gradient of the returned x + residual (rows, N); unused unless HAS_DZ
+    DX,  # pointer to the gradient of x (rows, N)
+    DR,  # pointer to the gradient of the residual (rows, N); unused unless STORE_DR
+    Mean,  # pointer to the per-row mean, fp32 (rows,)
+    Rstd,  # pointer to the per-row 1/std, fp32 (rows,)
+    DW,  # pointer to the fp32 partial dweight, one row per program (programs, N)
+    DB,  # pointer to the fp32 partial dbias, one row per program (programs, N)
+    stride_z, stride_dy, stride_dz, stride_dx, stride_dr,  # row strides
+    M,  # number of rows
+    N,  # hidden size
+    rows_per_program,
+    HAS_DZ: tl.constexpr,
+    STORE_DR: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    for row in range(row_start, row_end):
+        z = tl.load(Z + row * stride_z + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + row)
+        rstd = tl.load(Rstd + row)
+        xhat = tl.where(mask, (z - mean) * rstd, 0.0)
+        wdy = w * dy
+        dw += dy * xhat
+        db += dy
+        c1 = tl.sum(xhat * wdy, axis=0) / N
+        c2 = tl.sum(wdy, axis=0) / N
+        dx = (wdy - (xhat * c1 + c2)) * rstd
+        if HAS_DZ:
+            dx += tl.load(DZ + row * stride_dz + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row * stride_dx + cols, _round(dx, DX.dtype.element_ty, EMULATE_RTNE), mask=mask)
+        if STORE_DR:
+            tl.store(DR + row * stride_dr + cols, _round(dx, DR.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    tl.store(DW + pid * N + cols, dw, mask=mask)
+    tl.store(DB + pid * N + cols, db, mask=mask)
+
+
+# On CUDA the number of warps per row is tuned per hidden size; the interpreter cannot autotune, so it
+# launches the plain kernels above with their defaults.
+_layer_norm_fwd_kernel_tuned = triton.autotune(configs=_warp_configs(), key=["N"])(_layer_norm_fwd_kernel)
+_layer_norm_bwd_kernel_tuned = triton.autotune(configs=_warp_configs(), key=["N"])(_layer_norm_bwd_kernel)
+
+
+def _fwd_kernel():
+    return _layer_norm_fwd_kernel if _interpret() else _layer_norm_fwd_kernel_tuned
+
+
+def _bwd_kernel():
+    return _layer_norm_bwd_kernel if _interpret() else _layer_norm_bwd_kernel_tuned
+
+
+def _block_n(n: int) -> int:
+    if n > MAX_HIDDEN_SIZE:
+        raise ValueError(
+            f"hidden size {n} is too large for the fused LayerNorm kernel (at most {MAX_HIDDEN_SIZE}); "
+            "use torch.nn.functional.layer_norm instead"
+        )
+    return triton.next_power_of_2(max(n, 1))
+
+
+def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, store_stats=False):
+    """Launch the forward kernel.
+
+    ``x``, ``residual``: ``(M, N)`` with unit column stride. Returns ``(y, z, mean, rstd)``: ``y`` and
+    ``z = x + residual`` in the promoted dtype of ``x`` and ``residual`` (``z`` is None unless
+    ``store_residual`` and a residual is given), ``mean`` / ``rstd`` fp32 ``(M,)`` (None unless
+    ``store_stats``).
+    """
+    M, N = x.shape
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    block_n = _block_n(N)
+    y = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    z = torch.empty((M, N), dtype=out_dtype, device=x.device) if store_residual and residual is not None else None
+    mean = torch.empty((M,), dtype=torch.float32, device=x.device) if store_stats else None
+    rstd = torch.empty((M,), dtype=torch.float32, device=x.device) if store_stats else None
+    if M == 0 or N == 0:
+        if store_stats:
+            mean.zero_()
+            rstd.zero_()
+        return y, z, mean, rstd
+    _fwd_kernel()[(M,)](
+        x, residual if residual is not None else x, weight, bias, y,
+        z if z is not None else y, mean if store_stats else y, rstd if store_stats else y,
+        x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+        z.stride(0) if z is not None else 0,
+        N, eps,
+        HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats,
+        EMULATE_RTNE=_interpret(), BLOCK_N=block_n,
+    )
+    return y, z, mean, rstd
+
+
+def _bwd_programs(m: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        return max(1, min(m, 2 * _sm_count(device.index if device.index is not None else 0)))
+    return max(1, min(m, 4))  # the interpreter: a few programs, so uneven row splits get exercised
+
+
+def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype=None):
+    """Launch the backward kernel and reduce the partial dweight/dbias.
+
+    ``z`` is the LayerNorm input (``x + residual``, or ``x``); ``dz`` the gradient flowing into the
+    returned ``x + residual``, if any. ``dx`` is written in ``dx_dtype`` (default ``z.dtype``); when
+    ``dres_dtype`` is given the residual's gradient too: the same tensor as ``dx`` when the dtypes agree,
+    else a second store in ``dres_dtype``. Returns ``(dx, dres, dweight, dbias)``, the last two in the
+    weight's dtype.
+    """
+    M, N = z.shape
+    block_n = _block_n(N)
+    dx_dtype = dx_dtype or z.dtype
+    dx = torch.empty((M, N), dtype=dx_dtype, device=z.device)
+    store_dr = dres_dtype is not None and dres_dtype != dx_dtype
+    dr = torch.empty((M, N), dtype=dres_dtype, device=z.device) if store_dr else None
+    programs = _bwd_programs(M, z.device)
+    rows_per_program = triton.cdiv(M, programs) if M else 0
+    programs = triton.cdiv(M, rows_per_program) if M else 1
+    dw_partial = torch.empty((programs, N), dtype=torch.float32, device=z.device)
+    db_partial = torch.empty((programs, N), dtype=torch.float32, device=z.device)
+    if M == 0 or N == 0:
+        dw_partial.zero_()
+        db_partial.zero_()
+    else:
+        _bwd_kernel()[(programs,)](
+            z, weight, dy, dz if dz is not None else dy, dx, dr if dr is not None else dx,
+            mean, rstd, dw_partial, db_partial,
+            z.stride(0), dy.stride(0), dz.stride(0) if dz is not None else 0, dx.stride(0),
+            dr.stride(0) if dr is not None else 0,
+            M, N, rows_per_program,
+            HAS_DZ=dz is not None, STORE_DR=store_dr, EMULATE_RTNE=_interpret(), BLOCK_N=block_n,
+        )
+    dw = dw_partial.sum(dim=0)
+    db = db_partial.sum(dim=0)
+    if dres_dtype is None:
+        dr = None
+    elif not store_dr:
+        dr = dx
+    return dx, dr, dw, db
