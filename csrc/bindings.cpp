@@ -1,9 +1,158 @@
-// Thin pybind11 layer over the C++ tokenizer core. Placeholder until the tokenizer lands.
+// Thin pybind11 layer over the C++ tokenizer core (csrc/tokenizer.h): argument conversion, GIL release,
+// numpy arrays that own the C++ buffers. No tokenization logic here.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "generated/unicode_tables.h"
+#include "tokenizer.h"
 
 namespace py = pybind11;
+using fastbert::BatchOutput;
+using fastbert::EncodeOptions;
+using fastbert::Tokenizer;
+using fastbert::TokenizerOptions;
+
+namespace {
+
+// A numpy array that takes ownership of `v` (no copy).
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, heap->data(), owner);
+}
+
+// UTF-8 views of a list of str, valid while the list is alive (CPython caches the UTF-8 form).
+std::vector<std::string_view> utf8_views(const py::list& texts, const char* what) {
+  std::vector<std::string_view> views;
+  views.reserve(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    PyObject* o = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
+    if (!PyUnicode_Check(o)) {
+      throw py::type_error(std::string(what) + "[" + std::to_string(i) + "] is " + Py_TYPE(o)->tp_name +
+                           ", not str: pass text as str (decode bytes with .decode('utf-8') first)");
+    }
+    Py_ssize_t n = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (!s) {
+      PyErr_Clear();
+      throw py::value_error(std::string(what) + "[" + std::to_string(i) +
+                            "] cannot be encoded as UTF-8 (it contains a lone surrogate code point)");
+    }
+    views.emplace_back(s, static_cast<size_t>(n));
+  }
+  return views;
+}
+
+py::dict batch_to_dict(BatchOutput&& r, bool offsets) {
+  py::dict d;
+  const bool padded = r.padded;
+  std::vector<py::ssize_t> shape = padded ? std::vector<py::ssize_t>{r.rows, r.width}
+                                          : std::vector<py::ssize_t>{static_cast<py::ssize_t>(r.ids.size())};
+  std::vector<py::ssize_t> oshape = shape;
+  oshape.push_back(2);
+  d["input_ids"] = to_numpy(std::move(r.ids), shape);
+  d["token_type_ids"] = to_numpy(std::move(r.type_ids), shape);
+  d["attention_mask"] = to_numpy(std::move(r.attention_mask), shape);
+  d["special_tokens_mask"] = to_numpy(std::move(r.special_tokens_mask), shape);
+  if (offsets) d["offset_mapping"] = to_numpy(std::move(r.offsets), oshape);
+  d["lengths"] = to_numpy(std::move(r.lengths), {r.rows});
+  d["padded"] = padded;
+  return d;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastbert compiled core";
+  m.doc() = "fastbert compiled core: the C++ WordPiece tokenizer";
   m.attr("__build_info__") = py::str("cpp17");
+  m.attr("unicode_classes_version") = py::str(fastbert::unicode::kClassesVersion);
+  m.attr("unicode_mappings_version") = py::str(fastbert::unicode::kMappingsVersion);
+
+  py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer")
+      .def(py::init([](std::vector<std::string> vocab, bool clean_text, bool tokenize_chinese_chars,
+                       bool strip_accents, bool lowercase, int64_t max_input_chars_per_word,
+                       std::string unk_token, std::string prefix, std::vector<std::string> never_split) {
+             TokenizerOptions o;
+             o.clean_text = clean_text;
+             o.tokenize_chinese_chars = tokenize_chinese_chars;
+             o.strip_accents = strip_accents;
+             o.lowercase = lowercase;
+             o.max_input_chars_per_word = max_input_chars_per_word;
+             o.unk_token = std::move(unk_token);
+             o.continuing_subword_prefix = std::move(prefix);
+             o.never_split = std::move(never_split);
+             return std::make_shared<Tokenizer>(std::move(vocab), std::move(o));
+           }),
+           py::arg("vocab"), py::arg("clean_text") = true, py::arg("tokenize_chinese_chars") = true,
+           py::arg("strip_accents") = true, py::arg("lowercase") = true,
+           py::arg("max_input_chars_per_word") = 100, py::arg("unk_token") = "[UNK]",
+           py::arg("continuing_subword_prefix") = "##", py::arg("never_split") = std::vector<std::string>{})
+      .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
+      .def_property_readonly("unk_id", &Tokenizer::unk_id)
+      .def("token_to_id", [](const Tokenizer& t, const std::string& s) { return t.token_to_id(s); })
+      .def("id_to_token", [](const Tokenizer& t, int32_t id) { return t.id_to_token(id); })
+      .def(
+          "tokenize",
+          [](const Tokenizer& t, const py::str& text, bool offsets) -> py::object {
+            py::list one;
+            one.append(text);
+            auto views = utf8_views(one, "text");
+            std::vector<int32_t> ids;
+            std::vector<int64_t> offs;
+            {
+              py::gil_scoped_release release;
+              t.tokenize(views[0], ids, offsets ? &offs : nullptr);
+            }
+            std::vector<int64_t> ids64(ids.begin(), ids.end());
+            const py::ssize_t n = static_cast<py::ssize_t>(ids64.size());
+            auto a = to_numpy(std::move(ids64), {n});
+            if (!offsets) return std::move(a);
+            return py::make_tuple(a, to_numpy(std::move(offs), {n, 2}));
+          },
+          py::arg("text"), py::arg("offsets") = false,
+          "Word-piece ids (int64 numpy) of one text, no special tokens; with offsets=True also (n, 2) "
+          "code point offsets.")
+      .def(
+          "encode_batch",
+          [](const Tokenizer& t, const py::list& texts, const py::object& pairs, bool add_special_tokens,
+             int64_t max_length, int truncation, int padding, int64_t pad_to_multiple_of, bool offsets,
+             int num_threads, int32_t cls_id, int32_t sep_id, int32_t pad_id) {
+            auto first = utf8_views(texts, "text");
+            std::vector<std::string_view> second;
+            py::list pair_list;
+            if (!pairs.is_none()) {
+              pair_list = pairs.cast<py::list>();
+              second = utf8_views(pair_list, "text_pair");
+            }
+            EncodeOptions o;
+            o.add_special_tokens = add_special_tokens;
+            o.max_length = max_length;
+            o.truncation = static_cast<fastbert::Truncation>(truncation);
+            o.padding = static_cast<fastbert::Padding>(padding);
+            o.pad_to_multiple_of = pad_to_multiple_of;
+            o.offsets = offsets;
+            o.num_threads = num_threads;
+            o.cls_id = cls_id;
+            o.sep_id = sep_id;
+            o.pad_id = pad_id;
+            BatchOutput r;
+            {
+              py::gil_scoped_release release;
+              r = fastbert::encode_batch(t, first, pairs.is_none() ? nullptr : &second, o);
+            }
+            return batch_to_dict(std::move(r), offsets);
+          },
+          py::arg("texts"), py::arg("pairs") = py::none(), py::arg("add_special_tokens") = true,
+          py::arg("max_length") = -1, py::arg("truncation") = 0, py::arg("padding") = 0,
+          py::arg("pad_to_multiple_of") = 0, py::arg("offsets") = false, py::arg("num_threads") = 1,
+          py::arg("cls_id") = -1, py::arg("sep_id") = -1, py::arg("pad_id") = -1,
+          "Encode a list of str (and optional list of pair str) across num_threads threads (<= 0: all "
+          "cores) with the GIL released. Returns a dict of int64 numpy arrays: packed (flat, with "
+          "per-row `lengths`) when padding == 0, else (rows, width).");
 }

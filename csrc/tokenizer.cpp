@@ -1,0 +1,595 @@
+// fastbert WordPiece tokenizer core (see tokenizer.h).
+#include "tokenizer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "generated/unicode_tables.h"
+
+namespace fastbert {
+
+namespace {
+
+inline uint8_t char_flags(uint32_t cp) {
+  return unicode::kStage2[static_cast<size_t>(unicode::kStage1[cp >> 8]) * 256 + (cp & 255)];
+}
+
+// Slice [begin, end) of a generated mapping's pool for cp, or {nullptr, 0}.
+inline std::pair<const uint32_t*, uint32_t> lookup(const uint32_t* keys, const uint32_t* offsets,
+                                                    const uint32_t* pool, uint32_t count, uint32_t cp) {
+  const uint32_t* it = std::lower_bound(keys, keys + count, cp);
+  if (it == keys + count || *it != cp) return {nullptr, 0};
+  size_t i = static_cast<size_t>(it - keys);
+  return {pool + offsets[i], offsets[i + 1] - offsets[i]};
+}
+
+inline void append_utf8(std::string& s, uint32_t cp) {
+  if (cp < 0x80) {
+    s.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    s.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+// Decodes one code point at text[pos]; returns its byte length, or 0 for invalid UTF-8 (overlong forms,
+// surrogates, > U+10FFFF and truncated sequences are all invalid).
+inline size_t decode_utf8(std::string_view text, size_t pos, uint32_t* cp) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  size_t n = text.size() - pos;
+  unsigned char c = s[pos];
+  if (c < 0x80) {
+    *cp = c;
+    return 1;
+  }
+  auto cont = [&](size_t i) { return i < n && (s[pos + i] & 0xC0) == 0x80; };
+  if (c >= 0xC2 && c <= 0xDF) {
+    if (!cont(1)) return 0;
+    *cp = ((c & 0x1Fu) << 6) | (s[pos + 1] & 0x3Fu);
+    return 2;
+  }
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    uint32_t v = ((c & 0x0Fu) << 12) | ((s[pos + 1] & 0x3Fu) << 6) | (s[pos + 2] & 0x3Fu);
+    if (v < 0x800 || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+    *cp = v;
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    uint32_t v = ((c & 0x07u) << 18) | ((s[pos + 1] & 0x3Fu) << 12) | ((s[pos + 2] & 0x3Fu) << 6) |
+                 (s[pos + 3] & 0x3Fu);
+    if (v < 0x10000 || v > 0x10FFFF) return 0;
+    *cp = v;
+    return 4;
+  }
+  return 0;
+}
+
+}  // namespace
+
+// ---- LinMaxMatch trie -------------------------------------------------------------------------------
+
+WordPieceTrie::WordPieceTrie(const std::vector<std::string>& tokens, const std::string& prefix) {
+  if (prefix.empty()) throw std::invalid_argument("continuing_subword_prefix must not be empty");
+  // Build-time trie with map edges.
+  std::vector<std::vector<std::pair<uint8_t, int32_t>>> edges(1);
+  std::vector<int32_t> accept(1, -1), depth(1, 0);
+  auto get_child = [&](int32_t node, uint8_t b) -> int32_t {
+    for (auto& e : edges[node])
+      if (e.first == b) return e.second;
+    return -1;
+  };
+  auto insert = [&](std::string_view s) -> int32_t {
+    int32_t node = 0;
+    for (unsigned char b : s) {
+      int32_t c = get_child(node, b);
+      if (c < 0) {
+        c = static_cast<int32_t>(edges.size());
+        edges.emplace_back();
+        accept.push_back(-1);
+        depth.push_back(depth[node] + 1);
+        edges[node].emplace_back(b, c);
+      }
+      node = c;
+    }
+    return node;
+  };
+  suffix_root_ = insert(prefix);
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    const std::string& t = tokens[id];
+    if (t.empty() || t == prefix) continue;  // cannot be matched as a word piece
+    accept[insert(t)] = static_cast<int32_t>(id);
+  }
+  const size_t num_nodes = edges.size();
+  const int32_t plen = static_cast<int32_t>(prefix.size());
+  std::vector<uint8_t> in_suffix(num_nodes, 0);
+
+  // Open-addressing edge table.
+  size_t num_edges = 0;
+  for (auto& e : edges) num_edges += e.size();
+  size_t cap = 16;
+  shift_ = 60;
+  while (cap < 2 * num_edges + 16) {
+    cap <<= 1;
+    --shift_;
+  }
+  table_.assign(cap, Slot{});
+  mask_ = cap - 1;
+  for (size_t u = 0; u < num_nodes; ++u) {
+    for (auto& e : edges[u]) {
+      uint64_t key = (static_cast<uint64_t>(u) << 8) | e.first;
+      size_t h = static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> shift_);
+      while (table_[h].value >= 0) h = (h + 1) & mask_;
+      table_[h] = Slot{key, e.second};
+    }
+  }
+
+  // Failure links and pops, breadth first (Song et al. 2021, Algorithm 2).
+  fail_.assign(num_nodes, -1);
+  pops_begin_.assign(num_nodes, 0);
+  pops_len_.assign(num_nodes, 0);
+  std::deque<int32_t> queue{root_};
+  std::vector<Pop> scratch;
+  while (!queue.empty()) {
+    int32_t u = queue.front();
+    queue.pop_front();
+    for (auto& e : edges[u]) {
+      int32_t v = e.second;
+      uint8_t c = e.first;
+      in_suffix[v] = in_suffix[u] || v == suffix_root_;
+      queue.push_back(v);
+      if (v == suffix_root_) continue;  // f = null, F = []
+      if (accept[v] >= 0) {
+        fail_[v] = suffix_root_;
+        pops_begin_[v] = static_cast<uint32_t>(pops_.size());
+        pops_len_[v] = 1;
+        pops_.push_back(Pop{accept[v], depth[v] - (in_suffix[v] ? plen : 0)});
+        continue;
+      }
+      scratch.clear();
+      int32_t z = fail_[u];
+      while (z >= 0 && get_child(z, c) < 0) {
+        for (uint32_t i = 0; i < pops_len_[z]; ++i) scratch.push_back(pops_[pops_begin_[z] + i]);
+        z = fail_[z];
+      }
+      if (z < 0) continue;
+      fail_[v] = get_child(z, c);
+      pops_begin_[v] = static_cast<uint32_t>(pops_.size());
+      for (uint32_t i = 0; i < pops_len_[u]; ++i) pops_.push_back(pops_[pops_begin_[u] + i]);
+      pops_.insert(pops_.end(), scratch.begin(), scratch.end());
+      pops_len_[v] = static_cast<uint32_t>(pops_.size() - pops_begin_[v]);
+    }
+  }
+}
+
+bool WordPieceTrie::tokenize(std::string_view word, std::vector<Piece>& out) const {
+  const size_t start = out.size();
+  int32_t u = root_;
+  int32_t cur = 0;
+  auto pop = [&](int32_t node) {
+    const Pop* p = pops_.data() + pops_begin_[node];
+    for (uint32_t i = 0; i < pops_len_[node]; ++i) {
+      out.push_back(Piece{p[i].id, cur, cur + p[i].len});
+      cur += p[i].len;
+    }
+  };
+  for (size_t i = 0; i < word.size(); ++i) {
+    const uint8_t b = static_cast<uint8_t>(word[i]);
+    int32_t v;
+    while ((v = child(u, b)) < 0) {
+      if (fail_[u] < 0) {
+        out.resize(start);
+        return false;
+      }
+      pop(u);
+      u = fail_[u];
+    }
+    u = v;
+  }
+  while (u != suffix_root_ && u != root_) {
+    if (fail_[u] < 0) {
+      out.resize(start);
+      return false;
+    }
+    pop(u);
+    u = fail_[u];
+  }
+  return true;
+}
+
+// ---- Tokenizer --------------------------------------------------------------------------------------
+
+// The word being built: normalized UTF-8 bytes, and for each byte the code point index of the input
+// character it came from.
+struct Tokenizer::Word {
+  std::string bytes;
+  std::vector<int64_t> origin;
+  int64_t chars = 0;
+  std::vector<WordPieceTrie::Piece> pieces;
+  void push(uint32_t cp, int64_t orig) {
+    size_t before = bytes.size();
+    append_utf8(bytes, cp);
+    origin.resize(bytes.size(), orig);
+    (void)before;
+    ++chars;
+  }
+  void clear() {
+    bytes.clear();
+    origin.clear();
+    chars = 0;
+  }
+};
+
+Tokenizer::Tokenizer(std::vector<std::string> vocab, TokenizerOptions options)
+    : vocab_(std::move(vocab)), opts_(std::move(options)) {
+  if (vocab_.empty()) throw std::invalid_argument("the vocabulary is empty");
+  if (vocab_.size() > static_cast<size_t>(INT32_MAX)) throw std::invalid_argument("vocabulary too large");
+  if (opts_.max_input_chars_per_word < 0) throw std::invalid_argument("max_input_chars_per_word < 0");
+  ids_.reserve(vocab_.size() * 2);
+  for (size_t i = 0; i < vocab_.size(); ++i) {
+    if (vocab_[i].empty()) continue;
+    std::string_view t = vocab_[i];
+    uint32_t cp;
+    for (size_t p = 0; p < t.size();) {
+      size_t n = decode_utf8(t, p, &cp);
+      if (n == 0)
+        throw std::invalid_argument("vocabulary entry " + std::to_string(i) + " is not valid UTF-8");
+      p += n;
+    }
+    ids_[vocab_[i]] = static_cast<int32_t>(i);
+  }
+  unk_id_ = token_to_id(opts_.unk_token);
+  if (unk_id_ < 0)
+    throw std::invalid_argument("the unknown token '" + opts_.unk_token + "' is not in the vocabulary");
+  trie_ = WordPieceTrie(vocab_, opts_.continuing_subword_prefix);
+  for (const std::string& s : opts_.never_split) {
+    if (s.empty()) continue;
+    int32_t id = token_to_id(s);
+    if (id < 0) id = unk_id_;  // a never_split word outside the vocabulary is unknown, as in HF
+    int64_t chars = 0;
+    uint32_t cp;
+    for (size_t p = 0; p < s.size();) {
+      size_t n = decode_utf8(s, p, &cp);
+      if (n == 0) throw std::invalid_argument("never_split entry is not valid UTF-8");
+      p += n;
+      ++chars;
+    }
+    specials_.push_back(Special{s, id, chars});
+    special_first_byte_[static_cast<uint8_t>(s[0])] = true;
+  }
+  std::stable_sort(specials_.begin(), specials_.end(),
+                   [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
+}
+
+int32_t Tokenizer::token_to_id(std::string_view token) const {
+  auto it = ids_.find(std::string(token));
+  return it == ids_.end() ? -1 : it->second;
+}
+
+const std::string& Tokenizer::id_to_token(int32_t id) const {
+  if (id < 0 || static_cast<size_t>(id) >= vocab_.size()) throw std::out_of_range("token id out of range");
+  return vocab_[id];
+}
+
+size_t Tokenizer::match_special(std::string_view text, size_t pos, int32_t* id) const {
+  for (const Special& s : specials_) {  // longest first
+    if (text.size() - pos >= s.text.size() && text.compare(pos, s.text.size(), s.text) == 0) {
+      *id = s.id;
+      return s.text.size();
+    }
+  }
+  return 0;
+}
+
+void Tokenizer::flush(Word& w, std::vector<int32_t>& ids, std::vector<int64_t>* offsets) const {
+  if (w.chars == 0) return;
+  bool ok = w.chars <= opts_.max_input_chars_per_word;
+  if (ok) {
+    w.pieces.clear();
+    ok = trie_.tokenize(w.bytes, w.pieces);
+  }
+  if (ok) {
+    for (const auto& p : w.pieces) {
+      ids.push_back(p.id);
+      if (offsets) {
+        offsets->push_back(w.origin[p.begin]);
+        offsets->push_back(w.origin[p.end - 1] + 1);
+      }
+    }
+  } else {
+    ids.push_back(unk_id_);
+    if (offsets) {
+      offsets->push_back(w.origin.front());
+      offsets->push_back(w.origin.back() + 1);
+    }
+  }
+  w.clear();
+}
+
+void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
+                         std::vector<int64_t>* offsets) const {
+  thread_local Word w;
+  w.clear();
+  using namespace unicode;
+  const bool clean = opts_.clean_text, cjk = opts_.tokenize_chinese_chars;
+  const bool strip = opts_.strip_accents, lower = opts_.lowercase;
+  const bool have_specials = !specials_.empty();
+  int64_t ci = 0;  // code point index of the character at byte pos
+  // Emits one normalized character of input character `orig`.
+  auto emit = [&](uint32_t c, int64_t orig) {
+    const uint8_t g = char_flags(c);
+    if (g & kSpace) {
+      flush(w, ids, offsets);
+    } else if (g & kPunct) {
+      flush(w, ids, offsets);
+      w.push(c, orig);
+      flush(w, ids, offsets);
+    } else {
+      w.push(c, orig);
+    }
+  };
+  auto emit_lower = [&](uint32_t c, int64_t orig) {
+    if (lower && (char_flags(c) & kLower)) {
+      auto m = lookup(kLowerKeys, kLowerOffsets, kLowerPool, kLowerCount, c);
+      for (uint32_t i = 0; i < m.second; ++i) emit(m.first[i], orig);
+    } else {
+      emit(c, orig);
+    }
+  };
+  for (size_t pos = 0; pos < text.size();) {
+    const unsigned char b = static_cast<unsigned char>(text[pos]);
+    if (have_specials && special_first_byte_[b]) {
+      int32_t sid;
+      size_t n = match_special(text, pos, &sid);
+      if (n) {
+        flush(w, ids, offsets);
+        int64_t chars = 0;
+        for (size_t p = pos; p < pos + n; ++p) chars += (static_cast<unsigned char>(text[p]) & 0xC0) != 0x80;
+        ids.push_back(sid);
+        if (offsets) {
+          offsets->push_back(ci);
+          offsets->push_back(ci + chars);
+        }
+        ci += chars;
+        pos += n;
+        continue;
+      }
+    }
+    uint32_t cp;
+    size_t n = decode_utf8(text, pos, &cp);
+    if (n == 0) throw std::invalid_argument("invalid UTF-8 at byte " + std::to_string(pos));
+    const int64_t orig = ci++;
+    pos += n;
+    const uint8_t f = char_flags(cp);
+    if (clean && (f & kRemove)) continue;
+    if (f & kSpace) {
+      flush(w, ids, offsets);
+      continue;
+    }
+    const bool is_cjk = cjk && (f & kCjk);
+    if (is_cjk) flush(w, ids, offsets);
+    if (strip && (f & (kMn | kDecomp))) {
+      if (f & kDecomp) {
+        auto m = lookup(kStripKeys, kStripOffsets, kStripPool, kStripCount, cp);
+        for (uint32_t i = 0; i < m.second; ++i) emit_lower(m.first[i], orig);
+      }  // else: a nonspacing mark, dropped
+    } else {
+      emit_lower(cp, orig);
+    }
+    if (is_cjk) flush(w, ids, offsets);
+  }
+  flush(w, ids, offsets);
+}
+
+// ---- batch encoding ---------------------------------------------------------------------------------
+
+namespace {
+
+struct Row {
+  std::vector<int32_t> a, b;
+  std::vector<int64_t> oa, ob;
+  std::vector<int64_t> ids, types, special, offsets;  // assembled
+  std::string error;
+};
+
+// HF tokenizers' truncate_encodings; target excludes special tokens.
+void truncate(Row& r, bool pair, int64_t target, Truncation how) {
+  auto cut = [](std::vector<int32_t>& v, std::vector<int64_t>& o, int64_t n) {
+    if (static_cast<int64_t>(v.size()) > n) {
+      v.resize(static_cast<size_t>(n));
+      if (!o.empty()) o.resize(static_cast<size_t>(2 * n));
+    }
+  };
+  const int64_t n1 = static_cast<int64_t>(r.a.size()), n2 = static_cast<int64_t>(r.b.size());
+  const int64_t total = n1 + (pair ? n2 : 0);
+  if (total <= target) return;
+  const int64_t to_remove = total - target;
+  switch (how) {
+    case Truncation::kNone:
+      return;
+    case Truncation::kLongestFirst: {
+      if (!pair) {
+        cut(r.a, r.oa, n1 - to_remove);
+        return;
+      }
+      int64_t s1 = n1, s2 = n2;
+      bool swap = false;
+      if (s1 > s2) {
+        std::swap(s1, s2);
+        swap = true;
+      }
+      if (s1 > target) {
+        s2 = s1;
+      } else {
+        s2 = std::max(s1, target - s1);
+      }
+      if (s1 + s2 > target) {
+        s1 = target / 2;
+        s2 = s1 + target % 2;
+      }
+      if (swap) std::swap(s1, s2);
+      cut(r.a, r.oa, s1);
+      cut(r.b, r.ob, s2);
+      return;
+    }
+    case Truncation::kOnlyFirst:
+    case Truncation::kOnlySecond: {
+      bool first = how == Truncation::kOnlyFirst || !pair;
+      if (how == Truncation::kOnlySecond && !pair)
+        throw std::invalid_argument("truncation='only_second' needs a text pair");
+      int64_t have = first ? n1 : n2;
+      if (have < to_remove)
+        throw std::invalid_argument("the sequence to truncate is too short to fit max_length (" +
+                                    std::to_string(target) + " tokens besides special tokens); use "
+                                    "truncation='longest_first' or a larger max_length");
+      if (first)
+        cut(r.a, r.oa, have - to_remove);
+      else
+        cut(r.b, r.ob, have - to_remove);
+      return;
+    }
+  }
+}
+
+void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view* b,
+                const EncodeOptions& o, Row& r) {
+  r.a.clear();
+  r.b.clear();
+  r.oa.clear();
+  r.ob.clear();
+  tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr);
+  if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
+  const int64_t specials = o.add_special_tokens ? (b ? 3 : 2) : 0;
+  if (o.truncation != Truncation::kNone && o.max_length >= 0) {
+    const int64_t target = o.max_length - specials;
+    if (target < 0)
+      throw std::invalid_argument("max_length=" + std::to_string(o.max_length) + " is smaller than the " +
+                                  std::to_string(specials) + " special tokens added to each sequence");
+    truncate(r, b != nullptr, target, o.truncation);
+  }
+  const size_t n = r.a.size() + r.b.size() + static_cast<size_t>(specials);
+  r.ids.clear();
+  r.types.clear();
+  r.special.clear();
+  r.offsets.clear();
+  r.ids.reserve(n);
+  auto put = [&](int32_t id, int64_t type, int64_t special, int64_t s, int64_t e) {
+    r.ids.push_back(id);
+    r.types.push_back(type);
+    r.special.push_back(special);
+    if (o.offsets) {
+      r.offsets.push_back(s);
+      r.offsets.push_back(e);
+    }
+  };
+  if (o.add_special_tokens) put(o.cls_id, 0, 1, 0, 0);
+  for (size_t i = 0; i < r.a.size(); ++i)
+    put(r.a[i], 0, 0, o.offsets ? r.oa[2 * i] : 0, o.offsets ? r.oa[2 * i + 1] : 0);
+  if (o.add_special_tokens) put(o.sep_id, 0, 1, 0, 0);
+  if (b) {
+    for (size_t i = 0; i < r.b.size(); ++i)
+      put(r.b[i], 1, 0, o.offsets ? r.ob[2 * i] : 0, o.offsets ? r.ob[2 * i + 1] : 0);
+    if (o.add_special_tokens) put(o.sep_id, 1, 1, 0, 0);
+  }
+}
+
+}  // namespace
+
+BatchOutput encode_batch(const Tokenizer& tok, const std::vector<std::string_view>& first,
+                         const std::vector<std::string_view>* second, const EncodeOptions& o) {
+  if (second && second->size() != first.size())
+    throw std::invalid_argument("text and text_pair must have the same number of entries");
+  if (o.add_special_tokens && (o.cls_id < 0 || o.sep_id < 0))
+    throw std::invalid_argument("the [CLS]/[SEP] tokens are not in the vocabulary");
+  const size_t rows = first.size();
+  std::vector<Row> out(rows);
+  int threads = o.num_threads > 0 ? o.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  threads = std::max(1, std::min<int>(threads, static_cast<int>((rows + 15) / 16)));
+  std::atomic<size_t> next{0};
+  std::exception_ptr err;
+  std::mutex err_mu;
+  auto work = [&]() {
+    const size_t chunk = 16;
+    for (;;) {
+      size_t begin = next.fetch_add(chunk);
+      if (begin >= rows) return;
+      size_t end = std::min(rows, begin + chunk);
+      for (size_t i = begin; i < end; ++i) {
+        try {
+          encode_row(tok, first[i], second ? &(*second)[i] : nullptr, o, out[i]);
+        } catch (const std::invalid_argument& e) {
+          std::lock_guard<std::mutex> lk(err_mu);
+          if (!err) err = std::make_exception_ptr(std::invalid_argument("text " + std::to_string(i) + ": " + e.what()));
+          next.store(rows);
+          return;
+        } catch (...) {
+          std::lock_guard<std::mutex> lk(err_mu);
+          if (!err) err = std::current_exception();
+          next.store(rows);
+          return;
+        }
+      }
+    }
+  };
+  if (threads == 1) {
+    work();
+  } else {
+    std::vector<std::thread> pool;
+    pool.reserve(threads - 1);
+    for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+  }
+  if (err) std::rethrow_exception(err);
+
+  BatchOutput res;
+  res.rows = static_cast<int64_t>(rows);
+  res.lengths.resize(rows);
+  int64_t longest = 0, total = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    res.lengths[i] = static_cast<int64_t>(out[i].ids.size());
+    longest = std::max(longest, res.lengths[i]);
+    total += res.lengths[i];
+  }
+  res.padded = o.padding != Padding::kNone;
+  int64_t width = longest;
+  if (o.padding == Padding::kMaxLength && o.max_length >= 0) width = std::max(longest, o.max_length);
+  if (res.padded && o.pad_to_multiple_of > 0 && width % o.pad_to_multiple_of)
+    width += o.pad_to_multiple_of - width % o.pad_to_multiple_of;
+  if (res.padded && o.pad_id < 0) throw std::invalid_argument("the [PAD] token is not in the vocabulary");
+  res.width = width;
+  const size_t cells = res.padded ? rows * static_cast<size_t>(width) : static_cast<size_t>(total);
+  res.ids.assign(cells, res.padded ? o.pad_id : 0);
+  res.type_ids.assign(cells, 0);
+  res.attention_mask.assign(cells, 0);
+  res.special_tokens_mask.assign(cells, 1);
+  if (o.offsets) res.offsets.assign(2 * cells, 0);
+  size_t at = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    const Row& r = out[i];
+    if (res.padded) at = i * static_cast<size_t>(width);
+    std::copy(r.ids.begin(), r.ids.end(), res.ids.begin() + at);
+    std::copy(r.types.begin(), r.types.end(), res.type_ids.begin() + at);
+    std::fill(res.attention_mask.begin() + at, res.attention_mask.begin() + at + r.ids.size(), 1);
+    std::copy(r.special.begin(), r.special.end(), res.special_tokens_mask.begin() + at);
+    if (o.offsets) std::copy(r.offsets.begin(), r.offsets.end(), res.offsets.begin() + 2 * at);
+    at += r.ids.size();
+  }
+  return res;
+}
+
+}  // namespace fastbert

@@ -1,0 +1,144 @@
+// fastbert's WordPiece tokenizer core: C++17, no Python.
+//
+// Semantics are those of Hugging Face `tokenizers`' BERT pipeline (BertNormalizer -> BertPreTokenizer ->
+// WordPiece), which is what `transformers.BertTokenizer(Fast)` runs:
+//   1. special tokens (never_split) are matched verbatim in the raw text and kept whole;
+//   2. text cleaning: NUL, U+FFFD and Cc/Cf/Co/Cs characters are dropped, whitespace splits words;
+//   3. CJK ideographs become words of their own;
+//   4. accent stripping (canonical decomposition, nonspacing marks dropped), then lower-casing;
+//   5. punctuation (ASCII ranges + Unicode P*) becomes words of its own;
+//   6. each word is split into word pieces by greedy longest-match-first (MaxMatch), computed in linear
+//      time with LinMaxMatch (Song et al., "Fast WordPiece Tokenization", EMNLP 2021): a byte trie of
+//      the vocabulary with failure links and failure pops; a word longer than
+//      max_input_chars_per_word characters, or one MaxMatch cannot cover, becomes the unknown token.
+// Offsets are in code points of the input (Python str indices).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace fastbert {
+
+struct TokenizerOptions {
+  bool clean_text = true;
+  bool tokenize_chinese_chars = true;
+  bool strip_accents = true;  // HF: strip_accents=None follows lowercase; the caller resolves it
+  bool lowercase = true;
+  int64_t max_input_chars_per_word = 100;
+  std::string unk_token = "[UNK]";
+  std::string continuing_subword_prefix = "##";
+  std::vector<std::string> never_split;  // matched verbatim (leftmost-longest) before normalization
+};
+
+// Vocabulary trie with LinMaxMatch failure links and pops.
+class WordPieceTrie {
+ public:
+  WordPieceTrie() = default;
+  // tokens[i] is the string of id i; a later duplicate wins (as in HF's vocab dict).
+  WordPieceTrie(const std::vector<std::string>& tokens, const std::string& prefix);
+
+  struct Piece {
+    int32_t id;
+    int32_t begin, end;  // byte range in the word
+  };
+  // Appends the MaxMatch pieces of `word` to `out`; returns false (out unchanged) when there is none.
+  bool tokenize(std::string_view word, std::vector<Piece>& out) const;
+
+  size_t num_nodes() const { return fail_.size(); }
+
+ private:
+  int32_t child(int32_t node, uint8_t byte) const {
+    uint64_t key = (static_cast<uint64_t>(node) << 8) | byte;
+    size_t h = static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> shift_);
+    for (;;) {
+      const Slot& s = table_[h];
+      if (s.key == key) return s.value;
+      if (s.value < 0) return -1;
+      h = (h + 1) & mask_;
+    }
+  }
+  struct Slot {
+    uint64_t key = ~0ULL;
+    int32_t value = -1;
+  };
+  struct Pop {
+    int32_t id;
+    int32_t len;  // bytes of word the token covers (without the ## prefix)
+  };
+  std::vector<Slot> table_;
+  size_t mask_ = 0;
+  int shift_ = 64;
+  std::vector<int32_t> fail_;
+  std::vector<uint32_t> pops_begin_, pops_len_;
+  std::vector<Pop> pops_;
+  int32_t root_ = 0, suffix_root_ = 0;
+};
+
+class Tokenizer {
+ public:
+  // Throws std::invalid_argument on an unusable vocabulary (empty, unk token or specials missing...).
+  Tokenizer(std::vector<std::string> vocab, TokenizerOptions options);
+
+  // Appends the word-piece ids of `text` (UTF-8) and, when offsets != nullptr, their [begin, end) code
+  // point offsets (2 values per token). Throws std::invalid_argument on invalid UTF-8.
+  void tokenize(std::string_view text, std::vector<int32_t>& ids, std::vector<int64_t>* offsets) const;
+
+  int32_t token_to_id(std::string_view token) const;  // -1 when absent
+  const std::string& id_to_token(int32_t id) const;   // throws std::out_of_range
+  size_t vocab_size() const { return vocab_.size(); }
+  const TokenizerOptions& options() const { return opts_; }
+  int32_t unk_id() const { return unk_id_; }
+
+ private:
+  struct Word;
+  void flush(Word& w, std::vector<int32_t>& ids, std::vector<int64_t>* offsets) const;
+  size_t match_special(std::string_view text, size_t pos, int32_t* id) const;
+
+  std::vector<std::string> vocab_;
+  std::unordered_map<std::string, int32_t> ids_;
+  TokenizerOptions opts_;
+  WordPieceTrie trie_;
+  int32_t unk_id_ = -1;
+  struct Special {
+    std::string text;
+    int32_t id;
+    int64_t chars;
+  };
+  std::vector<Special> specials_;  // sorted longest first
+  bool special_first_byte_[256] = {};
+};
+
+// ---- batch encoding: truncation, special tokens, padding, across threads ---------------------------
+
+enum class Truncation { kNone = 0, kLongestFirst = 1, kOnlyFirst = 2, kOnlySecond = 3 };
+enum class Padding { kNone = 0, kLongest = 1, kMaxLength = 2 };
+
+struct EncodeOptions {
+  bool add_special_tokens = true;
+  int64_t max_length = -1;  // -1: none
+  Truncation truncation = Truncation::kNone;
+  Padding padding = Padding::kNone;
+  int64_t pad_to_multiple_of = 0;
+  bool offsets = false;
+  int num_threads = 1;  // <= 0: all hardware threads
+  int32_t cls_id = -1, sep_id = -1, pad_id = -1;
+};
+
+// Packed (padding kNone: rows laid end to end, `lengths` per row) or padded (rows x width) int64 arrays.
+struct BatchOutput {
+  int64_t rows = 0, width = 0;
+  bool padded = false;
+  std::vector<int64_t> ids, type_ids, attention_mask, special_tokens_mask, offsets;  // offsets: 2/token
+  std::vector<int64_t> lengths;
+};
+
+// second: nullptr for single texts, else one pair text per first text.
+BatchOutput encode_batch(const Tokenizer& tok, const std::vector<std::string_view>& first,
+                         const std::vector<std::string_view>* second, const EncodeOptions& opts);
+
+}  // namespace fastbert
