@@ -19,14 +19,19 @@ def resolve_file(name_or_path: str, filename: str, *, optional: bool = False, re
         raise FileNotFoundError(f"{name_or_path} is not a model directory")
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         raise FileNotFoundError(
             f"{name_or_path} is not a local directory and huggingface_hub is not installed to fetch it"
         ) from e
     try:
         return hf_hub_download(repo_id=name_or_path, filename=filename, revision=revision)
-    except EntryNotFoundError:
+    except EntryNotFoundError as e:
+        if isinstance(e, LocalEntryNotFoundError):  # offline, or the network is down
+            raise FileNotFoundError(
+                f"could not get {filename} for {name_or_path!r}: it is not a local directory, and the Hugging Face "
+                f"hub cannot be reached ({e}). Pass the path of a local model directory."
+            ) from e
         if optional:
             return None
         raise FileNotFoundError(f"{filename} not found in hub repository {name_or_path}") from None

@@ -167,3 +167,11 @@ def test_config_round_trip_keeps_unknown_keys(tmp_path, minilm_dir):
 def test_bad_config_values(bad):
     with pytest.raises((ValueError, NotImplementedError)):
         BertConfig(**bad)
+
+
+def test_hub_name_without_network_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="not a local directory.*Pass the path of a local model directory"):
+        BertModel.from_pretrained("google-bert/bert-base-uncased")
