@@ -1,0 +1,166 @@
+"""Benchmark: fused bias + GELU (Triton) vs PyTorch (``F.gelu(x + bias)``).
+
+The op timed is BERT's ``intermediate`` activation: the matmul runs without its bias, then ``gelu(x + bias)``
+(exact erf GELU; ``tanh`` for the ``gelu_new`` cases), in three modes: ``forward`` (a training forward:
+inputs require grad), ``backward`` (dx, dbias from a saved graph) and ``full`` (both). Times are medians
+(with 20th/80th percentiles) from ``triton.testing.do_bench`` on CUDA; on CPU only the PyTorch provider is
+timed (the Triton interpreter is not a speed measurement), with a wall-clock loop.
+
+GB/s is computed from the minimal bytes the op must move, the same for both providers: forward reads x and
+writes y; backward reads dy and x and writes dx, plus the bias and its gradient. Anything a provider moves
+beyond that (PyTorch materializes x + bias, and saves it for its backward) lowers its GB/s.
+
+    python -m pytest benchmarks/bench_gelu.py -o addopts=""      # pytest-benchmark
+    python -c "import benchmarks.bench_gelu as b, torch; print(b.run(torch.device('cuda')))"
+"""
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastbert.ops import bias_gelu
+
+PROVIDERS = ("triton", "torch")
+MODES = ("forward", "backward", "full")
+# (tokens, features, dtype, approximate): MiniLM / BERT-base / BERT-large intermediate sizes at 32 x 128 and
+# 32 x 512 tokens, fp16 / fp32, an awkward size and the tanh GELU.
+CUDA_CASES = [
+    (4096, 1536, torch.bfloat16, "none"), (4096, 3072, torch.bfloat16, "none"),
+    (16384, 3072, torch.bfloat16, "none"), (16384, 4096, torch.bfloat16, "none"),
+    (16384, 3072, torch.float16, "none"), (16384, 3072, torch.float32, "none"),
+    (16384, 3071, torch.bfloat16, "none"), (16384, 3072, torch.bfloat16, "tanh"),
+]
+CPU_CASES = [(1024, 1536, torch.float32, "none"), (2048, 3072, torch.float32, "none")]
+
+
+def _dtype_name(dtype):
+    return str(dtype).split(".")[-1]
+
+
+def make_inputs(tokens, features, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = (2 * torch.randn(tokens, features, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    b = (0.1 * torch.randn(features, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    dy = torch.randn(tokens, features, generator=g).to(device=device, dtype=dtype)
+    return x, b, dy
+
+
+def op(provider, approximate):
+    if provider == "triton":
+        return lambda x, b: bias_gelu(x, b, approximate)
+    return lambda x, b: F.gelu(x + b, approximate=approximate)
+
+
+def make_call(provider, mode, inputs, approximate):
+    """A no-argument callable running one ``mode`` step of ``provider`` on ``inputs``."""
+    x, b, dy = inputs
+    f = op(provider, approximate)
+    if mode == "forward":
+        return lambda: f(x, b)
+    if mode == "backward":
+        y = f(x, b)
+        return lambda: torch.autograd.grad(y, (x, b), grad_outputs=dy, retain_graph=True)
+    return lambda: torch.autograd.grad(f(x, b), (x, b), grad_outputs=dy)
+
+
+def min_bytes(tokens, features, dtype, mode):
+    act = tokens * features * torch.empty((), dtype=dtype).element_size()
+    par = features * torch.empty((), dtype=dtype).element_size()
+    fwd = 2 * act + par  # x, bias in; y out
+    bwd = 3 * act + 2 * par  # dy, x, bias in; dx, dbias out
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+
+
+def time_ms(fn, device, reps=50):
+    """(median, p20, p80) in ms: triton.testing.do_bench on CUDA, a synchronized wall-clock loop elsewhere."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10)
+    return statistics.median(times), q[1], q[7]
+
+
+def check(inputs, approximate):
+    """Max error of y vs an fp32 reference: Triton's and the PyTorch op's (run before timing)."""
+    x, b, _ = inputs
+    with torch.no_grad():
+        got = op("triton", approximate)(x, b).float()
+        base = op("torch", approximate)(x, b).float()
+        ref = F.gelu(x.float() + b.float(), approximate=approximate)
+    return (got - ref).abs().max().item(), (base - ref).abs().max().item()
+
+
+def run(device) -> list:
+    """Every case x provider x mode: one dict per measurement (the ``python -m benchmarks`` runner)."""
+    device = torch.device(device)
+    cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
+    rows = []
+    for tokens, features, dtype, approximate in cases:
+        inputs = make_inputs(tokens, features, dtype, device)
+        err = None
+        if device.type == "cuda":
+            err, base_err = check(inputs, approximate)
+            if err > 2 * base_err + 1e-6:
+                raise AssertionError(f"bias_gelu {tokens}x{features} {dtype}: Triton's error {err:.3g} vs fp32 is "
+                                     f"more than 2x PyTorch's ({base_err:.3g}); not timing a wrong kernel")
+        for provider in PROVIDERS:
+            for mode in MODES:
+                row = {"op": f"gelu(x + bias, approximate={approximate!r})", "tokens": tokens,
+                       "features": features, "dtype": _dtype_name(dtype), "provider": provider, "mode": mode}
+                if provider == "triton" and device.type != "cuda":
+                    rows.append({**row, "status": "skipped", "reason": "Triton needs CUDA to be timed"})
+                    continue
+                med, p20, p80 = time_ms(make_call(provider, mode, inputs, approximate), device)
+                gbs = min_bytes(tokens, features, dtype, mode) / (med * 1e-3) / 1e9
+                rows.append({**row, "status": "ok", "median_ms": med, "p20_ms": p20, "p80_ms": p80, "GB/s": gbs,
+                             "max_err_vs_fp32": err if provider == "triton" else None})
+        del inputs
+    for row in rows:  # speed-up of Triton over PyTorch, same case and mode
+        if row["provider"] == "triton" and row["status"] == "ok":
+            base = next(r for r in rows if r["provider"] == "torch" and all(
+                r[k] == row[k] for k in ("op", "tokens", "features", "dtype", "mode")))
+            row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- pytest
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("case", CUDA_CASES if torch.cuda.is_available() else CPU_CASES,
+                         ids=lambda c: f"{c[0]}x{c[1]}-{_dtype_name(c[2])}-{c[3]}")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_bias_gelu_speed(benchmark, provider, mode, case):
+    device = _device()
+    if provider == "triton" and device.type != "cuda":
+        pytest.skip("Triton is timed on CUDA only (the CPU interpreter is not a speed measurement)")
+    tokens, features, dtype, approximate = case
+    fn = make_call(provider, mode, make_inputs(tokens, features, dtype, device), approximate)
+
+    def synced():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    nbytes = min_bytes(tokens, features, dtype, mode)
+    benchmark.extra_info.update(tokens=tokens, features=features, dtype=_dtype_name(dtype),
+                                approximate=approximate, provider=provider, mode=mode, bytes=nbytes)
+    if device.type == "cuda":
+        med, p20, p80 = time_ms(fn, device)
+        benchmark.extra_info.update(do_bench_median_ms=med, do_bench_p20_ms=p20, do_bench_p80_ms=p80,
+                                    gb_per_s=nbytes / (med * 1e-3) / 1e9)
+    benchmark.pedantic(synced, rounds=20, warmup_rounds=3)

@@ -1,0 +1,168 @@
+"""Benchmark: fused residual + LayerNorm (Triton) vs PyTorch (``F.layer_norm(x + residual)``).
+
+The op timed is the one BERT's ``attention.output`` / ``output`` blocks run: ``y = LN(x + residual)``, in
+three modes: ``forward`` (a training forward: inputs require grad, so each provider saves what its
+backward needs), ``backward`` (dx, dresidual, dweight, dbias from a saved graph) and ``full`` (both).
+Times are medians (with 20th/80th percentiles) from ``triton.testing.do_bench`` on CUDA; on CPU only the
+PyTorch provider is timed (the Triton interpreter is not a speed measurement), with a wall-clock loop.
+
+GB/s is computed from the minimal bytes the op must move, the same for both providers: forward reads x and
+residual and writes y; backward reads dy and x + residual and writes one gradient (dx = dresidual), plus the
+parameters and their gradients. Anything a provider moves beyond that lowers its GB/s.
+
+    python -m pytest benchmarks/bench_layer_norm.py -o addopts=""      # pytest-benchmark
+    python -c "import benchmarks.bench_layer_norm as b, torch; print(b.run(torch.device('cuda')))"
+"""
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastbert.ops import layer_norm
+
+PROVIDERS = ("triton", "torch")
+MODES = ("forward", "backward", "full")
+# (tokens, hidden, dtype): MiniLM / BERT-base / BERT-large at 32 x 128 and 32 x 512 tokens, and an awkward size.
+CUDA_CASES = [
+    (4096, 384, torch.bfloat16), (4096, 768, torch.bfloat16), (16384, 768, torch.bfloat16),
+    (16384, 1024, torch.bfloat16), (16384, 768, torch.float16), (16384, 768, torch.float32),
+    (16384, 1023, torch.bfloat16), (4096, 4096, torch.bfloat16),
+]
+CPU_CASES = [(1024, 384, torch.float32), (4096, 768, torch.float32)]
+EPS = 1e-12
+
+
+def _dtype_name(dtype):
+    return str(dtype).split(".")[-1]
+
+
+def make_inputs(tokens, hidden, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(tokens, hidden, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    r = torch.randn(tokens, hidden, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(hidden, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    b = (0.1 * torch.randn(hidden, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    dy = torch.randn(tokens, hidden, generator=g).to(device=device, dtype=dtype)
+    return x, r, w, b, dy
+
+
+def op(provider):
+    if provider == "triton":
+        return lambda x, r, w, b: layer_norm(x, w, b, eps=EPS, residual=r)
+    return lambda x, r, w, b: F.layer_norm(x + r, (x.shape[-1],), w, b, EPS)
+
+
+def make_call(provider, mode, inputs):
+    """A no-argument callable running one ``mode`` step of ``provider`` on ``inputs``."""
+    x, r, w, b, dy = inputs
+    f = op(provider)
+    wrt = (x, r, w, b)
+    if mode == "forward":
+        return lambda: f(x, r, w, b)
+    if mode == "backward":
+        y = f(x, r, w, b)
+        return lambda: torch.autograd.grad(y, wrt, grad_outputs=dy, retain_graph=True)
+    return lambda: torch.autograd.grad(f(x, r, w, b), wrt, grad_outputs=dy)
+
+
+def min_bytes(tokens, hidden, dtype, mode):
+    act = tokens * hidden * torch.empty((), dtype=dtype).element_size()
+    par = hidden * torch.empty((), dtype=dtype).element_size()
+    fwd = 3 * act + 2 * par  # x, residual in; y out; weight, bias in
+    bwd = 3 * act + 3 * par  # dy, x + residual in; dx out; weight in; dweight, dbias out
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+
+
+def time_ms(fn, device, reps=50):
+    """(median, p20, p80) in ms: triton.testing.do_bench on CUDA, a synchronized wall-clock loop elsewhere."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10)
+    return statistics.median(times), q[1], q[7]
+
+
+def check(inputs):
+    """Max |triton - torch| on y, in units of the PyTorch op's own error vs fp32 (run before timing)."""
+    x, r, w, b, _ = inputs
+    with torch.no_grad():
+        got = op("triton")(x, r, w, b).float()
+        base = op("torch")(x, r, w, b).float()
+        ref = F.layer_norm(x.float() + r.float(), (x.shape[-1],), w.float(), b.float(), EPS)
+    err, base_err = (got - ref).abs().max().item(), (base - ref).abs().max().item()
+    return err, base_err
+
+
+def run(device) -> list:
+    """Every case x provider x mode: one dict per measurement (the ``python -m benchmarks`` runner)."""
+    device = torch.device(device)
+    cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
+    rows = []
+    for tokens, hidden, dtype in cases:
+        inputs = make_inputs(tokens, hidden, dtype, device)
+        err = None
+        if device.type == "cuda":
+            err, base_err = check(inputs)
+            if err > 2 * base_err + 1e-6:
+                raise AssertionError(f"layer_norm {tokens}x{hidden} {dtype}: Triton's error {err:.3g} vs fp32 is "
+                                     f"more than 2x PyTorch's ({base_err:.3g}); not timing a wrong kernel")
+        for provider in PROVIDERS:
+            for mode in MODES:
+                row = {"op": "layer_norm(x + residual)", "tokens": tokens, "hidden": hidden,
+                       "dtype": _dtype_name(dtype), "provider": provider, "mode": mode}
+                if provider == "triton" and device.type != "cuda":
+                    rows.append({**row, "status": "skipped", "reason": "Triton needs CUDA to be timed"})
+                    continue
+                med, p20, p80 = time_ms(make_call(provider, mode, inputs), device)
+                gbs = min_bytes(tokens, hidden, dtype, mode) / (med * 1e-3) / 1e9
+                rows.append({**row, "status": "ok", "median_ms": med, "p20_ms": p20, "p80_ms": p80, "GB/s": gbs,
+                             "max_err_vs_fp32": err if provider == "triton" else None})
+        del inputs
+    for row in rows:  # speed-up of Triton over PyTorch, same case and mode
+        if row["provider"] == "triton" and row["status"] == "ok":
+            base = next(r for r in rows if r["provider"] == "torch" and all(
+                r[k] == row[k] for k in ("tokens", "hidden", "dtype", "mode")))
+            row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- pytest
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("case", CUDA_CASES if torch.cuda.is_available() else CPU_CASES,
+                         ids=lambda c: f"{c[0]}x{c[1]}-{_dtype_name(c[2])}")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_layer_norm_speed(benchmark, provider, mode, case):
+    device = _device()
+    if provider == "triton" and device.type != "cuda":
+        pytest.skip("Triton is timed on CUDA only (the CPU interpreter is not a speed measurement)")
+    tokens, hidden, dtype = case
+    fn = make_call(provider, mode, make_inputs(tokens, hidden, dtype, device))
+
+    def synced():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.extra_info.update(tokens=tokens, hidden=hidden, dtype=_dtype_name(dtype), provider=provider,
+                                mode=mode, bytes=min_bytes(tokens, hidden, dtype, mode))
+    if device.type == "cuda":
+        med, p20, p80 = time_ms(fn, device)
+        benchmark.extra_info.update(do_bench_median_ms=med, do_bench_p20_ms=p20, do_bench_p80_ms=p80,
+                                    gb_per_s=min_bytes(tokens, hidden, dtype, mode) / (med * 1e-3) / 1e9)
+    benchmark.pedantic(synced, rounds=20, warmup_rounds=3)
