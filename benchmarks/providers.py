@@ -1,0 +1,279 @@
+"""Encoder providers, all built from ONE set of weights, and the inputs they are timed on.
+
+A provider turns the shared fastbert fp32 weights into something a user could run instead:
+
+    fastbert-triton-unpad   fastbert, Triton kernels, padding removed once (config.unpad=True, the default)
+    fastbert-triton-padded  fastbert, Triton kernels on the padded batch (config.unpad=False)
+    fastbert-triton-graph   fastbert-triton-padded captured in a CUDA graph (fixed-length batches only)
+    fastbert-torch          fastbert, PyTorch path (SDPA, F.layer_norm, F.gelu)
+    hf-eager                transformers.BertModel, attn_implementation="eager"
+    hf-sdpa                 transformers.BertModel, attn_implementation="sdpa"
+    hf-compile              torch.compile(hf-sdpa) (inductor, default mode, static shapes)
+
+Each provider is checked against Hugging Face eager in fp32 on the valid (non-padded) positions before it
+is timed: its error may be at most 3x the error of Hugging Face eager in the timed dtype (plus a small
+floor). A provider that fails the check is reported, never timed.
+"""
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import fastbert
+
+# Shapes of the encoders benchmarked (random init, except MiniLM when its real weights are installed).
+MODEL_SHAPES = {
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    # for the runner's own test: seconds, not minutes
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                 vocab_size=2048, max_position_embeddings=512),
+}
+
+PROVIDERS = ("fastbert-triton-unpad", "fastbert-triton-padded", "fastbert-triton-graph", "fastbert-torch",
+             "hf-eager", "hf-sdpa", "hf-compile")
+TRITON_CPU_REASON = "Triton kernels need a GPU (the CPU interpreter is no speed measurement)"
+COMPILE_CPU_REASON = "skipped on CPU: compile time (pass --compile-cpu to include it)"
+
+
+class Skip(Exception):
+    """A provider that does not apply here; its message is the reason reported."""
+
+
+def reference_model(name: str, seed: int = 0) -> fastbert.BertModel:
+    """The one fp32 CPU model every provider copies its weights from."""
+    if name == "minilm":
+        from fastbert.assets import default_model_dir
+
+        model_dir = default_model_dir()
+        if model_dir is not None:
+            model = fastbert.BertModel.from_pretrained(model_dir, backend="torch")
+            model.weights_note = "all-MiniLM-L6-v2 (real weights)"
+            return model.eval()
+    torch.manual_seed(seed)
+    model = fastbert.BertModel(fastbert.BertConfig(backend="torch", **MODEL_SHAPES[name]))
+    model.weights_note = "random init (seed %d)" % seed
+    return model.eval()
+
+
+def hf_config(fb_config: fastbert.BertConfig, attn_implementation: str):
+    import transformers
+
+    cfg = {k: v for k, v in fb_config.to_dict().items() if k not in ("backend", "unpad")}
+    hcfg = transformers.BertConfig.from_dict(cfg)
+    hcfg._attn_implementation = attn_implementation
+    return hcfg
+
+
+def build_hf(ref: fastbert.BertModel, attn_implementation: str):
+    """transformers.BertModel with the reference weights (strict load: every key must match)."""
+    import transformers
+
+    hcfg = hf_config(ref.config, attn_implementation)
+    model = transformers.BertModel(hcfg)
+    if getattr(model.config, "_attn_implementation", None) != attn_implementation:  # older/newer API
+        model = transformers.BertModel._from_config(hcfg, attn_implementation=attn_implementation)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    actual = getattr(model.config, "_attn_implementation", None)
+    if actual != attn_implementation:
+        raise RuntimeError(f"transformers gave attn_implementation={actual!r}, asked for {attn_implementation!r}")
+    return model
+
+
+def build_fastbert(ref: fastbert.BertModel, backend: str, unpad: bool = True) -> fastbert.BertModel:
+    config = copy.deepcopy(ref.config)
+    config.backend, config.unpad = backend, unpad
+    model = fastbert.BertModel(config)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    return model
+
+
+@dataclass
+class Built:
+    """A provider ready to run: ``fn(inputs)`` returns the padded last hidden state (inference) or the loss
+    (training step)."""
+    name: str
+    fn: Callable
+    module: torch.nn.Module
+    notes: List[str] = field(default_factory=list)
+
+
+def _encoder_forward(model):
+    def fn(inputs):
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    return fn
+
+
+def build_inference(name: str, ref: fastbert.BertModel, device: torch.device, dtype: torch.dtype,
+                    compile_cpu: bool = False) -> Built:
+    """One inference provider in ``dtype`` on ``device``, in eval mode; raises Skip when it does not apply."""
+    if name.startswith("fastbert-triton") and device.type != "cuda":
+        raise Skip(TRITON_CPU_REASON)
+    if name == "hf-compile" and device.type != "cuda" and not compile_cpu:
+        raise Skip(COMPILE_CPU_REASON)
+    if name == "fastbert-triton-unpad":
+        model = build_fastbert(ref, "triton", unpad=True)
+    elif name in ("fastbert-triton-padded", "fastbert-triton-graph"):
+        model = build_fastbert(ref, "triton", unpad=False)
+    elif name == "fastbert-torch":
+        model = build_fastbert(ref, "torch")
+    elif name == "hf-eager":
+        model = build_hf(ref, "eager")
+    elif name in ("hf-sdpa", "hf-compile"):
+        model = build_hf(ref, "sdpa")
+    else:
+        raise ValueError(f"unknown provider {name!r}; choose from {PROVIDERS}")
+    model = model.to(device=device, dtype=dtype).eval()
+    notes = []
+    if name == "hf-compile":
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        compiled = torch.compile(model, dynamic=False)
+        notes.append("torch.compile(dynamic=False), inductor default mode; compile time not timed")
+        return Built(name, _encoder_forward(compiled), model, notes)
+    if name == "fastbert-triton-graph":
+        return Built(name, GraphedForward(model), model, ["CUDA graph (static input buffers, no mask)"])
+    return Built(name, _encoder_forward(model), model, notes)
+
+
+class GraphedForward:
+    """The fastbert forward captured once per input shape in a CUDA graph, replayed with copied-in ids.
+
+    Fixed-length batches only: the graph runs without an attention mask (every token is real), so no
+    host-side synchronisation (unpadding reads the lengths on the host) happens inside the capture."""
+
+    def __init__(self, model):
+        self.model = model
+        self.graphs: Dict[tuple, tuple] = {}
+
+    def _capture(self, input_ids):
+        static_ids = input_ids.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):  # warm-up outside the capture: autotuning, allocator
+                self.model(input_ids=static_ids)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            static_out = self.model(input_ids=static_ids).last_hidden_state
+        return graph, static_ids, static_out
+
+    def __call__(self, inputs):
+        mask = inputs["attention_mask"]
+        if not inputs.get("all_real", False):
+            raise Skip("CUDA graph: fixed-length batches only (no padding)")
+        ids = inputs["input_ids"]
+        key = tuple(ids.shape)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(ids)
+        graph, static_ids, static_out = self.graphs[key]
+        static_ids.copy_(ids)
+        graph.replay()
+        del mask
+        return static_out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Training step: forward + backward + AdamW (AMP on GPU)
+# ------------------------------------------------------------------------------------------------------
+_PROBES: Dict[tuple, torch.Tensor] = {}
+
+
+def masked_probe_loss(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens of ``(h . v)^2`` for a fixed random unit vector ``v``: a loss that reaches every
+    weight. (The mean of ``h^2`` would not do: right after a LayerNorm it is ~1 whatever the weights.)"""
+    key = (hidden.shape[-1], hidden.device)
+    if key not in _PROBES:
+        v = torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(1234))
+        _PROBES[key] = (v / v.norm()).to(hidden.device)
+    proj = hidden.float() @ _PROBES[key]  # (B, S)
+    m = mask.to(proj.dtype)
+    return (proj.pow(2) * m).sum() / m.sum()
+
+
+def build_training(name: str, ref: fastbert.BertModel, device: torch.device, amp_dtype: Optional[torch.dtype],
+                   compile_cpu: bool = False, lr: float = 1e-5) -> Built:
+    """A training step provider: fp32 weights, autocast to ``amp_dtype`` (None: plain fp32), AdamW."""
+    if name == "fastbert-triton-graph":
+        raise Skip("CUDA graph: inference only")
+    built = build_inference(name, ref, device, torch.float32, compile_cpu=compile_cpu)
+    model = built.module
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, **({"fused": True} if device.type == "cuda" else {}))
+    forward = built.fn
+
+    def step(inputs):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            hidden = forward(inputs)
+        loss = masked_probe_loss(hidden, inputs["attention_mask"])
+        loss.backward()
+        opt.step()
+        return loss
+
+    def loss_and_grads(inputs):
+        """Dropout off, no optimizer step: the loss and a gradient to check against the reference."""
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            hidden = forward(inputs)
+        loss = masked_probe_loss(hidden, inputs["attention_mask"])
+        loss.backward()
+        grads = {k: p.grad.detach().float().clone() for k, p in model.named_parameters()
+                 if k in CHECKED_GRADS}
+        model.zero_grad(set_to_none=True)
+        model.train()
+        return loss.detach().float(), grads
+
+    notes = built.notes + [f"AdamW(lr={lr}{', fused' if device.type == 'cuda' else ''}), "
+                           + (f"autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "fp32")]
+    out = Built(name, step, model, notes)
+    out.loss_and_grads = loss_and_grads
+    return out
+
+
+CHECKED_GRADS = ("encoder.layer.0.attention.self.query.weight", "encoder.layer.0.intermediate.dense.weight",
+                 "embeddings.word_embeddings.weight")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------------
+def make_inputs(lengths: List[int], vocab_size: int, device: torch.device, seed: int) -> Dict:
+    """A padded batch: random ids (never the pad id, never zeros) for the real tokens, pad id 0 after."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, width = len(lengths), max(lengths)
+    low = min(1000, vocab_size // 2)  # above BERT's special and unused ids
+    ids = torch.randint(low, vocab_size, (batch, width), generator=gen)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    ids = ids.masked_fill(~mask, 0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.long().to(device),
+            "lengths": list(lengths), "all_real": bool(mask.all())}
+
+
+def shuffled(seq, seed):
+    seq = list(seq)
+    random.Random(seed).shuffle(seq)
+    return seq
+
+
+# ------------------------------------------------------------------------------------------------------
+# Output checks
+# ------------------------------------------------------------------------------------------------------
+def valid_max_abs_err(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
+    m = mask.bool()
+    diff = (out.float() - ref.float())[m]
+    if not torch.isfinite(diff).all():
+        return float("inf")
+    return float(diff.abs().max())
+
+
+def tolerance(dtype: torch.dtype, baseline_err: float) -> float:
+    """A provider passes when its error is at most 3x HF eager's in the same dtype, plus a floor."""
+    floor = 2e-4 if dtype == torch.float32 else 2e-2
+    return 3.0 * baseline_err + floor
