@@ -42,10 +42,6 @@ def _round(x, DTYPE: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     return x.to(DTYPE)
 
 
-def _warp_configs():
-    return [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
-
-
 @triton.jit
 def _layer_norm_fwd_kernel(
     X,  # pointer to the input (rows, N)
@@ -108,49 +104,71 @@ def _layer_norm_bwd_kernel(
     HAS_DZ: tl.constexpr,
     STORE_DR: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # rows per step: BLOCK_M independent rows in flight per program
     BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    col_mask = cols < N
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
     db = tl.zeros((BLOCK_N,), dtype=tl.float32)
     row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
-    for row in range(row_start, row_end):
-        z = tl.load(Z + row * stride_z + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(Mean + row)
-        rstd = tl.load(Rstd + row)
-        xhat = tl.where(mask, (z - mean) * rstd, 0.0)
-        wdy = w * dy
-        dw += dy * xhat
-        db += dy
-        c1 = tl.sum(xhat * wdy, axis=0) / N
-        c2 = tl.sum(wdy, axis=0) / N
-        dx = (wdy - (xhat * c1 + c2)) * rstd
+    for m in range(row_start, row_end, BLOCK_M):
+        rows = m + tl.arange(0, BLOCK_M)
+        row_mask = rows < row_end
+        mask = row_mask[:, None] & col_mask[None, :]
+        z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
+        xhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = w[None, :] * dy
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DZ:
-            dx += tl.load(DZ + row * stride_dz + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + row * stride_dx + cols, _round(dx, DX.dtype.element_ty, EMULATE_RTNE), mask=mask)
+            dx += tl.load(DZ + rows[:, None] * stride_dz + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], _round(dx, DX.dtype.element_ty, EMULATE_RTNE),
+                 mask=mask)
         if STORE_DR:
-            tl.store(DR + row * stride_dr + cols, _round(dx, DR.dtype.element_ty, EMULATE_RTNE), mask=mask)
-    tl.store(DW + pid * N + cols, dw, mask=mask)
-    tl.store(DB + pid * N + cols, db, mask=mask)
+            tl.store(DR + rows[:, None] * stride_dr + cols[None, :], _round(dx, DR.dtype.element_ty, EMULATE_RTNE),
+                     mask=mask)
+    tl.store(DW + pid * N + cols, dw, mask=col_mask)
+    tl.store(DB + pid * N + cols, db, mask=col_mask)
 
 
-# On CUDA the number of warps per row is tuned per hidden size; the interpreter cannot autotune, so it
-# launches the plain kernels above with their defaults.
+def _warp_configs():
+    return [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
+
+
+def _bwd_configs():
+    return [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm in (1, 2, 4, 8) for w in (2, 4, 8, 16)]
+
+
+def _prune_bwd_configs(configs, named_args, **kwargs):
+    # A step holds BLOCK_M x BLOCK_N fp32 values of several tensors: keep it within 16K elements, and
+    # keep at least 32 elements per thread's worth of warps busy (no idle warps on a narrow row).
+    block_n = kwargs["BLOCK_N"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * block_n <= 16384
+            and c.kwargs["BLOCK_M"] * block_n >= 32 * c.num_warps]
+    return kept or [triton.Config({"BLOCK_M": 1}, num_warps=4)]
+
+
+# On CUDA the warps per row (and the backward's rows per step) are tuned per hidden size; the interpreter
+# cannot autotune, so it launches the plain kernels above with fixed meta-parameters.
 _layer_norm_fwd_kernel_tuned = triton.autotune(configs=_warp_configs(), key=["N"])(_layer_norm_fwd_kernel)
-_layer_norm_bwd_kernel_tuned = triton.autotune(configs=_warp_configs(), key=["N"])(_layer_norm_bwd_kernel)
+_layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N"],
+                                               prune_configs_by={"early_config_prune": _prune_bwd_configs},
+                                               )(_layer_norm_bwd_kernel)
+_INTERPRET_BWD_BLOCK_M = 4
 
 
 def _fwd_kernel():
     return _layer_norm_fwd_kernel if _interpret() else _layer_norm_fwd_kernel_tuned
-
-
-def _bwd_kernel():
-    return _layer_norm_bwd_kernel if _interpret() else _layer_norm_bwd_kernel_tuned
 
 
 def _block_n(n: int) -> int:
@@ -196,7 +214,9 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, st
 
 def _bwd_programs(m: int, device: torch.device) -> int:
     if device.type == "cuda":
-        return max(1, min(m, 2 * _sm_count(device.index if device.index is not None else 0)))
+        # A few programs per SM, each working through its rows BLOCK_M at a time. Not tuned on a GPU yet:
+        # more programs hide more latency but write more fp32 partials (programs x N x 8 bytes).
+        return max(1, min(m, 4 * _sm_count(device.index if device.index is not None else 0)))
     return max(1, min(m, 4))  # the interpreter: a few programs, so uneven row splits get exercised
 
 
@@ -206,8 +226,8 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
     ``z`` is the LayerNorm input (``x + residual``, or ``x``); ``dz`` the gradient flowing into the
     returned ``x + residual``, if any. ``dx`` is written in ``dx_dtype`` (default ``z.dtype``); when
     ``dres_dtype`` is given the residual's gradient too: the same tensor as ``dx`` when the dtypes agree,
-    else a second store in ``dres_dtype``. Returns ``(dx, dres, dweight, dbias)``, the last two in the
-    weight's dtype.
+    else a second store in ``dres_dtype``. Returns ``(dx, dres, dweight, dbias)``, the last two in fp32
+    (the caller casts them to the parameters' dtypes).
     """
     M, N = z.shape
     block_n = _block_n(N)
@@ -218,22 +238,23 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
     programs = _bwd_programs(M, z.device)
     rows_per_program = triton.cdiv(M, programs) if M else 0
     programs = triton.cdiv(M, rows_per_program) if M else 1
-    dw_partial = torch.empty((programs, N), dtype=torch.float32, device=z.device)
-    db_partial = torch.empty((programs, N), dtype=torch.float32, device=z.device)
+    # partial[0]: dweight, partial[1]: dbias, one fp32 row per program; reduced below in one launch.
+    partial = torch.empty((2, programs, N), dtype=torch.float32, device=z.device)
     if M == 0 or N == 0:
-        dw_partial.zero_()
-        db_partial.zero_()
+        partial.zero_()
     else:
-        _bwd_kernel()[(programs,)](
-            z, weight, dy, dz if dz is not None else dy, dx, dr if dr is not None else dx,
-            mean, rstd, dw_partial, db_partial,
-            z.stride(0), dy.stride(0), dz.stride(0) if dz is not None else 0, dx.stride(0),
-            dr.stride(0) if dr is not None else 0,
-            M, N, rows_per_program,
-            HAS_DZ=dz is not None, STORE_DR=store_dr, EMULATE_RTNE=_interpret(), BLOCK_N=block_n,
-        )
-    dw = dw_partial.sum(dim=0)
-    db = db_partial.sum(dim=0)
+        args = (z, weight, dy, dz if dz is not None else dy, dx, dr if dr is not None else dx,
+                mean, rstd, partial[0], partial[1],
+                z.stride(0), dy.stride(0), dz.stride(0) if dz is not None else 0, dx.stride(0),
+                dr.stride(0) if dr is not None else 0,
+                M, N, rows_per_program)
+        flags = dict(HAS_DZ=dz is not None, STORE_DR=store_dr, BLOCK_N=block_n)
+        if _interpret():
+            _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=True,
+                                                BLOCK_M=_INTERPRET_BWD_BLOCK_M)
+        else:
+            _layer_norm_bwd_kernel_tuned[(programs,)](*args, **flags, EMULATE_RTNE=False)
+    dw, db = partial.sum(dim=1)
     if dres_dtype is None:
         dr = None
     elif not store_dr:

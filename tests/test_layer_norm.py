@@ -298,7 +298,7 @@ fp32 = {"W": "*fp32", "B": "*fp32", "Mean": "*fp32", "Rstd": "*fp32", "DW": "*fp
 for fn, consts in [
     (L._layer_norm_fwd_kernel, dict(HAS_RESIDUAL=True, STORE_Z=True, STORE_STATS=True, EMULATE_RTNE=False,
                                     BLOCK_N=1024)),
-    (L._layer_norm_bwd_kernel, dict(HAS_DZ=True, STORE_DR=True, EMULATE_RTNE=False, BLOCK_N=1024)),
+    (L._layer_norm_bwd_kernel, dict(HAS_DZ=True, STORE_DR=True, EMULATE_RTNE=False, BLOCK_M=4, BLOCK_N=1024)),
 ]:
     sig = {}
     for name in fn.arg_names:
