@@ -94,7 +94,7 @@ PLANS = {
     ("cpu", False): [
         ("inference", "minilm", "fp32", ["fixed:1:128", "fixed:8:128", "pad50:8:128", "uniform:4:512",
                                          "corpus:32:512"]),
-        ("inference", "bert-base", "fp32", ["fixed:1:128", "fixed:8:128", "corpus:16:512"]),
+        ("inference", "bert-base", "fp32", ["fixed:1:128", "corpus:8:512"]),
         ("training", "minilm", "fp32", ["fixed:8:128", "corpus:16:512"]),
     ],
     ("cpu", True): [

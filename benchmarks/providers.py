@@ -199,6 +199,8 @@ def masked_probe_loss(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def build_training(name: str, ref: fastbert.BertModel, device: torch.device, amp_dtype: Optional[torch.dtype],
                    compile_cpu: bool = False, lr: float = 1e-5) -> Built:
     """A training step provider: fp32 weights, autocast to ``amp_dtype`` (None: plain fp32), AdamW."""
+    if name.startswith("fastbert-triton") and device.type != "cuda":
+        raise Skip(TRITON_CPU_REASON)
     if name == "fastbert-triton-graph":
         raise Skip("CUDA graph: inference only")
     built = build_inference(name, ref, device, torch.float32, compile_cpu=compile_cpu)
