@@ -141,29 +141,32 @@ def _layer_norm_bwd_kernel(
     tl.store(DB + pid * N + cols, db, mask=col_mask)
 
 
-def _warp_configs():
+# Few configs on purpose: each one is compiled and timed on the first call for every new hidden size.
+def _fwd_configs():
     return [triton.Config({}, num_warps=w) for w in (1, 2, 4, 8, 16)]
 
 
 def _bwd_configs():
-    return [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm in (1, 2, 4, 8) for w in (2, 4, 8, 16)]
+    return [triton.Config({"BLOCK_M": bm}, num_warps=w)
+            for bm, w in ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8))]
 
 
-def _prune_bwd_configs(configs, named_args, **kwargs):
-    # A step holds BLOCK_M x BLOCK_N fp32 values of several tensors: keep it within 16K elements, and
-    # keep at least 32 elements per thread's worth of warps busy (no idle warps on a narrow row).
-    block_n = kwargs["BLOCK_N"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * block_n <= 16384
-            and c.kwargs["BLOCK_M"] * block_n >= 32 * c.num_warps]
-    return kept or [triton.Config({"BLOCK_M": 1}, num_warps=4)]
+def _prune(configs, named_args, **kwargs):
+    # Every thread holds between 1 and 64 elements of a step (BLOCK_M x BLOCK_N), and a step at most 16K
+    # (past that, registers spill).
+    def step(c):
+        return c.kwargs.get("BLOCK_M", 1) * kwargs["BLOCK_N"]
+
+    kept = [c for c in configs if 32 * c.num_warps <= step(c) <= min(2048 * c.num_warps, 16384)]
+    return kept or configs[:1]
 
 
 # On CUDA the warps per row (and the backward's rows per step) are tuned per hidden size; the interpreter
 # cannot autotune, so it launches the plain kernels above with fixed meta-parameters.
-_layer_norm_fwd_kernel_tuned = triton.autotune(configs=_warp_configs(), key=["N"])(_layer_norm_fwd_kernel)
+_layer_norm_fwd_kernel_tuned = triton.autotune(configs=_fwd_configs(), key=["N"],
+                                               prune_configs_by={"early_config_prune": _prune})(_layer_norm_fwd_kernel)
 _layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N"],
-                                               prune_configs_by={"early_config_prune": _prune_bwd_configs},
-                                               )(_layer_norm_bwd_kernel)
+                                               prune_configs_by={"early_config_prune": _prune})(_layer_norm_bwd_kernel)
 _INTERPRET_BWD_BLOCK_M = 4
 
 
