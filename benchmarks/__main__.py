@@ -147,13 +147,13 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
     for w in workloads:
         x = data[w.name][0]
         if training:
-            refs[w.name] = _train_check_values(hf32, x, device, None)
-        else:
+            refs[w.name] = _to_cpu(_train_check_values(hf32, x, device, None))
+        else:  # kept on the host, so the references do not count in the providers' peak memory
             with torch.no_grad():
-                refs[w.name] = hf32(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
+                refs[w.name] = hf32(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state.cpu()
     if training:
         for w in workloads:
-            base_err[w.name] = (_train_errors(_train_check_values(hf32, data[w.name][0], device, amp),
+            base_err[w.name] = (_train_errors(_to_cpu(_train_check_values(hf32, data[w.name][0], device, amp)),
                                               refs[w.name]) if amp else {"loss": 0.0, "grad": 0.0})
     elif dtype != torch.float32:
         hf_low = hf32.to(dtype)
@@ -161,7 +161,7 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
             for w in workloads:
                 x = data[w.name][0]
                 out = hf_low(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
-                base_err[w.name] = P.valid_max_abs_err(out, refs[w.name], x["attention_mask"])
+                base_err[w.name] = P.valid_max_abs_err(out.cpu(), refs[w.name], x["attention_mask"].cpu())
     else:
         base_err = {w.name: 0.0 for w in workloads}
     del hf32
@@ -173,6 +173,12 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
         if name not in P.PROVIDERS:
             raise SystemExit(f"unknown provider {name!r}; choose from {', '.join(P.PROVIDERS)}")
         t0 = time.perf_counter()
+        if name == "hf-compile" and device.type == "cuda" and model_name not in args.compile_models.split(","):
+            rows += [_row(section, model_name, dtype_name, w, data[w.name], name, status="skipped",
+                          reason=f"torch.compile measured on {args.compile_models} only (compile time; "
+                                 "--compile-models to add)") for w in workloads]
+            log(f"  {name:24s} skipped: not in --compile-models")
+            continue
         try:
             if training:
                 built = P.build_training(name, ref, device, amp, compile_cpu=args.compile_cpu)
@@ -225,6 +231,11 @@ def _train_check_values(model, x, device, amp):
     return loss.detach().float(), grads
 
 
+def _to_cpu(values):
+    loss, grads = values
+    return loss.cpu(), {k: g.cpu() for k, g in grads.items()}
+
+
 def _train_errors(values, ref):
     loss, grads = values
     ref_loss, ref_grads = ref
@@ -241,7 +252,7 @@ def _measure(section, model_name, dtype_name, w, inputs, built, ref, base_err, d
     try:
         # 1. check against the reference before anything is timed
         if training:
-            errs = _train_errors(built.loss_and_grads(inputs[0]), ref)
+            errs = _train_errors(_to_cpu(built.loss_and_grads(inputs[0])), ref)
             floor = 1e-4 if amp is None else 2e-2
             ok = all(errs[k] <= 3 * base_err[k] + floor for k in errs)
             check = {"loss_rel_err": errs["loss"], "grad_rel_err": errs["grad"],
@@ -250,7 +261,7 @@ def _measure(section, model_name, dtype_name, w, inputs, built, ref, base_err, d
         else:
             with torch.no_grad():
                 out = built.fn(inputs[0])
-            err = P.valid_max_abs_err(out, ref, inputs[0]["attention_mask"])
+            err = P.valid_max_abs_err(out.cpu(), ref, inputs[0]["attention_mask"].cpu())
             tol = P.tolerance(dtype, base_err)
             ok = err <= tol
             check = {"max_abs_err": err, "hf_eager_same_dtype": base_err, "tolerance": tol}
@@ -569,6 +580,9 @@ def parse_args(argv):
                                                    "(minilm, bert-base, bert-large; tiny replaces them all)")
     p.add_argument("--providers", default=None, help="comma-separated providers (default: all)")
     p.add_argument("--reps", type=int, default=None, help="timed calls per measurement")
+    p.add_argument("--compile-models", default="bert-base",
+                   help="models for which torch.compile(HF) is measured on GPU (compiling every shape takes "
+                        "minutes; default: %(default)s)")
     p.add_argument("--compile-cpu", action="store_true", help="include torch.compile on CPU (slow to compile)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a CPU shared with other jobs, 1 thread gives "

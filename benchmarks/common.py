@@ -60,9 +60,16 @@ def _nvidia_driver() -> Optional[str]:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # no nvidia-smi: the kernel module says its version
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            first = f.readline()
+        return next((w for w in first.split() if w.count(".") >= 1 and w.replace(".", "").isdigit()), first.strip())
+    except OSError:
         return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def environment(device: torch.device) -> Dict:
