@@ -31,6 +31,7 @@ On CUDA the block sizes are autotuned, keyed on head dim and the power of two ab
 import functools
 import math
 import os
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -93,7 +94,7 @@ def _dropout_keep(seed, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, TRAN
 # ----------------------------------------------------------------------------------------------- forward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
 def _attn_fwd_kernel(
     Q, K, V,  # pointers to the inputs, padded (B, S, H, D) or packed (T, H, D)
     O,  # pointer to the output, same layout as Q (contiguous)
@@ -223,7 +224,7 @@ def _attn_bwd_preprocess_kernel(
     tl.store(DELTA + off_b64 * stride_lb + off_h * stride_lh + tok0 + offs_m, delta, mask=m_valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO,  # pointers to the inputs and the output gradient
     DQ,  # pointer to the fp32 dQ accumulator, zero-initialised (written only when ATOMIC_DQ)
@@ -334,7 +335,7 @@ def _attn_bwd_dkdv_kernel(
     _store_rows(dv_ptrs, dv.to(DV.dtype.element_ty), n_in, offs_d, HEAD_DIM, BLOCK_D)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
 def _attn_bwd_dq_kernel(
     Q, K, V, DO,
     DQ,  # pointer to the query gradient (contiguous, same layout as Q)
@@ -471,7 +472,7 @@ def _tuned(name: str):
         "dq": (_attn_bwd_dq_kernel, _DQ_CONFIGS, None),
     }[name]
     return triton.autotune(configs, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune},
-                           reset_to_zero=reset)(kernel)
+                           reset_to_zero=reset, cache_results=True)(kernel)
 
 
 def _interpret() -> bool:
@@ -606,3 +607,43 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
     else:
         dq = dq_acc.to(q.dtype)
     return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------- torch.library ops
+# The launchers as custom ops (with fake implementations for shapes), so torch.compile sees through them
+# instead of tracing into the Python launch code. Positional, explicit arguments: the schema is inferred.
+
+
+@torch.library.custom_op("fastbert::attention_fwd", mutates_args=())
+def attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+                     cu_seqlens: Optional[torch.Tensor], max_seqlen: int, causal: bool, dropout_p: float,
+                     softmax_scale: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return attention_fwd(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+                         max_seqlen=max_seqlen if cu_seqlens is not None else None, causal=causal,
+                         dropout_p=dropout_p, softmax_scale=softmax_scale, seed=seed)
+
+
+@attention_fwd_op.register_fake
+def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, softmax_scale, seed):
+    out = q.new_empty(q.shape)
+    if cu_seqlens is None:
+        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    else:
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("fastbert::attention_bwd", mutates_args=())
+def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                     lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                     max_seqlen: int, causal: bool, dropout_p: float, softmax_scale: float, seed: int,
+                     deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_bwd(dout, q, k, v, out, lse, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+                         max_seqlen=max_seqlen if cu_seqlens is not None else None, causal=causal,
+                         dropout_p=dropout_p, softmax_scale=softmax_scale, seed=seed, deterministic=deterministic)
+
+
+@attention_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, softmax_scale, seed,
+      deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

@@ -110,7 +110,7 @@ def _check_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, 
 
 
 class AttentionFunction(torch.autograd.Function):
-    """FlashAttention-2 forward and backward (kernels/attention.py)."""
+    """FlashAttention-2 forward and backward (kernels/attention.py, as ``torch.ops.fastbert.attention_*``)."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, softmax_scale,
@@ -118,20 +118,20 @@ class AttentionFunction(torch.autograd.Function):
         # The dropout seed comes from torch's (CPU) generator: torch.manual_seed makes runs reproducible, and
         # the backward regenerates the same mask from it.
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
-        out, lse = kernels("attention").attention_fwd(
-            q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-            causal=causal, dropout_p=dropout_p, softmax_scale=softmax_scale, seed=seed)
+        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+        max_seqlen = max_seqlen if max_seqlen is not None else 0
+        out, lse = kernels("attention").attention_fwd_op(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal,
+                                                         dropout_p, scale, seed)
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, cu_seqlens)
-        ctx.opts = dict(max_seqlen=max_seqlen, causal=causal, dropout_p=dropout_p, softmax_scale=softmax_scale,
-                        seed=seed, deterministic=deterministic)
+        ctx.opts = (max_seqlen, causal, dropout_p, scale, seed, deterministic)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, key_padding_mask, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = kernels("attention").attention_bwd(
-            dout, q, k, v, out, lse, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens, **ctx.opts)
+        dq, dk, dv = kernels("attention").attention_bwd_op(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens,
+                                                           *ctx.opts)
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
