@@ -1,0 +1,319 @@
+"""The training loop shared by pre-training and fine-tuning.
+
+One optimizer step = ``grad_accum`` micro-batches on each of ``world`` ranks. Every loss is a *sum* over
+the step's examples (masked tokens, sequences, labelled tokens ...) divided by the step's *global* count of
+them, all-reduced before the first micro-batch. So a step's gradient is the gradient of the mean over the
+whole global batch, whatever way it is split into ranks and micro-batches: two ranks of 4 equal one
+process of 8 up to float summation order (the loss is multiplied by ``world`` because DDP averages).
+
+The task supplies an ``nn.Module`` whose ``forward(batch, denom)`` returns ``(loss, sums)``: the loss
+already divided by ``denom`` (the global counts), and a 1-D tensor of detached sums for the logs; plus
+``count(batch) -> tensor`` (the counts) and ``report(sums, counts) -> dict`` (log values).
+"""
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import checkpoint as ckpt
+
+
+# ------------------------------------------------------------------------------------------------------
+# Distributed set-up (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: Optional[str] = None) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU); else one process."""
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={want!r} but no CUDA device is visible: use device='cpu'")
+        dev = torch.device("cuda", local_rank if world > 1 else (torch.device(want).index or 0))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(want)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+# ------------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainArgs:
+    output_dir: str = "runs/train"
+    max_steps: int = 1000
+    learning_rate: float = 1e-4
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-6
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    save_every: int = 0              # 0: only at the end
+    keep_last: int = 3
+    seed: int = 0
+    device: Optional[str] = None     # cpu | cuda | cuda:N (default: cuda when available)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ValueError("max_steps and grad_accum must be >= 1")
+
+    @property
+    def num_warmup(self) -> int:
+        return self.warmup_steps or int(round(self.warmup_ratio * self.max_steps))
+
+
+def build_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and LayerNorm weights (BERT's recipe). Tied weights counted once."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon, **extra)
+
+
+def linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Logging
+# ------------------------------------------------------------------------------------------------------
+class CSVLog:
+    """One row per optimizer step. On resume, rows past the checkpoint's step (written by the run that
+    died) are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, fields: List[str], resume_step: Optional[int]):
+        self.path, self.fields = path, fields
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "w", newline="")
+        self.w = csv.DictWriter(self.f, fieldnames=fields, extrasaction="ignore")
+        self.w.writeheader()
+        self.w.writerows(rows)
+        self.f.flush()
+
+    def write(self, row: Dict):
+        self.w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+def read_log(path) -> List[Dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------------
+class Trainer:
+    """``steps(start)`` yields, for every optimizer step from ``start`` on, this rank's list of
+    ``grad_accum`` micro-batches (dicts of CPU tensors and ints)."""
+
+    def __init__(self, task: nn.Module, model: nn.Module, args: TrainArgs, info: DistInfo,
+                 count: Callable[[dict], torch.Tensor], report: Callable[[torch.Tensor, torch.Tensor], Dict],
+                 log_fields: List[str], extra_state: Optional[dict] = None):
+        self.args, self.info = args, info
+        self.model = model  # the HF-shaped model (what is saved)
+        self.count, self.report = count, report
+        self.log_fields = ["step"] + log_fields + ["lr", "tokens_per_s", "elapsed_s"]
+        self.extra_state = extra_state or {}
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        task.to(info.device)
+        self.task = task
+        if info.enabled:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.task = nn.parallel.DistributedDataParallel(task, device_ids=ids)
+        self.optimizer = build_optimizer(model, args, info.device)
+        self.scheduler = linear_schedule(self.optimizer, args.num_warmup, args.max_steps)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=args.precision == "fp16")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+        self.step = 0
+        self.ckpt_dir = Path(args.output_dir) / "checkpoints"
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = ckpt.rng_state()
+        rngs = [None] * self.info.world
+        if self.info.enabled:
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
+                "world": self.info.world, "args": vars(self.args), "extra": self.extra_state}
+
+    def save(self):
+        state = self.state_dict()  # every rank takes part (the RNG gather)
+        if self.info.is_main:
+            path = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, self.args.keep_last)
+            self._print(f"saved checkpoint {path}")
+        if self.info.enabled:
+            dist.barrier()
+
+    def load(self, path):
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        if state["world"] != self.info.world:
+            raise ValueError(f"checkpoint {path} was written by {state['world']} process(es), this run has "
+                             f"{self.info.world}: resume with the same number of processes")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"][self.info.rank])
+        self.step = state["step"]
+        self.extra_state.update(state.get("extra", {}))
+        self._print(f"resumed from {path} at step {self.step}")
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        dev = self.info.device
+        return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) and k != "meta" else v
+                for k, v in batch.items()}
+
+    def train_step(self, micro: List[dict]) -> Dict:
+        counts = all_reduce_sum(torch.stack([self.count(b) for b in micro]).sum(0).double(), self.info)
+        denom = counts.to(self.info.device).float().clamp(min=1)
+        sums = None
+        self.task.train()
+        for i, batch in enumerate(micro):
+            batch = self._to_device(batch)
+            sync = i == len(micro) - 1 or not self.info.enabled
+            ctx = self.task.no_sync() if not sync else _nullcontext()
+            with ctx:
+                with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss, s = self.task(batch, denom)
+                self.scaler.scale(loss * self.info.world).backward()
+            sums = s.double() if sums is None else sums + s.double()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = all_reduce_sum(sums, self.info).cpu()
+        out = self.report(sums, counts.cpu())
+        out["lr"] = lr
+        out["grad_norm"] = float(grad_norm)
+        return out
+
+    # -- the run ----------------------------------------------------------------------------------
+    def fit(self, steps: Callable[[int], Iterator[List[dict]]], resume: Optional[str] = None,
+            tokens_of: Callable[[dict], int] = lambda b: 0) -> List[Dict]:
+        if resume:
+            self.load(resume)
+        log = CSVLog(Path(self.args.output_dir) / "train_log.csv", self.log_fields,
+                     self.step if resume else None) if self.info.is_main else None
+        bar = None
+        if self.info.is_main and self.args.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.args.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        history: List[Dict] = []
+        t0 = time.perf_counter()
+        last_t, last_tokens = t0, 0
+        source = steps(self.step)
+        while self.step < self.args.max_steps:
+            micro = next(source)
+            n_tokens = sum(tokens_of(b) for b in micro) * self.info.world
+            row = self.train_step(micro)
+            self.step += 1
+            if not math.isfinite(row["loss"]) and self.args.precision != "fp16":
+                raise FloatingPointError(f"loss is {row['loss']} at step {self.step}: lower the learning rate")
+            now = time.perf_counter()
+            row.update(step=self.step, tokens_per_s=n_tokens / max(now - last_t, 1e-9), elapsed_s=now - t0)
+            last_t, last_tokens = now, last_tokens + n_tokens
+            history.append(row)
+            if log is not None:
+                log.write(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if self.info.is_main and self.args.log_every and self.step % self.args.log_every == 0:
+                shown = "  ".join(f"{k}={row[k]:.4g}" for k in self.log_fields[1:] if k in row)
+                self._print(f"step {self.step}/{self.args.max_steps}  {shown}")
+            if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.args.max_steps:
+                self.save()
+        self.save()
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        return history
+
+    def _print(self, msg):
+        if self.info.is_main:
+            try:
+                from tqdm.auto import tqdm
+
+                tqdm.write(msg)
+            except ImportError:
+                print(msg, flush=True)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,188 @@
+"""MLM + NSP pre-training: the loss (vocabulary projection on masked positions only), the batches, the run."""
+import itertools
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configuration_bert import BertConfig
+from ..modeling_bert import BertForPreTraining
+from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, read_vocab, \
+    unigram_baseline
+from .loop import DistInfo, Trainer, TrainArgs, init_distributed
+
+
+class PreTrainingLoss(nn.Module):
+    """Wraps ``BertForPreTraining`` so DDP sees one forward. Packed batches in, ``(loss, sums)`` out.
+
+    The encoder runs on all tokens; the masked rows are gathered *before* ``cls.predictions`` (the
+    hidden -> vocabulary projection, the largest matmul of a small BERT), so it costs ~15% of the full one.
+    With one process and one micro-batch the loss equals Hugging Face ``BertForPreTraining``'s: mean
+    cross-entropy over masked tokens + mean NSP cross-entropy.
+    """
+
+    def __init__(self, model: BertForPreTraining):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, denom: torch.Tensor):
+        out = self.model.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                              cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"], return_dict=True)
+        labels = batch["labels"]                                       # (T,)
+        sel = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)         # (M,) masked positions
+        hidden = out.last_hidden_state.index_select(0, sel)            # (M, H)
+        logits = self.model.cls.predictions(hidden).float()            # (M, V)
+        target = labels.index_select(0, sel)
+        mlm = F.cross_entropy(logits, target, reduction="sum")
+        nsp_logits = self.model.cls.seq_relationship(out.pooler_output).float()  # (B, 2)
+        nsp_label = batch["next_sentence_label"]
+        nsp = F.cross_entropy(nsp_logits, nsp_label, reduction="sum")
+        loss = mlm / denom[0] + nsp / denom[1]
+        with torch.no_grad():
+            sums = torch.stack([mlm.detach(), nsp.detach(), (logits.argmax(-1) == target).sum().float(),
+                                (nsp_logits.argmax(-1) == nsp_label).sum().float()])
+        return loss, sums
+
+
+def count(batch: dict) -> torch.Tensor:
+    return torch.tensor([float((batch["labels"] != IGNORE_INDEX).sum()), float(batch["next_sentence_label"].numel())])
+
+
+def report(sums: torch.Tensor, counts: torch.Tensor) -> Dict[str, float]:
+    n_mlm, n_seq = float(counts[0]), float(counts[1])
+    mlm, nsp = float(sums[0]) / n_mlm, float(sums[1]) / n_seq
+    return {"loss": mlm + nsp, "mlm_loss": mlm, "nsp_loss": nsp, "mlm_acc": float(sums[2]) / n_mlm,
+            "nsp_acc": float(sums[3]) / n_seq}
+
+
+LOG_FIELDS = ["loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "grad_norm"]
+
+
+@dataclass
+class PretrainConfig(TrainArgs):
+    train_files: List[str] = field(default_factory=list)
+    eval_files: List[str] = field(default_factory=list)
+    tokenizer: Optional[str] = None        # a directory with vocab.txt (default: the model directory)
+    model: Optional[str] = None            # continue from a checkpoint directory ...
+    model_config: Dict = field(default_factory=dict)  # ... or BertConfig fields for a model from scratch
+    max_seq_length: int = 128
+    batch_size: int = 32                   # per process and micro-batch; global = batch * grad_accum * world
+    doc_format: str = "blank"
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
+    short_seq_prob: float = 0.1
+    max_predictions_per_seq: Optional[int] = None
+    random_doc_buffer: int = 1000
+    eval_batches: int = 20
+    resume: Optional[str] = None           # a checkpoint file, or "auto": the latest in output_dir
+
+
+def build_model(cfg: PretrainConfig, tokenizer) -> BertForPreTraining:
+    if cfg.model:
+        model = BertForPreTraining.from_pretrained(cfg.model)
+    else:
+        if not cfg.model_config:
+            raise ValueError("give either model (a BERT directory) or model_config (BertConfig fields) to pre-train")
+        model = BertForPreTraining(BertConfig(**{"vocab_size": len(tokenizer), **cfg.model_config}))
+    check_vocab_matches(model.config, tokenizer)
+    return model
+
+
+def make_stream(cfg: PretrainConfig, files, tokenizer, vocab, config: BertConfig, seed: int) -> PretrainingStream:
+    return PretrainingStream(files, tokenizer, vocab, cfg.max_seq_length, seed=seed, doc_format=cfg.doc_format,
+                             mlm_probability=cfg.mlm_probability, whole_word_mask=cfg.whole_word_mask,
+                             short_seq_prob=cfg.short_seq_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
+                             random_doc_buffer=cfg.random_doc_buffer,
+                             max_position_embeddings=config.max_position_embeddings)
+
+
+def step_batches(stream: PretrainingStream, cfg: PretrainConfig, info: DistInfo):
+    """For each step from ``start``: this rank's micro-batches. Step s uses global instances
+    [s*G, (s+1)*G), G = batch_size * grad_accum * world; rank r takes the r-th contiguous share."""
+    per_rank = cfg.batch_size * cfg.grad_accum
+    G = per_rank * info.world
+
+    def steps(start: int):
+        it = stream.instances(start * G)
+        while True:
+            insts = [inst for _, inst in itertools.islice(it, G)]
+            mine = insts[info.rank * per_rank:(info.rank + 1) * per_rank]
+            yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
+
+    return steps
+
+
+@torch.no_grad()
+def evaluate(model: BertForPreTraining, stream: PretrainingStream, batches: int, batch_size: int,
+             device) -> Dict[str, float]:
+    """MLM loss/accuracy and NSP accuracy on held-out text, with the unigram baseline of the same targets."""
+    was_training = model.training
+    model.eval()
+    task = PreTrainingLoss(model)
+    it = stream.instances(0)
+    sums, counts, all_labels = 0, 0, []
+    for _ in range(batches):
+        batch = collate_packed([inst for _, inst in itertools.islice(it, batch_size)])
+        all_labels.append(batch["labels"])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        c = count(batch)
+        _, s = task(batch, c.to(device).clamp(min=1))
+        sums, counts = sums + s.double().cpu(), counts + c.double()
+    model.train(was_training)
+    out = report(sums, counts)
+    out["unigram_acc"] = unigram_baseline(torch.cat(all_labels))
+    out["masked_tokens"] = int(counts[0])
+    return out
+
+
+def run(cfg: PretrainConfig) -> Dict:
+    info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if not cfg.train_files:
+        raise ValueError("train_files is empty: give raw text files to pre-train on")
+    tok_dir = cfg.tokenizer or cfg.model
+    if tok_dir is None:
+        raise ValueError("give tokenizer: a directory with the WordPiece vocab.txt")
+    tokenizer, vocab = load_tokenizer(tok_dir), read_vocab(tok_dir)
+    model = build_model(cfg, tokenizer)
+    model.train()
+    stream = make_stream(cfg, cfg.train_files, tokenizer, vocab, model.config, cfg.seed)
+    next(stream.instances(0))  # fail now, with a clear error, on an empty corpus
+    args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
+    trainer = Trainer(PreTrainingLoss(model), model, args, info, count, report, LOG_FIELDS,
+                      extra_state={"config": asdict(cfg)})
+    resume = cfg.resume
+    if resume == "auto":
+        from .checkpoint import latest_checkpoint
+
+        resume = latest_checkpoint(trainer.ckpt_dir)
+    history = trainer.fit(step_batches(stream, cfg, info), resume=resume,
+                          tokens_of=lambda b: int(b["input_ids"].numel()))
+    result = {"steps": trainer.step, "first_loss": history[0]["loss"] if history else None,
+              "last_loss": history[-1]["loss"] if history else None}
+    if info.is_main:
+        out = Path(cfg.output_dir) / "model"
+        model.save_pretrained(out)
+        _copy_tokenizer(tok_dir, out)
+        if cfg.eval_files:
+            ev = make_stream(cfg, cfg.eval_files, tokenizer, vocab, model.config, cfg.seed + 1)
+            result["eval"] = evaluate(model, ev, cfg.eval_batches, cfg.batch_size, info.device)
+            print("eval: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in result["eval"].items()), flush=True)
+        with open(Path(cfg.output_dir) / "result.json", "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"saved {out}", flush=True)
+    return result
+
+
+def _copy_tokenizer(src, dst):
+    """vocab.txt (and tokenizer configs) next to the weights, so the directory loads as a whole in HF."""
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        p = Path(src) / name
+        if p.is_file() and Path(src).resolve() != Path(dst).resolve():
+            shutil.copyfile(p, Path(dst) / name)
