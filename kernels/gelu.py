@@ -114,7 +114,8 @@ def _bias_gelu_bwd_kernel(
         _, dgelu = _gelu_and_grad(x + b[None, :], APPROX_TANH)
         dx = tl.where(mask, dy * dgelu, 0.0)
         db += dx
-        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], _round(dx, DX.dtype.element_ty, EMULATE_RTNE), mask=mask)
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], _round(dx, DX.dtype.element_ty, EMULATE_RTNE),
+                 mask=mask)
     tl.store(DB + pid_m * N + cols, tl.sum(db, axis=0), mask=col_mask)
 
 
@@ -142,10 +143,12 @@ def bias_gelu_fwd(x, bias, approximate="none"):
     args = (x, bias, y, x.stride(0), y.stride(0), M, N)
     if _interpret():
         grid = (triton.cdiv(M, _INTERPRET_TILE["BLOCK_M"]), triton.cdiv(N, _INTERPRET_TILE["BLOCK_N"]))
-        _bias_gelu_fwd_kernel[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=True, **_INTERPRET_TILE)
+        _bias_gelu_fwd_kernel[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=True,
+                                    **_INTERPRET_TILE)
     else:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-        _bias_gelu_fwd_kernel_tuned[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=False)
+        with torch.cuda.device(x.device):  # Triton launches on the current device
+            _bias_gelu_fwd_kernel_tuned[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=False)
     return y
 
 
@@ -170,8 +173,10 @@ def bias_gelu_bwd(dy, x, bias, approximate="none"):
     args = (dy, x, bias, dx, db_partial, dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program)
     if _interpret():
         grid = (programs, triton.cdiv(N, _INTERPRET_TILE["BLOCK_N"]))
-        _bias_gelu_bwd_kernel[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=True, **_INTERPRET_TILE)
+        _bias_gelu_bwd_kernel[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=True,
+                                    **_INTERPRET_TILE)
     else:
         grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-        _bias_gelu_bwd_kernel_tuned[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=False)
+        with torch.cuda.device(x.device):  # Triton launches on the current device
+            _bias_gelu_bwd_kernel_tuned[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=False)
     return dx, db_partial.sum(dim=0)

@@ -170,10 +170,6 @@ _layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N"]
 _INTERPRET_BWD_BLOCK_M = 4
 
 
-def _fwd_kernel():
-    return _layer_norm_fwd_kernel if _interpret() else _layer_norm_fwd_kernel_tuned
-
-
 def _block_n(n: int) -> int:
     if n > MAX_HIDDEN_SIZE:
         raise ValueError(
@@ -203,15 +199,17 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, st
             mean.zero_()
             rstd.zero_()
         return y, z, mean, rstd
-    _fwd_kernel()[(M,)](
-        x, residual if residual is not None else x, weight, bias, y,
-        z if z is not None else y, mean if store_stats else y, rstd if store_stats else y,
-        x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
-        z.stride(0) if z is not None else 0,
-        N, eps,
-        HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats,
-        EMULATE_RTNE=_interpret(), BLOCK_N=block_n,
-    )
+    args = (x, residual if residual is not None else x, weight, bias, y,
+            z if z is not None else y, mean if store_stats else y, rstd if store_stats else y,
+            x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+            z.stride(0) if z is not None else 0,
+            N, eps)
+    flags = dict(HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats, BLOCK_N=block_n)
+    if _interpret():
+        _layer_norm_fwd_kernel[(M,)](*args, **flags, EMULATE_RTNE=True)
+    else:
+        with torch.cuda.device(x.device):  # Triton launches on the current device
+            _layer_norm_fwd_kernel_tuned[(M,)](*args, **flags, EMULATE_RTNE=False)
     return y, z, mean, rstd
 
 
@@ -256,7 +254,8 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
             _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=True,
                                                 BLOCK_M=_INTERPRET_BWD_BLOCK_M)
         else:
-            _layer_norm_bwd_kernel_tuned[(programs,)](*args, **flags, EMULATE_RTNE=False)
+            with torch.cuda.device(z.device):  # Triton launches on the current device
+                _layer_norm_bwd_kernel_tuned[(programs,)](*args, **flags, EMULATE_RTNE=False)
     dw, db = partial.sum(dim=1)
     if dres_dtype is None:
         dr = None

@@ -251,3 +251,11 @@ def test_kernels_compile_for_h100():
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count(" ok") == 4
+
+
+def test_double_backward_is_a_clear_error(device, launches):
+    x = _randn((3, 32), torch.float32, device).requires_grad_()
+    b = _randn((32,), torch.float32, device)
+    dx, = torch.autograd.grad(bias_gelu(x, b).pow(2).sum(), (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        dx.sum().backward()

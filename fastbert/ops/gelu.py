@@ -7,6 +7,7 @@ autocast's ``addmm`` would give); the bias gradient has the bias's dtype.
 """
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ._dispatch import kernels, use_triton
 
@@ -33,6 +34,7 @@ class BiasGeluFunction(torch.autograd.Function):
         return y.view(shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x2, bias = ctx.saved_tensors
         dx, db = kernels("gelu").bias_gelu_bwd(_rows(dy), x2, bias, ctx.approximate)

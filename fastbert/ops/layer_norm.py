@@ -13,6 +13,7 @@ PyTorch path. Both paths compute the same thing:
 """
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ._dispatch import kernels, use_triton
 
@@ -49,6 +50,7 @@ class LayerNormFunction(torch.autograd.Function):
         return (y, z.view(shape)) if return_residual else y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dz=None):
         ln_input, weight, mean, rstd = ctx.saved_tensors
         x_dtype, w_dtype, b_dtype, res_dtype = ctx.dtypes
@@ -85,7 +87,9 @@ def _check(x, weight, bias, residual):
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"layer_norm: residual has shape {tuple(residual.shape)}, x has {tuple(x.shape)}; "
                          "they must be equal (no broadcasting)")
-    tensors = [("x", x), ("weight", weight), ("bias", bias)] + ([("residual", residual)] if residual is not None else [])
+    tensors = [("x", x), ("weight", weight), ("bias", bias)]
+    if residual is not None:
+        tensors.append(("residual", residual))
     for name, t in tensors:
         if not t.is_floating_point():
             raise TypeError(f"layer_norm: {name} has dtype {t.dtype}; expected float32, float16 or bfloat16")
