@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <deque>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -85,10 +84,10 @@ inline size_t decode_utf8(std::string_view text, size_t pos, uint32_t* cp) {
 
 WordPieceTrie::WordPieceTrie(const std::vector<std::string>& tokens, const std::string& prefix) {
   if (prefix.empty()) throw std::invalid_argument("continuing_subword_prefix must not be empty");
-  // Build-time trie with map edges.
+  // 1. A build-time trie (insertion order ids), edges sorted by byte.
   std::vector<std::vector<std::pair<uint8_t, int32_t>>> edges(1);
   std::vector<int32_t> accept(1, -1), depth(1, 0);
-  auto get_child = [&](int32_t node, uint8_t b) -> int32_t {
+  auto find = [&](int32_t node, uint8_t b) -> int32_t {
     for (auto& e : edges[node])
       if (e.first == b) return e.second;
     return -1;
@@ -96,7 +95,7 @@ WordPieceTrie::WordPieceTrie(const std::vector<std::string>& tokens, const std::
   auto insert = [&](std::string_view s) -> int32_t {
     int32_t node = 0;
     for (unsigned char b : s) {
-      int32_t c = get_child(node, b);
+      int32_t c = find(node, b);
       if (c < 0) {
         c = static_cast<int32_t>(edges.size());
         edges.emplace_back();
@@ -108,81 +107,90 @@ WordPieceTrie::WordPieceTrie(const std::vector<std::string>& tokens, const std::
     }
     return node;
   };
-  suffix_root_ = insert(prefix);
+  const int32_t suffix_old = insert(prefix);
   for (size_t id = 0; id < tokens.size(); ++id) {
     const std::string& t = tokens[id];
     if (t.empty() || t == prefix) continue;  // cannot be matched as a word piece
     accept[insert(t)] = static_cast<int32_t>(id);
   }
-  const size_t num_nodes = edges.size();
-  const int32_t plen = static_cast<int32_t>(prefix.size());
-  std::vector<uint8_t> in_suffix(num_nodes, 0);
+  for (auto& e : edges) std::sort(e.begin(), e.end());
 
-  // Open-addressing edge table.
-  size_t num_edges = 0;
-  for (auto& e : edges) num_edges += e.size();
-  size_t cap = 16;
-  shift_ = 60;
-  while (cap < 2 * num_edges + 16) {
-    cap <<= 1;
-    --shift_;
-  }
-  table_.assign(cap, Slot{});
-  mask_ = cap - 1;
-  for (size_t u = 0; u < num_nodes; ++u) {
-    for (auto& e : edges[u]) {
-      uint64_t key = (static_cast<uint64_t>(u) << 8) | e.first;
-      size_t h = static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> shift_);
-      while (table_[h].value >= 0) h = (h + 1) & mask_;
-      table_[h] = Slot{key, e.second};
+  // 2. Breadth-first renumbering (root = 0) and flat arrays.
+  const size_t num_nodes = edges.size();
+  std::vector<int32_t> order{0}, renum(num_nodes, -1);
+  renum[0] = 0;
+  for (size_t i = 0; i < order.size(); ++i)
+    for (auto& e : edges[order[i]]) {
+      renum[e.second] = static_cast<int32_t>(order.size());
+      order.push_back(e.second);
+    }
+  nodes_.assign(num_nodes, Node{});
+  for (size_t i = 0; i < num_nodes; ++i) {
+    const auto& es = edges[order[i]];
+    if (es.size() > 256) throw std::logic_error("trie fan-out > 256");
+    nodes_[i].num_edges = static_cast<uint16_t>(es.size());
+    if (es.size() >= kDenseFrom) {
+      nodes_[i].edge_begin = static_cast<uint32_t>(dense_.size());
+      dense_.resize(dense_.size() + 256, -1);
+      for (auto& e : es) dense_[nodes_[i].edge_begin + e.first] = renum[e.second];
+    } else {
+      nodes_[i].edge_begin = static_cast<uint32_t>(edge_bytes_.size());
+      for (auto& e : es) {
+        edge_bytes_.push_back(e.first);
+        edge_child_.push_back(renum[e.second]);
+      }
     }
   }
+  suffix_root_ = renum[suffix_old];
+  const int32_t plen = static_cast<int32_t>(prefix.size());
 
-  // Failure links and pops, breadth first (Song et al. 2021, Algorithm 2).
-  fail_.assign(num_nodes, -1);
-  pops_begin_.assign(num_nodes, 0);
-  pops_len_.assign(num_nodes, 0);
-  std::deque<int32_t> queue{root_};
+  // 3. Failure links and pops, breadth first (Song et al. 2021, Algorithm 2). In BFS numbering a
+  //    parent is always visited before its children.
+  std::vector<uint8_t> in_suffix(num_nodes, 0);
   std::vector<Pop> scratch;
-  while (!queue.empty()) {
-    int32_t u = queue.front();
-    queue.pop_front();
-    for (auto& e : edges[u]) {
-      int32_t v = e.second;
-      uint8_t c = e.first;
+  for (size_t ui = 0; ui < num_nodes; ++ui) {
+    const int32_t u = static_cast<int32_t>(ui);
+    const Node nu = nodes_[u];
+    for (const auto& e : edges[order[u]]) {
+      const uint8_t c = e.first;
+      const int32_t v = renum[e.second];
+      const int32_t old_v = order[v];
       in_suffix[v] = in_suffix[u] || v == suffix_root_;
-      queue.push_back(v);
       if (v == suffix_root_) continue;  // f = null, F = []
-      if (accept[v] >= 0) {
-        fail_[v] = suffix_root_;
-        pops_begin_[v] = static_cast<uint32_t>(pops_.size());
-        pops_len_[v] = 1;
-        pops_.push_back(Pop{accept[v], depth[v] - (in_suffix[v] ? plen : 0)});
+      Node& nv = nodes_[v];
+      if (accept[old_v] >= 0) {
+        nv.fail = suffix_root_;
+        nv.pops_begin = static_cast<uint32_t>(pops_.size());
+        nv.pops_len = 1;
+        pops_.push_back(Pop{accept[old_v], depth[old_v] - (in_suffix[v] ? plen : 0)});
         continue;
       }
       scratch.clear();
-      int32_t z = fail_[u];
-      while (z >= 0 && get_child(z, c) < 0) {
-        for (uint32_t i = 0; i < pops_len_[z]; ++i) scratch.push_back(pops_[pops_begin_[z] + i]);
-        z = fail_[z];
+      int32_t z = nu.fail;
+      while (z >= 0 && child(z, c) < 0) {
+        const Node& nz = nodes_[z];
+        scratch.insert(scratch.end(), pops_.begin() + nz.pops_begin, pops_.begin() + nz.pops_begin + nz.pops_len);
+        z = nz.fail;
       }
       if (z < 0) continue;
-      fail_[v] = get_child(z, c);
-      pops_begin_[v] = static_cast<uint32_t>(pops_.size());
-      for (uint32_t i = 0; i < pops_len_[u]; ++i) pops_.push_back(pops_[pops_begin_[u] + i]);
+      const size_t len = static_cast<size_t>(nu.pops_len) + scratch.size();
+      if (len > 0xFFFF) continue;  // pathological vocabulary: leave f = null (the word becomes [UNK])
+      nv.fail = child(z, c);
+      nv.pops_begin = static_cast<uint32_t>(pops_.size());
+      for (uint32_t i = 0; i < nu.pops_len; ++i) pops_.push_back(pops_[nu.pops_begin + i]);
       pops_.insert(pops_.end(), scratch.begin(), scratch.end());
-      pops_len_[v] = static_cast<uint32_t>(pops_.size() - pops_begin_[v]);
+      nv.pops_len = static_cast<uint16_t>(len);
     }
   }
 }
 
 bool WordPieceTrie::tokenize(std::string_view word, std::vector<Piece>& out) const {
   const size_t start = out.size();
-  int32_t u = root_;
+  int32_t u = 0;
   int32_t cur = 0;
-  auto pop = [&](int32_t node) {
-    const Pop* p = pops_.data() + pops_begin_[node];
-    for (uint32_t i = 0; i < pops_len_[node]; ++i) {
+  auto pop = [&](const Node& n) {
+    const Pop* p = pops_.data() + n.pops_begin;
+    for (uint32_t i = 0; i < n.pops_len; ++i) {
       out.push_back(Piece{p[i].id, cur, cur + p[i].len});
       cur += p[i].len;
     }
@@ -191,22 +199,24 @@ bool WordPieceTrie::tokenize(std::string_view word, std::vector<Piece>& out) con
     const uint8_t b = static_cast<uint8_t>(word[i]);
     int32_t v;
     while ((v = child(u, b)) < 0) {
-      if (fail_[u] < 0) {
+      const Node& n = nodes_[u];
+      if (n.fail < 0) {
         out.resize(start);
         return false;
       }
-      pop(u);
-      u = fail_[u];
+      pop(n);
+      u = n.fail;
     }
     u = v;
   }
-  while (u != suffix_root_ && u != root_) {
-    if (fail_[u] < 0) {
+  while (u != suffix_root_ && u != 0) {
+    const Node& n = nodes_[u];
+    if (n.fail < 0) {
       out.resize(start);
       return false;
     }
-    pop(u);
-    u = fail_[u];
+    pop(n);
+    u = n.fail;
   }
   return true;
 }
@@ -221,10 +231,9 @@ struct Tokenizer::Word {
   int64_t chars = 0;
   std::vector<WordPieceTrie::Piece> pieces;
   void push(uint32_t cp, int64_t orig) {
-    size_t before = bytes.size();
+    const size_t before = bytes.size();
     append_utf8(bytes, cp);
-    origin.resize(bytes.size(), orig);
-    (void)before;
+    for (size_t i = before; i < bytes.size(); ++i) origin.push_back(orig);
     ++chars;
   }
   void clear() {

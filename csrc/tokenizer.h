@@ -49,34 +49,37 @@ class WordPieceTrie {
   // Appends the MaxMatch pieces of `word` to `out`; returns false (out unchanged) when there is none.
   bool tokenize(std::string_view word, std::vector<Piece>& out) const;
 
-  size_t num_nodes() const { return fail_.size(); }
+  size_t num_nodes() const { return nodes_.size(); }
 
  private:
-  int32_t child(int32_t node, uint8_t byte) const {
-    uint64_t key = (static_cast<uint64_t>(node) << 8) | byte;
-    size_t h = static_cast<size_t>((key * 0x9E3779B97F4A7C15ULL) >> shift_);
-    for (;;) {
-      const Slot& s = table_[h];
-      if (s.key == key) return s.value;
-      if (s.value < 0) return -1;
-      h = (h + 1) & mask_;
-    }
-  }
-  struct Slot {
-    uint64_t key = ~0ULL;
-    int32_t value = -1;
+  // Nodes are numbered breadth first, so the shallow, hot part of the trie is compact in memory; the
+  // children of a node are contiguous, sorted by byte, or a direct 256 table for wide nodes (the root).
+  struct Node {
+    uint32_t edge_begin = 0;
+    uint16_t num_edges = 0;
+    uint16_t pops_len = 0;
+    int32_t fail = -1;  // failure link, -1 = null
+    uint32_t pops_begin = 0;
   };
   struct Pop {
     int32_t id;
     int32_t len;  // bytes of word the token covers (without the ## prefix)
   };
-  std::vector<Slot> table_;
-  size_t mask_ = 0;
-  int shift_ = 64;
-  std::vector<int32_t> fail_;
-  std::vector<uint32_t> pops_begin_, pops_len_;
+  static constexpr uint32_t kDenseFrom = 9;  // nodes with this many children get a direct 256 table
+  int32_t child(int32_t node, uint8_t byte) const {
+    const Node& n = nodes_[node];
+    if (n.num_edges >= kDenseFrom) return dense_[n.edge_begin + byte];
+    const uint8_t* b = edge_bytes_.data() + n.edge_begin;
+    for (uint32_t i = 0; i < n.num_edges; ++i)
+      if (b[i] == byte) return edge_child_[n.edge_begin + i];
+    return -1;
+  }
+  std::vector<Node> nodes_;
+  std::vector<uint8_t> edge_bytes_;
+  std::vector<int32_t> edge_child_;
+  std::vector<int32_t> dense_;  // 256 children per dense node, -1 = none
   std::vector<Pop> pops_;
-  int32_t root_ = 0, suffix_root_ = 0;
+  int32_t suffix_root_ = 0;
 };
 
 class Tokenizer {
