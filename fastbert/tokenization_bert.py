@@ -1,0 +1,448 @@
+"""fastbert.BertTokenizer: a drop-in for Hugging Face's BERT WordPiece tokenizer, run by a C++ core.
+
+The C++ core (``fastbert._C``, sources in csrc/) does everything per text: special-token matching, BERT
+normalization, pre-tokenization, LinMaxMatch WordPiece, truncation, special tokens, padding and offsets,
+for a whole batch across threads with the GIL released. This module only parses arguments, reads
+vocab.txt / tokenizer_config.json and wraps the numpy arrays it gets back.
+
+Output is identical to Hugging Face `tokenizers` (``transformers.BertTokenizer`` in transformers >= 5,
+``BertTokenizerFast`` before): ids, token type ids, attention mask, special tokens mask and offsets
+(code point offsets into the input str). Where HF's Rust and legacy Python tokenizers disagree, fastbert
+follows the Rust one; docs/tokenizer.md lists the differences and the few places fastbert raises a clear
+error where HF returns something surprising (max_length smaller than the special tokens, ragged tensors).
+
+Packed output for the variable-length kernels: :meth:`BertTokenizer.encode_packed`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+
+VERY_LARGE_INTEGER = int(1e30)  # HF's "no model_max_length"
+_TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
+_PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
+_SPECIAL_ATTRS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _core():
+    try:
+        from . import _C
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise ImportError(
+            "fastbert's C++ tokenizer (fastbert._C) is not built: reinstall with "
+            "`pip install --no-build-isolation --no-deps -e .` (needs a C++17 compiler and pybind11)"
+        ) from e
+    return _C
+
+
+def _default_threads() -> int:
+    env = os.environ.get("FASTBERT_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def load_vocab(vocab_file: Union[str, os.PathLike]) -> List[str]:
+    """Tokens of a BERT vocab.txt, one per line, in id order (trailing whitespace trimmed, as HF does)."""
+    path = Path(vocab_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"vocab file not found: {path} (a BERT vocab.txt, one token per line)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"vocab file {path} is not valid UTF-8 ({e}); is it really a BERT vocab.txt?") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    tokens = [line.rstrip() for line in lines]
+    if not any(tokens):
+        raise ValueError(f"vocab file {path} is empty (a BERT vocab.txt has one token per line)")
+    return tokens
+
+
+def _token_str(value) -> Optional[str]:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "content" in value:  # AddedToken serialized by transformers
+        return value["content"]
+    return str(value)
+
+
+class BatchEncoding(dict):
+    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device):
+        for k, v in self.items():
+            if hasattr(v, "to"):
+                self[k] = v.to(device)
+        return self
+
+    @property
+    def data(self):
+        return dict(self)
+
+
+class BertTokenizer:
+    """BERT WordPiece tokenizer with Hugging Face's API and output, computed in C++.
+
+    Args mirror ``transformers.BertTokenizer``: ``do_lower_case``, ``strip_accents`` (None: same as
+    do_lower_case), ``tokenize_chinese_chars``, ``never_split`` (extra strings kept whole, matched
+    verbatim like special tokens), the special tokens, ``model_max_length``. ``num_threads`` (default: all
+    cores the process may use, or $FASTBERT_NUM_THREADS) is used for batches.
+    """
+
+    vocab_files_names = {"vocab_file": "vocab.txt"}
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    padding_side = "right"
+    truncation_side = "right"
+
+    def __init__(self, vocab_file, do_lower_case: bool = True, do_basic_tokenize: bool = True,
+                 never_split: Optional[Iterable[str]] = None, unk_token="[UNK]", sep_token="[SEP]",
+                 pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", tokenize_chinese_chars: bool = True,
+                 strip_accents: Optional[bool] = None, model_max_length: Optional[int] = None,
+                 max_input_chars_per_word: int = 100, clean_text: bool = True,
+                 num_threads: Optional[int] = None, **kwargs):
+        if not do_basic_tokenize:
+            raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
+        self.vocab_file = str(vocab_file)
+        self._tokens = load_vocab(vocab_file)
+        self.do_lower_case = bool(do_lower_case)
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.clean_text = bool(clean_text)
+        self.max_input_chars_per_word = int(max_input_chars_per_word)
+        self.model_max_length = int(model_max_length) if model_max_length is not None else VERY_LARGE_INTEGER
+        self.num_threads = int(num_threads) if num_threads else _default_threads()
+        self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token = (
+            _token_str(t) for t in (unk_token, sep_token, pad_token, cls_token, mask_token))
+        self.never_split = [s for s in (never_split or []) if s]
+        specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token) if t]
+        matched = list(dict.fromkeys(specials + self.never_split))
+        strip = self.do_lower_case if strip_accents is None else bool(strip_accents)
+        try:
+            self._tok = _core().Tokenizer(
+                self._tokens, clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
+                strip_accents=strip, lowercase=self.do_lower_case,
+                max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
+                continuing_subword_prefix="##", never_split=matched)
+        except ValueError as e:
+            raise ValueError(f"cannot build a tokenizer from {self.vocab_file}: {e}") from None
+        self._vocab = None
+
+    # ---- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike], **kwargs) -> "BertTokenizer":
+        """Load from a local directory (vocab.txt + optional tokenizer_config.json / special_tokens_map.json)
+        or a vocab.txt path. Keyword arguments override the config."""
+        p = Path(path)
+        if p.is_file():
+            vocab, cfg_dir = p, p.parent
+        elif p.is_dir():
+            vocab, cfg_dir = p / "vocab.txt", p
+            if not vocab.is_file():
+                raise FileNotFoundError(f"{p} has no vocab.txt: fastbert.BertTokenizer needs a BERT WordPiece vocab")
+        else:
+            raise FileNotFoundError(
+                f"{path} is not a local directory or vocab file (fastbert loads tokenizers from disk only; "
+                "download the model first, e.g. with huggingface_hub.snapshot_download)")
+        config: Dict[str, Any] = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            f = cfg_dir / name
+            if f.is_file() and p.is_dir():
+                try:
+                    config.update(json.loads(f.read_text(encoding="utf-8")))
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{f} is not valid JSON: {e}") from None
+        allowed = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
+                   "strip_accents", "model_max_length", *_SPECIAL_ATTRS}
+        args = {k: v for k, v in config.items() if k in allowed}
+        if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
+            args["model_max_length"] = None
+        args.update(kwargs)
+        return cls(vocab, **args)
+
+    # ---- vocabulary --------------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get_vocab(self) -> Dict[str, int]:
+        if self._vocab is None:
+            self._vocab = {t: i for i, t in enumerate(self._tokens)}
+        return dict(self._vocab)
+
+    def _id(self, token: Optional[str]) -> Optional[int]:
+        if token is None:
+            return None
+        i = self._tok.token_to_id(token)
+        return i if i >= 0 else None
+
+    unk_token_id = property(lambda self: self._id(self.unk_token))
+    sep_token_id = property(lambda self: self._id(self.sep_token))
+    pad_token_id = property(lambda self: self._id(self.pad_token))
+    cls_token_id = property(lambda self: self._id(self.cls_token))
+    mask_token_id = property(lambda self: self._id(self.mask_token))
+    pad_token_type_id = 0
+
+    @property
+    def all_special_tokens(self) -> List[str]:
+        return [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token) if t]
+
+    @property
+    def all_special_ids(self) -> List[int]:
+        return [i for i in (self._id(t) for t in self.all_special_tokens) if i is not None]
+
+    @property
+    def special_tokens_map(self) -> Dict[str, str]:
+        return {a: getattr(self, a) for a in _SPECIAL_ATTRS if getattr(self, a)}
+
+    def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]):
+        unk = self.unk_token_id
+        if isinstance(tokens, str):
+            i = self._tok.token_to_id(tokens)
+            return i if i >= 0 else unk
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        if isinstance(ids, (int, np.integer)):
+            return self._id_to_token(int(ids))
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        special = set(self.all_special_ids) if skip_special_tokens else ()
+        return [self._id_to_token(int(i)) for i in ids if int(i) not in special]
+
+    def _id_to_token(self, i: int) -> str:
+        if not 0 <= i < len(self._tokens):
+            raise IndexError(f"token id {i} is out of range for a vocabulary of {len(self._tokens)} tokens")
+        return self._tokens[i]
+
+    # ---- encoding ----------------------------------------------------------------------------------
+
+    def _texts(self, texts, what: str) -> List[str]:
+        out = []
+        for i, t in enumerate(texts):
+            if isinstance(t, str):
+                out.append(t)
+            elif isinstance(t, (bytes, bytearray)):
+                try:
+                    out.append(bytes(t).decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{what}[{i}] is bytes that are not valid UTF-8 ({e}); decode it with the "
+                                     "right codec and pass str") from None
+            else:
+                raise TypeError(f"{what}[{i}] is {type(t).__name__}, not str: every text must be a str")
+        return out
+
+    def _as_batch(self, text, what: str):
+        if isinstance(text, (str, bytes, bytearray)):
+            return self._texts([text], what), False
+        if text is None:
+            raise TypeError(f"{what} is None: pass a str or a list of str")
+        if isinstance(text, (list, tuple)):
+            return self._texts(text, what), True
+        raise TypeError(f"{what} must be a str or a list/tuple of str, not {type(text).__name__}")
+
+    def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
+             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None):
+        if isinstance(padding, bool):
+            padding = "longest" if padding else "do_not_pad"
+        padding = getattr(padding, "value", padding)
+        if padding not in _PADDING:
+            raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
+        if truncation is None:
+            truncation = "longest_first" if max_length is not None else "do_not_truncate"
+        elif isinstance(truncation, bool):
+            truncation = "longest_first" if truncation else "do_not_truncate"
+        truncation = getattr(truncation, "value", truncation)
+        if truncation not in _TRUNCATION:
+            raise ValueError(f"truncation={truncation!r}: use True/'longest_first', 'only_first', "
+                             "'only_second' or False/'do_not_truncate'")
+        if max_length is None and (truncation != "do_not_truncate" or padding == "max_length"):
+            max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
+        if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 0):
+            raise ValueError(f"max_length must be a non-negative int, got {max_length!r}")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs: they must match one to one")
+        if add_special_tokens and (self.cls_token_id is None or self.sep_token_id is None):
+            raise ValueError(f"the vocabulary has no {self.cls_token!r} / {self.sep_token!r} token: "
+                             "pass add_special_tokens=False")
+        if padding != "do_not_pad" and self.pad_token_id is None:
+            raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
+        threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
+        return self._tok.encode_batch(
+            texts, pairs, add_special_tokens=add_special_tokens,
+            max_length=-1 if max_length is None else int(max_length), truncation=_TRUNCATION[truncation],
+            padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
+            num_threads=threads, cls_id=self.cls_token_id if add_special_tokens else -1,
+            sep_id=self.sep_token_id if add_special_tokens else -1,
+            pad_id=-1 if self.pad_token_id is None else self.pad_token_id)
+
+    def __call__(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
+                 max_length: Optional[int] = None, stride: int = 0, pad_to_multiple_of: Optional[int] = None,
+                 return_tensors: Optional[str] = None, return_token_type_ids: Optional[bool] = None,
+                 return_attention_mask: Optional[bool] = None, return_overflowing_tokens: bool = False,
+                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
+                 return_length: bool = False, verbose: bool = True, device=None,
+                 num_threads: Optional[int] = None, **kwargs) -> BatchEncoding:
+        """Encode one text (or pair) or a batch, like HF's tokenizer ``__call__``."""
+        if kwargs.get("is_split_into_words"):
+            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer")
+        if return_overflowing_tokens or stride:
+            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer")
+        if getattr(self, "padding_side", "right") != "right":
+            raise NotImplementedError("only padding_side='right' is supported")
+        texts, batched = self._as_batch(text, "text")
+        pairs = None
+        if text_pair is not None:
+            pairs, pair_batched = self._as_batch(text_pair, "text_pair")
+            if pair_batched != batched:
+                raise TypeError("text and text_pair must both be a str or both be a list of str")
+        r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                      max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, offsets=return_offsets_mapping,
+                      num_threads=num_threads)
+        keys = ["input_ids"]
+        if return_token_type_ids is None or return_token_type_ids:
+            keys.append("token_type_ids")
+        if return_attention_mask is None or return_attention_mask:
+            keys.append("attention_mask")
+        if return_special_tokens_mask:
+            keys.append("special_tokens_mask")
+        if return_offsets_mapping:
+            keys.append("offset_mapping")
+        lengths = r["lengths"]
+        if return_tensors is None:
+            out = BatchEncoding()
+            for k in keys:
+                a = r[k]
+                if r["padded"]:
+                    rows = a.tolist()
+                else:
+                    rows = [x.tolist() for x in np.split(a, np.cumsum(lengths)[:-1])] if len(lengths) else []
+                if k == "offset_mapping":
+                    rows = [[tuple(o) for o in row] for row in rows]
+                out[k] = rows if batched else rows[0]
+            if return_length:
+                out["length"] = lengths.tolist() if batched else int(lengths[0])
+            return out
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
+        if not r["padded"]:
+            if len(lengths) and (lengths != lengths[0]).any():
+                raise ValueError("the texts have different lengths: pass padding=True (or 'max_length') to get "
+                                 "a tensor, or use encode_packed() for the unpadded (flat + cu_seqlens) layout")
+            width = int(lengths[0]) if len(lengths) else 0
+            arrays = {k: r[k].reshape((len(lengths), width) + r[k].shape[1:]) for k in keys}
+        else:
+            arrays = {k: r[k] for k in keys}
+        if return_length:
+            arrays["length"] = lengths
+        out = BatchEncoding(arrays)
+        if return_tensors == "pt":
+            import torch
+            out = BatchEncoding({k: torch.from_numpy(v) for k, v in arrays.items()})
+            if device is not None:
+                out = out.to(device)
+        return out
+
+    def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
+               max_length: Optional[int] = None, return_tensors: Optional[str] = None, **kwargs):
+        """Ids of one text (or pair): a list of int, or a (1, n) tensor with return_tensors."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"encode() takes one text (str), not {type(text).__name__}; use __call__ for batches")
+        enc = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                   max_length=max_length, return_tensors=return_tensors, return_token_type_ids=False,
+                   return_attention_mask=False, **kwargs)
+        return enc["input_ids"]
+
+    def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False, **kwargs) -> List[str]:
+        """Word-piece strings of one text (no special tokens unless asked)."""
+        ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
+        return [self._tokens[i] for i in ids]
+
+    def encode_packed(self, text, text_pair=None, *, truncation=True, max_length: Optional[int] = None,
+                      return_tensors: str = "pt", add_special_tokens: bool = True, device=None,
+                      num_threads: Optional[int] = None) -> BatchEncoding:
+        """Packed (unpadded) encoding for variable-length kernels.
+
+        Returns ``input_ids`` and ``token_type_ids`` of shape (total_tokens,) int64 (rows laid end to end),
+        ``cu_seqlens`` (batch + 1,) int32 starting at 0, and ``max_seqlen`` (python int). With
+        ``truncation=True`` rows are cut to ``max_length`` (default: model_max_length).
+        """
+        texts, _ = self._as_batch(text, "text")
+        pairs = None
+        if text_pair is not None:
+            pairs, _ = self._as_batch(text_pair, "text_pair")
+        r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=False, truncation=truncation,
+                      max_length=max_length, num_threads=num_threads)
+        lengths = r["lengths"]
+        cu = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=cu[1:])
+        out = {"input_ids": r["input_ids"], "token_type_ids": r["token_type_ids"], "cu_seqlens": cu}
+        if return_tensors == "pt":
+            import torch
+            out = {k: torch.from_numpy(v) for k, v in out.items()}
+            if device is not None:
+                out = {k: v.to(device) for k, v in out.items()}
+        elif return_tensors != "np":
+            raise ValueError(f"return_tensors={return_tensors!r}: encode_packed returns 'pt' or 'np' arrays")
+        out["max_seqlen"] = int(lengths.max()) if len(lengths) else 0
+        return BatchEncoding(out)
+
+    # ---- decoding ----------------------------------------------------------------------------------
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        return " ".join(tokens).replace(" ##", "").strip()
+
+    def decode(self, token_ids, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: Optional[bool] = None, **kwargs) -> str:
+        """Text of a list of ids, as HF's WordPiece decoder writes it (## joined, spaces cleaned up)."""
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
+        parts = []
+        for i, tok in enumerate(tokens):
+            if i and tok.startswith("##"):
+                tok = tok[2:]
+            elif i:
+                tok = " " + tok
+            parts.append(_cleanup(tok))
+        return "".join(parts)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> List[str]:
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        return [self.decode(s, skip_special_tokens=skip_special_tokens, **kwargs) for s in sequences]
+
+    def __repr__(self) -> str:
+        return (f"fastbert.BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
+                f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
+                f"model_max_length={self.model_max_length})")
+
+
+def _cleanup(s: str) -> str:
+    """HF tokenizers' WordPiece decoder clean-up, applied to each token as it does."""
+    return (s.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
+            .replace(" n't", "n't").replace(" 'm", "'m").replace(" do not", " don't").replace(" 's", "'s")
+            .replace(" 've", "'ve").replace(" 're", "'re"))
