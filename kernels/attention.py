@@ -55,6 +55,16 @@ def _load_rows(ptrs, row_mask, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.const
 
 
 @triton.jit
+def _load_full(ptrs, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile whose rows are all in range (zeros on the head-dim padding only)."""
+    if BLOCK_D == HEAD_DIM:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return x
+
+
+@triton.jit
 def _store_rows(ptrs, x, row_mask, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     if BLOCK_D == HEAD_DIM:
         tl.store(ptrs, x, mask=row_mask[:, None])
@@ -92,6 +102,52 @@ def _dropout_keep(seed, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, TRAN
 
 
 # ----------------------------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, keep_base, stride_kt, stride_vt, lo, hi, kv_len,
+                    offs_m, offs_n, offs_d, qk_scale, dropout_p, seed, off_b, off_h, H, SEQLEN,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                    MASKED: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). MASKED=False: every key in range is real and visible."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        n_valid = cols < kv_len
+        k_ptrs = k_base + cols[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_base + cols[:, None] * stride_vt + offs_d[None, :]
+        if MASKED:
+            k = _load_rows(k_ptrs, n_valid, offs_d, HEAD_DIM, BLOCK_D)
+        else:
+            k = _load_full(k_ptrs, offs_d, HEAD_DIM, BLOCK_D)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if MASKED:
+            valid = n_valid[None, :]
+            if HAS_MASK:
+                keep_k = tl.load(keep_base + cols, mask=n_valid, other=0)
+                valid = valid & (keep_k != 0)[None, :]
+            if CAUSAL:
+                valid = valid & (offs_m[:, None] >= cols[None, :])
+            qk = tl.where(valid, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no -inf - -inf
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = m_new
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            keep = _dropout_keep(seed, off_b, off_h, H, offs_m, cols, SEQLEN, dropout_p, False)
+            p = tl.where(keep, p, 0.0)
+        if MASKED:
+            v = _load_rows(v_ptrs, n_valid, offs_d, HEAD_DIM, BLOCK_D)
+        else:
+            v = _load_full(v_ptrs, offs_d, HEAD_DIM, BLOCK_D)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
@@ -148,33 +204,25 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
+    # Key blocks every query of this block fully sees run without masks; the rest (the ragged last block,
+    # the causal diagonal, or everything under a key-padding mask) run masked.
     hi = kv_len
     if CAUSAL:
         hi = tl.minimum(hi, (start_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        n_valid = cols < kv_len
-        k = _load_rows(k_base + cols[:, None] * stride_kt + offs_d[None, :], n_valid, offs_d, HEAD_DIM, BLOCK_D)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        valid = n_valid[None, :]
-        if HAS_MASK:
-            keep_k = tl.load(KEEP + off_b64 * stride_mb + cols, mask=n_valid, other=0)
-            valid = valid & (keep_k != 0)[None, :]
+    if HAS_MASK:
+        full_end = 0
+    else:
+        full_end = kv_len // BLOCK_N * BLOCK_N
         if CAUSAL:
-            valid = valid & (offs_m[:, None] >= cols[None, :])
-        qk = tl.where(valid, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN from -inf - -inf
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if DROPOUT:
-            keep = _dropout_keep(seed, off_b, off_h, H, offs_m, cols, SEQLEN, dropout_p, False)
-            p = tl.where(keep, p, 0.0)
-        v = _load_rows(v_base + cols[:, None] * stride_vt + offs_d[None, :], n_valid, offs_d, HEAD_DIM, BLOCK_D)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+            full_end = tl.minimum(full_end, (start_m * BLOCK_M) // BLOCK_N * BLOCK_N)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, KEEP + off_b64 * stride_mb, stride_kt,
+                                    stride_vt, 0, full_end, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
+                                    seed, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
+                                    DOT_PRECISION, BLOCK_N, False)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, KEEP + off_b64 * stride_mb, stride_kt,
+                                    stride_vt, full_end, hi, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
+                                    seed, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
+                                    DOT_PRECISION, BLOCK_N, True)
 
     empty = l_i == 0.0  # every key masked
     l_safe = tl.where(empty, 1.0, l_i)
