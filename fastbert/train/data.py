@@ -81,7 +81,7 @@ class SpecialIds:
 # ------------------------------------------------------------------------------------------------------
 # Documents
 # ------------------------------------------------------------------------------------------------------
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
 
 
 def split_sentences(text: str) -> List[str]:
@@ -254,7 +254,12 @@ class PretrainingStream:
                 if i == len(doc) - 1 or length >= target:
                     a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
                     tokens_a = np.concatenate(chunk[:a_end])
-                    is_random = bool(buffer) and (len(chunk) == 1 or rng.random() < self.nsp_probability)
+                    is_random = bool(buffer) and rng.random() < self.nsp_probability
+                    if not is_random and len(chunk) == 1 and chunk[0].size >= 2:
+                        # One segment (a short document): its true continuation is its own second part.
+                        cut = int(rng.integers(1, chunk[0].size))
+                        chunk = [chunk[0][:cut], chunk[0][cut:]]
+                        a_end, tokens_a = 1, chunk[0][:cut]
                     if is_random:
                         other = buffer[int(rng.integers(0, len(buffer)))]
                         start = int(rng.integers(0, len(other)))
