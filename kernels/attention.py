@@ -552,6 +552,9 @@ class _Layout:
         else:
             self.batch, self.seqlen = q.shape[0], q.shape[1]
             self.cu_seqlens = dummy_i32
+        if self.batch > 65535 or self.heads > 65535:
+            raise ValueError(f"attention: {self.batch} sequences x {self.heads} heads exceed the CUDA grid limit "
+                             "(65535 each); split the batch")
         self.has_mask = key_padding_mask is not None
         if self.has_mask:
             keep = key_padding_mask.bool()

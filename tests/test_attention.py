@@ -384,6 +384,19 @@ def test_head_dims_gpu(d):
     compare(q, k, v, cu_seqlens=cu, max_seqlen=max(lengths))
 
 
+def test_autotune_pruning_leaves_configs():
+    """Every head dim and sequence bucket keeps at least one config for every CUDA kernel (the GPU launch
+    path cannot run here; its config choice can be checked)."""
+    A = kernels("attention")
+    for configs in (A._FWD_CONFIGS, A._DKDV_CONFIGS, A._DQ_CONFIGS):
+        for d in (16, 32, 64, 128, 256):
+            for bucket in (16, 32, 64, 128, 256, 512, 4096):
+                kept = A._prune(configs, {"SEQ_BUCKET": bucket}, HEAD_DIM=d)
+                assert kept and all(c in configs for c in kept)
+                if d > 128:
+                    assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64 for c in kept)
+
+
 # ------------------------------------------------------------------------------------- torch.library ops
 
 
