@@ -18,15 +18,18 @@ Dropout: keep element (b, h, i, j) iff ``tl.rand(seed * 2**32 + b * heads + h, i
 kept weights are scaled by 1 / (1 - p). The backward regenerates the same mask from the same seed.
 
 Backward: a small kernel computes ``delta = rowsum(dO * O)``; one program per key block then loops over the
-query blocks for dK, dV. dQ is either accumulated in the same kernel with fp32 atomics (default, fastest, not
-bitwise reproducible on a GPU) or, with ``deterministic=True``, computed by a second kernel, one program
-per query block looping over the key blocks (no atomics; recomputes QK^T and dP).
+query blocks for dK, dV. dQ is either accumulated in the same kernel with fp32 atomics (default: 5 matmuls
+per tile pair; the order of the atomic adds makes dQ not bitwise reproducible on a GPU) or, with
+``deterministic=True``, computed by a second kernel, one program per query block looping over the key blocks
+(no atomics; recomputes QK^T and dP: 7 matmuls per tile pair).
 
 fp32 inputs run every dot with ``input_precision="ieee"`` (exact fp32, not tf32: slow on tensor cores, use
 fp16/bf16 for speed). fp16/bf16 dots accumulate in fp32; softmax statistics are always fp32.
 
-On CUDA the block sizes are autotuned, keyed on head dim and the power of two above max_seqlen; under
-``TRITON_INTERPRET=1`` (CPU, CI) every kernel is launched with one fixed, small config.
+On CUDA the block sizes are autotuned, keyed on head dim, the power of two above max_seqlen and the
+causal / packed / mask / dropout flags (results cached on disk by Triton); under ``TRITON_INTERPRET=1``
+(CPU, CI) every kernel is launched with one fixed, small config. The launchers are also registered as
+``torch.ops.fastbert.attention_fwd`` / ``attention_bwd`` (with fake implementations for torch.compile).
 """
 import functools
 import math
