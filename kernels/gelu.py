@@ -10,6 +10,7 @@ are stored in ``x``'s dtype. The backward splits the rows into a fixed number of
 block; each writes one fp32 partial row of dbias, which the launcher sums (deterministic: no atomics).
 The autograd Function and argument checks live in fastbert/ops/gelu.py.
 """
+import contextlib
 import functools
 import os
 
@@ -127,11 +128,21 @@ def _tile_configs():
     ]
 
 
-# On CUDA the tile is tuned per hidden size (M changes with every unpadded batch, so it is not a key); the
-# interpreter cannot autotune, so it launches the plain kernels with the fixed tile below.
+# On CUDA the tile is tuned per width N (M changes with every unpadded batch, so it is not a key). The
+# interpreter cannot autotune, and FASTBERT_AUTOTUNE=0 skips tuning (faster start-up): both launch the
+# plain kernels with the fixed tile below.
 _bias_gelu_fwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N"])(_bias_gelu_fwd_kernel)
 _bias_gelu_bwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N"])(_bias_gelu_bwd_kernel)
-_INTERPRET_TILE = {"BLOCK_M": 4, "BLOCK_N": 256}
+_FIXED_TILE = dict(BLOCK_M=8, BLOCK_N=256, num_warps=4)
+
+
+def _autotune() -> bool:
+    return not _interpret() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def bias_gelu_fwd(x, bias, approximate="none"):
@@ -141,14 +152,14 @@ def bias_gelu_fwd(x, bias, approximate="none"):
     if M == 0 or N == 0:
         return y
     args = (x, bias, y, x.stride(0), y.stride(0), M, N)
-    if _interpret():
-        grid = (triton.cdiv(M, _INTERPRET_TILE["BLOCK_M"]), triton.cdiv(N, _INTERPRET_TILE["BLOCK_N"]))
-        _bias_gelu_fwd_kernel[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=True,
-                                    **_INTERPRET_TILE)
-    else:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-        with torch.cuda.device(x.device):  # Triton launches on the current device
-            _bias_gelu_fwd_kernel_tuned[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=False)
+    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=_interpret())
+    with _on(x.device):
+        if _autotune():
+            grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+            _bias_gelu_fwd_kernel_tuned[grid](*args, **flags)
+        else:
+            grid = (triton.cdiv(M, _FIXED_TILE["BLOCK_M"]), triton.cdiv(N, _FIXED_TILE["BLOCK_N"]))
+            _bias_gelu_fwd_kernel[grid](*args, **flags, **_FIXED_TILE)
     return y
 
 
@@ -171,12 +182,11 @@ def bias_gelu_bwd(dy, x, bias, approximate="none"):
     if M == 0 or N == 0:
         return dx, db_partial.zero_().sum(dim=0)
     args = (dy, x, bias, dx, db_partial, dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program)
-    if _interpret():
-        grid = (programs, triton.cdiv(N, _INTERPRET_TILE["BLOCK_N"]))
-        _bias_gelu_bwd_kernel[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=True,
-                                    **_INTERPRET_TILE)
-    else:
-        grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-        with torch.cuda.device(x.device):  # Triton launches on the current device
-            _bias_gelu_bwd_kernel_tuned[grid](*args, APPROX_TANH=approximate == "tanh", EMULATE_RTNE=False)
+    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=_interpret())
+    with _on(x.device):
+        if _autotune():
+            grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+            _bias_gelu_bwd_kernel_tuned[grid](*args, **flags)
+        else:
+            _bias_gelu_bwd_kernel[(programs, triton.cdiv(N, _FIXED_TILE["BLOCK_N"]))](*args, **flags, **_FIXED_TILE)
     return dx, db_partial.sum(dim=0)

@@ -9,6 +9,7 @@ Layout: ``x``, ``residual`` and ``dy`` are 2-D ``(rows, hidden)`` with unit colu
 ``weight`` and ``bias`` are contiguous ``(hidden,)``. The autograd Function and argument checks live in
 fastbert/ops/layer_norm.py; this module is imported only when a kernel is first launched.
 """
+import contextlib
 import functools
 import os
 
@@ -161,13 +162,31 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-# On CUDA the warps per row (and the backward's rows per step) are tuned per hidden size; the interpreter
-# cannot autotune, so it launches the plain kernels above with fixed meta-parameters.
+# On CUDA the warps per row (and the backward's rows per step) are tuned per hidden size. The interpreter
+# cannot autotune, and FASTBERT_AUTOTUNE=0 skips tuning (faster start-up): both launch the plain kernels
+# with the heuristic meta-parameters below.
 _layer_norm_fwd_kernel_tuned = triton.autotune(configs=_fwd_configs(), key=["N"],
                                                prune_configs_by={"early_config_prune": _prune})(_layer_norm_fwd_kernel)
 _layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N"],
                                                prune_configs_by={"early_config_prune": _prune})(_layer_norm_bwd_kernel)
-_INTERPRET_BWD_BLOCK_M = 4
+
+
+def _autotune() -> bool:
+    return not _interpret() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
+
+
+def _fwd_meta(block_n: int) -> dict:
+    return dict(num_warps=min(16, max(1, block_n // 256)))
+
+
+def _bwd_meta(block_n: int) -> dict:
+    block_m = max(1, min(8, 2048 // block_n))
+    return dict(BLOCK_M=block_m, num_warps=min(16, max(1, block_m * block_n // 256)))
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _block_n(n: int) -> int:
@@ -205,11 +224,11 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, st
             z.stride(0) if z is not None else 0,
             N, eps)
     flags = dict(HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats, BLOCK_N=block_n)
-    if _interpret():
-        _layer_norm_fwd_kernel[(M,)](*args, **flags, EMULATE_RTNE=True)
-    else:
-        with torch.cuda.device(x.device):  # Triton launches on the current device
+    with _on(x.device):
+        if _autotune():
             _layer_norm_fwd_kernel_tuned[(M,)](*args, **flags, EMULATE_RTNE=False)
+        else:
+            _layer_norm_fwd_kernel[(M,)](*args, **flags, EMULATE_RTNE=_interpret(), **_fwd_meta(block_n))
     return y, z, mean, rstd
 
 
@@ -250,12 +269,12 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
                 dr.stride(0) if dr is not None else 0,
                 M, N, rows_per_program)
         flags = dict(HAS_DZ=dz is not None, STORE_DR=store_dr, BLOCK_N=block_n)
-        if _interpret():
-            _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=True,
-                                                BLOCK_M=_INTERPRET_BWD_BLOCK_M)
-        else:
-            with torch.cuda.device(z.device):  # Triton launches on the current device
+        with _on(z.device):
+            if _autotune():
                 _layer_norm_bwd_kernel_tuned[(programs,)](*args, **flags, EMULATE_RTNE=False)
+            else:
+                _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=_interpret(),
+                                                    **_bwd_meta(block_n))
     dw, db = partial.sum(dim=1)
     if dres_dtype is None:
         dr = None

@@ -97,6 +97,25 @@ def _check_against_reference(x, b, approximate, torch_fn=None):
 # ---------------------------------------------------------------------------------------------- tests
 
 
+@pytest.fixture(autouse=True)
+def _fixed_meta_parameters(request, monkeypatch):
+    """Launch the fixed heuristic configs (FASTBERT_AUTOTUNE=0): on a GPU, autotuning every shape of this
+    file would compile every config. test_autotuned_launch covers the tuned path. (The interpreter never
+    autotunes.)"""
+    if "autotuned" not in request.node.name:
+        monkeypatch.setenv("FASTBERT_AUTOTUNE", "0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autotuning needs CUDA (the interpreter cannot)")
+def test_autotuned_launch(device, launches):
+    """The autotuned launch (the default on CUDA), BERT-base sizes, AMP dtypes."""
+    x = _randn((300, 3072), torch.bfloat16, device, scale=3.0)
+    b = _randn((3072,), torch.float32, device)
+    _check_against_reference(x, b, "none", torch_fn=lambda x, b: F.gelu(x + b.to(x.dtype)))
+    assert launches == {"fwd": 1, "bwd": 1}
+
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("approximate", APPROXIMATE)
@@ -162,7 +181,7 @@ def test_empty_input(device, poisoned, launches):
     y = bias_gelu(x, b)
     assert y.shape == (0, 64)
     db, = torch.autograd.grad(y.sum(), (b,))
-    assert torch.equal(db, torch.zeros(64))
+    assert torch.equal(db, torch.zeros(64, device=device))
 
 
 @pytest.mark.parametrize("case, error, match", [

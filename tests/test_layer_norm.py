@@ -122,6 +122,27 @@ def _check_against_reference(inputs, eps, return_residual, names):
 # ---------------------------------------------------------------------------------------------- tests
 
 
+@pytest.fixture(autouse=True)
+def _fixed_meta_parameters(request, monkeypatch):
+    """Launch the fixed heuristic configs (FASTBERT_AUTOTUNE=0): on a GPU, autotuning every shape of this
+    file would compile every config. test_autotuned_launch covers the tuned path. (The interpreter never
+    autotunes.)"""
+    if "autotuned" not in request.node.name:
+        monkeypatch.setenv("FASTBERT_AUTOTUNE", "0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autotuning needs CUDA (the interpreter cannot)")
+def test_autotuned_launch(device, launches):
+    """The autotuned launch (the default on CUDA), BERT-base sizes, AMP dtypes."""
+    x = _randn((300, 768), torch.bfloat16, device).requires_grad_()
+    r = _randn((300, 768), torch.bfloat16, device).requires_grad_()
+    w = _randn((768,), torch.float32, device, shift=1.0).requires_grad_()
+    b = _randn((768,), torch.float32, device).requires_grad_()
+    _check_against_reference((x, w, b, r), 1e-12, True, ["x", "weight", "bias", "residual"])
+    assert launches == {"fwd": 1, "bwd": 1}
+
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("mode", ["plain", "residual", "residual+out"])
@@ -229,7 +250,7 @@ def test_empty_input(device, poisoned, launches):
     y, z = layer_norm(x, w, b, residual=r, return_residual=True)
     assert y.shape == z.shape == (0, 64)
     dw, db = torch.autograd.grad(y.sum() + z.sum(), (w, b))
-    assert torch.equal(dw, torch.zeros(64)) and torch.equal(db, torch.zeros(64))
+    assert torch.equal(dw, torch.zeros(64, device=device)) and torch.equal(db, torch.zeros(64, device=device))
 
 
 @pytest.mark.parametrize("case, error, match", [
