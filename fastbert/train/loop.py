@@ -149,7 +149,7 @@ class CSVLog:
         self.f.flush()
 
     def write(self, row: Dict):
-        self.w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.w.writerow(row)  # floats at full precision (repr): resumed runs are compared bit for bit
         self.f.flush()
 
     def close(self):
