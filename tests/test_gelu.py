@@ -175,13 +175,15 @@ def test_deterministic_backward(device, launches):
     assert all(torch.equal(a, c) for a, c in zip(first, second)), "backward is not deterministic"
 
 
-def test_empty_input(device, poisoned, launches):
-    x = torch.empty((0, 64), device=device).requires_grad_()
-    b = _randn((64,), torch.float32, device).requires_grad_()
+@pytest.mark.parametrize("shape", [(0, 64), (2, 0, 64), (3, 0)], ids=["no_rows", "no_tokens", "no_features"])
+def test_empty_input(shape, device, poisoned, launches):
+    n = shape[-1]
+    x = torch.empty(shape, device=device).requires_grad_()
+    b = _randn((n,), torch.float32, device).requires_grad_()
     y = bias_gelu(x, b)
-    assert y.shape == (0, 64)
+    assert y.shape == shape
     db, = torch.autograd.grad(y.sum(), (b,))
-    assert torch.equal(db, torch.zeros(64, device=device))
+    assert torch.equal(db, torch.zeros(n, device=device))
 
 
 @pytest.mark.parametrize("case, error, match", [

@@ -11,6 +11,8 @@ PyTorch path. Both paths compute the same thing:
   theirs. Mean and 1/std are computed in fp32.
 - ``weight`` and ``bias`` are required (BERT always has them) and must have shape ``(hidden,)``.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -22,7 +24,7 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with unit column stride, a view whenever possible."""
-    t2 = t.reshape(-1, t.shape[-1])
+    t2 = t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
     return t2 if t2.stride(-1) == 1 or t2.shape[-1] <= 1 else t2.contiguous()
 
 
