@@ -10,12 +10,8 @@ from .modeling_bert import BertModel, mean_pooling, resolve_backend
 
 def load_tokenizer(model_dir):
     """fastbert's C++ WordPiece tokenizer for the model directory."""
-    try:
-        from .tokenization_bert import BertTokenizer
-    except ImportError:  # the C++ tokenizer has not landed in this build: Hugging Face's, if installed
-        from transformers import BertTokenizerFast
+    from .tokenization_bert import BertTokenizer
 
-        return BertTokenizerFast.from_pretrained(str(model_dir)), "transformers.BertTokenizerFast"
     return BertTokenizer.from_pretrained(str(model_dir)), "fastbert.BertTokenizer (C++)"
 
 
