@@ -171,17 +171,19 @@ def test_half_activations_fp32_parameters(act_dtype, device, poisoned, launches)
     assert launches["fwd"] >= 1 and launches["bwd"] >= 1
 
 
-def test_residual_dtype_is_promoted(device, poisoned, launches):
-    """x bf16 + residual fp32 -> fp32, as `x + residual` in PyTorch; each gradient keeps its input's dtype."""
+@pytest.mark.parametrize("x_dtype, r_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)],
+                         ids=["bf16+fp32", "fp16+bf16"])
+def test_residual_dtype_is_promoted(x_dtype, r_dtype, device, poisoned, launches):
+    """x + residual follows PyTorch's promotion (both cases give fp32); each gradient keeps its input's dtype."""
     shape, n = (6, 312), 312
-    x = _randn(shape, torch.bfloat16, device).requires_grad_()
-    r = _randn(shape, torch.float32, device).requires_grad_()
+    x = _randn(shape, x_dtype, device).requires_grad_()
+    r = _randn(shape, r_dtype, device).requires_grad_()
     w = _randn((n,), torch.float32, device, shift=1.0).requires_grad_()
     b = _randn((n,), torch.float32, device).requires_grad_()
     y, z = layer_norm(x, w, b, residual=r, return_residual=True)
-    assert y.dtype == z.dtype == torch.float32
+    assert y.dtype == z.dtype == torch.promote_types(x_dtype, r_dtype) == torch.float32
     dx, dr = torch.autograd.grad((y * torch.randn_like(y)).sum(), (x, r))
-    assert dx.dtype == torch.bfloat16 and dr.dtype == torch.float32
+    assert dx.dtype == x_dtype and dr.dtype == r_dtype
     _check_against_reference((x, w, b, r), 1e-12, True, ["x", "weight", "bias", "residual"])
 
 
