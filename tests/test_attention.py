@@ -159,6 +159,22 @@ def test_padded_int_mask_and_strided_qkv(device):
     compare(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask=mask)
 
 
+def test_last_dim_not_contiguous(device):
+    """A head dim with stride != 1 is copied to contiguous first: same results as the contiguous input."""
+    torch.manual_seed(8)
+    q, k, v = (_rand(2, 13, 16, 2, dtype=torch.float16, device=device).transpose(-1, -2) for _ in range(3))
+    assert q.stride(-1) != 1
+    mask = _prefix_mask([13, 4], 13, device)
+    leaves = _leaves(q, k, v)
+    out = attention(*leaves, key_padding_mask=mask)
+    ref_leaves = _leaves(*(t.contiguous() for t in (q, k, v)))
+    ref = attention(*ref_leaves, key_padding_mask=mask)
+    assert torch.equal(out, ref)
+    dout = torch.randn_like(out)
+    for g, gr in zip(_grads(out, leaves, dout), _grads(ref, ref_leaves, dout)):
+        torch.testing.assert_close(g, gr, atol=1e-3, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------- packed batches
 
 PACKED_CASES = [  # sequence lengths, heads, head_dim, causal, dtype
