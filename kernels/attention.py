@@ -41,7 +41,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -477,7 +476,7 @@ _INTERPRET_DKDV = dict(BLOCK_M=16, BLOCK_N=32)
 _INTERPRET_DQ = dict(BLOCK_M=32, BLOCK_N=16)
 _PREPROCESS_BLOCK_M = 64
 
-_TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "HAS_MASK", "DROPOUT"]
+_TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "HAS_MASK", "DROPOUT", "ATOMIC_DQ"]  # absent keys ignored
 
 
 def _configs(shapes):
