@@ -461,7 +461,7 @@ void truncate(Row& r, bool pair, int64_t target, Truncation how) {
       if (how == Truncation::kOnlySecond && !pair)
         throw std::invalid_argument("truncation='only_second' needs a text pair");
       int64_t have = first ? n1 : n2;
-      if (have < to_remove)
+      if (have <= to_remove)  // as HF: the truncated sequence must keep at least one token
         throw std::invalid_argument("the sequence to truncate is too short to fit max_length (" +
                                     std::to_string(target) + " tokens besides special tokens); use "
                                     "truncation='longest_first' or a larger max_length");

@@ -313,6 +313,8 @@ class BertTokenizer:
             raise NotImplementedError("only padding_side='right' is supported")
         texts, batched = self._as_batch(text, "text")
         pairs = None
+        if not batched and isinstance(text_pair, str) and not text_pair:
+            text_pair = None  # as HF: a single empty pair means no pair (in a batch it stays an empty pair)
         if text_pair is not None:
             pairs, pair_batched = self._as_batch(text_pair, "text_pair")
             if pair_batched != batched:
@@ -330,6 +332,8 @@ class BertTokenizer:
         if return_offsets_mapping:
             keys.append("offset_mapping")
         lengths = r["lengths"]
+        # HF's "length" counts padding too
+        out_lengths = np.full_like(lengths, r["input_ids"].shape[1]) if r["padded"] else lengths
         if return_tensors is None:
             out = BatchEncoding()
             for k in keys:
@@ -342,7 +346,7 @@ class BertTokenizer:
                     rows = [[tuple(o) for o in row] for row in rows]
                 out[k] = rows if batched else rows[0]
             if return_length:
-                out["length"] = lengths.tolist() if batched else int(lengths[0])
+                out["length"] = out_lengths.tolist()  # HF: a list even for one text
             return out
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
@@ -355,7 +359,7 @@ class BertTokenizer:
         else:
             arrays = {k: r[k] for k in keys}
         if return_length:
-            arrays["length"] = lengths
+            arrays["length"] = out_lengths
         out = BatchEncoding(arrays)
         if return_tensors == "pt":
             import torch
