@@ -280,3 +280,33 @@ def test_double_backward_is_a_clear_error(device, launches):
     dx, = torch.autograd.grad(bias_gelu(x, b).pow(2).sum(), (x,), create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         dx.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------- torch.compile
+
+
+def test_custom_ops_pass_opcheck(device, launches):
+    """The launchers registered as torch custom ops (what torch.compile sees): schema, fake tensors."""
+    from fastbert.ops.gelu import _bias_gelu_bwd_op, _bias_gelu_fwd_op
+
+    x = _randn((7, 130), torch.bfloat16, device, scale=3.0)
+    b = _randn((130,), torch.float32, device)
+    torch.library.opcheck(_bias_gelu_fwd_op, (x, b, "none"))
+    torch.library.opcheck(_bias_gelu_fwd_op, (x, b, "tanh"))
+    torch.library.opcheck(_bias_gelu_bwd_op, (_randn((7, 130), torch.bfloat16, device), x, b, "none"))
+
+
+def test_torch_compile_fullgraph_matches_eager(device, launches):
+    """torch.compile traces the op without a graph break and runs the same kernels, forward and backward."""
+    x = _randn((2, 5, 96), torch.bfloat16, device, scale=3.0).requires_grad_()
+    b = _randn((96,), torch.float32, device).requires_grad_()
+    g = _randn((2, 5, 96), torch.float32, device)
+
+    def f(x, b):
+        return (bias_gelu(x, b).float() * g).sum() + (bias_gelu(x.float(), b, "tanh") * g).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got, want = compiled(x, b), f(x, b)
+    assert torch.equal(got, want)
+    for a, c in zip(torch.autograd.grad(got, (x, b)), torch.autograd.grad(want, (x, b))):
+        assert torch.equal(a, c)

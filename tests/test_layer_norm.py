@@ -365,3 +365,40 @@ def test_double_backward_is_a_clear_error(device, launches):
     dx, = torch.autograd.grad(layer_norm(x, w, b).pow(2).sum(), (x,), create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         dx.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------- torch.compile
+
+
+def test_custom_ops_pass_opcheck(device, launches):
+    """The launchers registered as torch custom ops (what torch.compile sees): schema, fake tensors."""
+    from fastbert.ops.layer_norm import _layer_norm_bwd_op, _layer_norm_fwd_op
+
+    x = _randn((7, 130), torch.bfloat16, device)
+    r = _randn((7, 130), torch.float32, device)
+    w, b = _randn((130,), torch.float32, device), _randn((130,), torch.float32, device)
+    torch.library.opcheck(_layer_norm_fwd_op, (x, r, w, b, 1e-12, True, True))
+    torch.library.opcheck(_layer_norm_fwd_op, (x, None, w, b, 1e-5, False, False))
+    y, z, mean, rstd = _layer_norm_fwd_op(x, r, w, b, 1e-12, True, True)
+    dy = _randn((7, 130), torch.float32, device)
+    torch.library.opcheck(_layer_norm_bwd_op, (dy, z, w, mean, rstd, dy, torch.bfloat16, torch.float32))
+    torch.library.opcheck(_layer_norm_bwd_op, (dy, z, w, mean, rstd, None, torch.float32, torch.float32))
+
+
+def test_torch_compile_fullgraph_matches_eager(device, launches):
+    """torch.compile traces the op without a graph break and runs the same kernels, forward and backward."""
+    x = _randn((2, 5, 96), torch.bfloat16, device).requires_grad_()
+    r = _randn((2, 5, 96), torch.float32, device).requires_grad_()
+    w = _randn((96,), torch.float32, device, shift=1.0).requires_grad_()
+    b = _randn((96,), torch.float32, device).requires_grad_()
+    g = _randn((2, 5, 96), torch.float32, device)
+
+    def f(x, r, w, b):
+        y, z = layer_norm(x, w, b, residual=r, return_residual=True)
+        return ((y * g).sum() + z.sum()) + (layer_norm(x, w.to(x.dtype), b, eps=1e-5).float() * g).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got, want = compiled(x, r, w, b), f(x, r, w, b)
+    assert torch.equal(got, want)
+    for a, c in zip(torch.autograd.grad(got, (x, r, w, b)), torch.autograd.grad(want, (x, r, w, b))):
+        assert torch.equal(a, c)

@@ -6,12 +6,13 @@ even when ``bias`` is float32 (BERT under AMP: a bf16/fp16 matmul output plus an
 autocast's ``addmm`` would give); the bias gradient has the bias's dtype.
 """
 import math
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import kernels, use_triton
+from ._dispatch import interpret_mode, kernels, use_triton
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -22,13 +23,56 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 or t2.shape[-1] <= 1 else t2.contiguous()
 
 
+def _kernel_path(x: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # torch.compile cannot trace use_triton's import check
+        return x.is_cuda or (x.device.type == "cpu" and interpret_mode())
+    return use_triton(x)
+
+
+# ---- the launchers as torch custom ops, so torch.compile sees through them (used only while compiling:
+# in eager mode a custom op's dispatch costs more than this kernel on a GPU).
+
+
+@torch.library.custom_op("fastbert::bias_gelu_fwd", mutates_args=())
+def _bias_gelu_fwd_op(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    return kernels("gelu").bias_gelu_fwd(x, bias, approximate)
+
+
+@_bias_gelu_fwd_op.register_fake
+def _(x, bias, approximate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fastbert::bias_gelu_bwd", mutates_args=())
+def _bias_gelu_bwd_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+                      approximate: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return kernels("gelu").bias_gelu_bwd(dy, x, bias, approximate)
+
+
+@_bias_gelu_bwd_op.register_fake
+def _(dy, x, bias, approximate):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(bias.shape, dtype=torch.float32)
+
+
+def _fwd(x, bias, approximate):
+    if torch.compiler.is_compiling():
+        return _bias_gelu_fwd_op(x, bias, approximate)
+    return kernels("gelu").bias_gelu_fwd(x, bias, approximate)
+
+
+def _bwd(dy, x, bias, approximate):
+    if torch.compiler.is_compiling():
+        return _bias_gelu_bwd_op(dy, x, bias, approximate)
+    return kernels("gelu").bias_gelu_bwd(dy, x, bias, approximate)
+
+
 class BiasGeluFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, approximate):
         shape = x.shape
         x2 = _rows(x)
         bias = bias.contiguous()
-        y = kernels("gelu").bias_gelu_fwd(x2, bias, approximate)
+        y = _fwd(x2, bias, approximate)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             ctx.save_for_backward(x2, bias)
             ctx.shape = shape
@@ -39,7 +83,7 @@ class BiasGeluFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x2, bias = ctx.saved_tensors
-        dx, db = kernels("gelu").bias_gelu_bwd(_rows(dy), x2, bias, ctx.approximate)
+        dx, db = _bwd(_rows(dy), x2, bias, ctx.approximate)
         return (
             dx.view(ctx.shape) if ctx.needs_input_grad[0] else None,
             db.to(bias.dtype) if ctx.needs_input_grad[1] else None,
@@ -72,6 +116,6 @@ def bias_gelu(x, bias, approximate="none"):
     approximation (``"gelu_new"``). The result has ``x``'s dtype.
     """
     _check(x, bias, approximate)
-    if use_triton(x) and x.dtype in _KERNEL_DTYPES and bias.dtype in _KERNEL_DTYPES:
+    if _kernel_path(x) and x.dtype in _KERNEL_DTYPES and bias.dtype in _KERNEL_DTYPES:
         return BiasGeluFunction.apply(x, bias, approximate)
     return F.gelu(x + bias.to(x.dtype), approximate=approximate)

@@ -12,20 +12,93 @@ PyTorch path. Both paths compute the same thing:
 - ``weight`` and ``bias`` are required (BERT always has them) and must have shape ``(hidden,)``.
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import kernels, use_triton
+from ._dispatch import interpret_mode, kernels, use_triton
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HIDDEN_SIZE = 16384  # kernels/layer_norm.py's limit (one row per block); larger takes the PyTorch path
+
+
+def _kernel_path(x: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # torch.compile cannot trace use_triton's import check
+        return x.is_cuda or (x.device.type == "cpu" and interpret_mode())
+    return use_triton(x)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with unit column stride, a view whenever possible."""
     t2 = t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
     return t2 if t2.stride(-1) == 1 or t2.shape[-1] <= 1 else t2.contiguous()
+
+
+# ---- the launchers as torch custom ops, so torch.compile sees through them (used only while compiling:
+# in eager mode a custom op's dispatch costs more than a LayerNorm kernel on a GPU).
+
+
+@torch.library.custom_op("fastbert::layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor,
+                       bias: torch.Tensor, eps: float, store_residual: bool,
+                       store_stats: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, z, mean, rstd = kernels("layer_norm").layer_norm_fwd(x, weight, bias, eps, residual, store_residual,
+                                                            store_stats)
+    # A custom op returns tensors only: absent outputs are empty.
+    return (y, y.new_empty(0) if z is None else z,
+            x.new_empty(0, dtype=torch.float32) if mean is None else mean,
+            x.new_empty(0, dtype=torch.float32) if rstd is None else rstd)
+
+
+@_layer_norm_fwd_op.register_fake
+def _(x, residual, weight, bias, eps, store_residual, store_stats):
+    m, n = x.shape
+    dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    stats = (m,) if store_stats else (0,)
+    return (x.new_empty((m, n), dtype=dtype),
+            x.new_empty((m, n) if store_residual and residual is not None else (0,), dtype=dtype),
+            x.new_empty(stats, dtype=torch.float32), x.new_empty(stats, dtype=torch.float32))
+
+
+@torch.library.custom_op("fastbert::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd_op(dy: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                       rstd: torch.Tensor, dz: Optional[torch.Tensor], dx_dtype: torch.dtype,
+                       dres_dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor]:
+    dx, dres, dw, db = kernels("layer_norm").layer_norm_bwd(dy, z, weight, mean, rstd, dz, dx_dtype, dres_dtype)
+    # Outputs may not alias: a residual gradient equal to dx is returned empty (the caller reuses dx), and
+    # dweight / dbias are two rows of one reduction.
+    return dx, dx.new_empty(0) if dres is None or dres is dx else dres, dw, db.clone()
+
+
+@_layer_norm_bwd_op.register_fake
+def _(dy, z, weight, mean, rstd, dz, dx_dtype, dres_dtype):
+    m, n = z.shape
+    separate = dres_dtype is not None and dres_dtype != dx_dtype
+    return (z.new_empty((m, n), dtype=dx_dtype),
+            z.new_empty((m, n) if separate else (0,), dtype=dres_dtype or dx_dtype),
+            z.new_empty((n,), dtype=torch.float32), z.new_empty((n,), dtype=torch.float32))
+
+
+def _fwd(x, residual, weight, bias, eps, store_residual, store_stats):
+    if torch.compiler.is_compiling():
+        y, z, mean, rstd = _layer_norm_fwd_op(x, residual, weight, bias, eps, store_residual, store_stats)
+        return y, (z if store_residual and residual is not None else None), (mean if store_stats else None), \
+            (rstd if store_stats else None)
+    return kernels("layer_norm").layer_norm_fwd(x, weight, bias, eps, residual, store_residual, store_stats)
+
+
+def _bwd(dy, z, weight, mean, rstd, dz, dx_dtype, dres_dtype):
+    if torch.compiler.is_compiling():
+        dx, dres, dw, db = _layer_norm_bwd_op(dy, z, weight, mean, rstd, dz, dx_dtype, dres_dtype)
+        if dres_dtype is None:
+            dres = None
+        elif dres_dtype == dx_dtype:
+            dres = dx
+        return dx, dres, dw, db
+    return kernels("layer_norm").layer_norm_bwd(dy, z, weight, mean, rstd, dz, dx_dtype, dres_dtype)
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -38,10 +111,8 @@ class LayerNormFunction(torch.autograd.Function):
         has_residual = residual is not None
         x2 = _rows(x)
         weight, bias = weight.contiguous(), bias.contiguous()
-        y, z, mean, rstd = kernels("layer_norm").layer_norm_fwd(
-            x2, weight, bias, eps, _rows(residual) if has_residual else None,
-            store_residual=return_residual or (needs_grad and has_residual), store_stats=needs_grad,
-        )
+        y, z, mean, rstd = _fwd(x2, _rows(residual) if has_residual else None, weight, bias, eps,
+                                return_residual or (needs_grad and has_residual), needs_grad)
         ctx.set_materialize_grads(False)
         if needs_grad:
             # The backward needs the LayerNorm input: x + residual (stored by the forward), or x itself.
@@ -59,10 +130,8 @@ class LayerNormFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if dy is None:  # only the returned x + residual was used
             dy = torch.zeros(ctx.shape, dtype=ln_input.dtype, device=ln_input.device)
-        dx, dres, dw, db = kernels("layer_norm").layer_norm_bwd(
-            _rows(dy), ln_input, weight, mean, rstd, dz=_rows(dz) if dz is not None else None,
-            dx_dtype=x_dtype, dres_dtype=res_dtype if needs[3] else None,
-        )
+        dx, dres, dw, db = _bwd(_rows(dy), ln_input, weight, mean, rstd, _rows(dz) if dz is not None else None,
+                                x_dtype, res_dtype if needs[3] else None)
         return (
             dx.view(ctx.shape) if needs[0] else None,
             dw.to(w_dtype) if needs[1] else None,
@@ -123,8 +192,7 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, return_residual=False)
     """
     _check(x, weight, bias, residual)
     tensors = [x, weight, bias] + ([residual] if residual is not None else [])
-    if (use_triton(x) and all(t.dtype in _KERNEL_DTYPES for t in tensors)
-            and x.shape[-1] <= kernels("layer_norm").MAX_HIDDEN_SIZE):
+    if _kernel_path(x) and all(t.dtype in _KERNEL_DTYPES for t in tensors) and x.shape[-1] <= MAX_HIDDEN_SIZE:
         if residual is None:
             y = LayerNormFunction.apply(x, weight, bias, None, float(eps), False)
             return (y, x) if return_residual else y
