@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from fastbert.ops import bias_gelu
 from fastbert.ops._dispatch import kernels, use_triton
 
+# triton 3.6's interpreter warns on every loop whose bounds are tensors (numpy 2.x deprecation).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (rows..., features): awkward on purpose; BERT's intermediate sizes 1536 (MiniLM) and 3072 (base).
 SHAPES = [(1, 1), (3, 7, 130), (33, 1023), (5, 1536), (2, 3072)]

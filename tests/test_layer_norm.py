@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from fastbert.ops import layer_norm
 from fastbert.ops._dispatch import kernels, use_triton
 
+# triton 3.6's interpreter warns on every loop whose bounds are tensors (numpy 2.x deprecation).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (rows..., hidden): awkward on purpose; 1 feature, BERT sizes, non-powers of two, large hidden.
 SHAPES = [(1, 1), (3, 128), (7, 312), (2, 5, 384), (33, 1023), (5, 4096)]
