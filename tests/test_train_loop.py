@@ -123,3 +123,31 @@ def test_corrupt_checkpoint_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="cannot be read"):
         ckpt.load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps(stream, tmp_path, precision):
+    """AMP on CPU: bf16 autocast, and fp16 autocast with a GradScaler; the loss stays near fp32's."""
+    batches = _batches(stream, 2, 4)
+    ref, _ = _trainer(tmp_path / "ref", 1)
+    t, _ = _trainer(tmp_path / precision, 1)
+    t.args.precision = precision
+    t.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    t.scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    for b in batches:
+        r, a = ref.train_step([b]), t.train_step([b])
+        assert a["loss"] == pytest.approx(r["loss"], rel=2e-2)
+    assert t.scaler.is_enabled() == (precision == "fp16")
+    if precision == "fp16":
+        assert t.scaler.get_scale() > 0
+
+
+def test_gradient_checkpointing_same_update(stream, tmp_path):
+    batches = _batches(stream, 2, 4)
+    a, ma = _trainer(tmp_path / "a", 1)
+    b, mb = _trainer(tmp_path / "b", 1)
+    mb.gradient_checkpointing_enable()
+    for batch in batches:
+        assert a.train_step([batch])["loss"] == pytest.approx(b.train_step([batch])["loss"], rel=1e-6)
+    for p1, p2 in zip(ma.parameters(), mb.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-7)

@@ -401,10 +401,12 @@ def step_batches(feats, cfg, info, pad_id):
     spe = max(1, len(sampler) // per_rank)
 
     def steps(start):
-        step = start
+        step, epoch, order = start, None, None
         while True:
-            sampler.set_epoch(step // spe)
-            order = list(sampler)
+            if step // spe != epoch:
+                epoch = step // spe
+                sampler.set_epoch(epoch)
+                order = list(sampler)
             k = step % spe
             idx = order[k * per_rank:(k + 1) * per_rank]
             yield [collate([feats[i] for i in idx[m * cfg.batch_size:(m + 1) * cfg.batch_size]], pad_id)
