@@ -4,20 +4,19 @@ Triton runs for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1`` is
 how CI checks every kernel without a GPU). Everything else takes the PyTorch path. Kernels are imported
 lazily, on first use: ``import fastbert`` never imports triton nor touches a GPU.
 """
-import functools
 import importlib
+import importlib.util
 import os
 
 import torch
 
+# Whether triton is installed, found without importing it (and traceable by torch.compile: a constant).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_KERNEL_MODULES = {}
 
-@functools.lru_cache(maxsize=None)
+
 def triton_available() -> bool:
-    try:
-        importlib.import_module("triton")
-    except Exception:  # noqa: BLE001 - any import failure means "no triton"
-        return False
-    return True
+    return _TRITON_INSTALLED
 
 
 def interpret_mode() -> bool:
@@ -26,7 +25,7 @@ def interpret_mode() -> bool:
 
 def use_triton(*tensors: torch.Tensor) -> bool:
     """True when these tensors should go through the Triton kernels."""
-    if not triton_available():
+    if not _TRITON_INSTALLED:
         return False
     t = tensors[0]
     if t.is_cuda:
@@ -35,5 +34,8 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 
 
 def kernels(name: str):
-    """Import ``fastbert.kernels.<name>`` on first use."""
-    return importlib.import_module(f"fastbert.kernels.{name}")
+    """``fastbert.kernels.<name>``, imported on first use (then a dictionary lookup)."""
+    module = _KERNEL_MODULES.get(name)
+    if module is None:
+        module = _KERNEL_MODULES[name] = importlib.import_module(f"fastbert.kernels.{name}")
+    return module
