@@ -99,7 +99,7 @@ PLANS = {
     ],
     ("cpu", True): [
         ("inference", "minilm", "fp32", ["fixed:1:128", "fixed:8:128", "corpus:16:512"]),
-        ("training", "minilm", "fp32", ["fixed:8:64"]),
+        ("training", "minilm", "fp32", ["fixed:8:64", "pad50:8:64"]),
     ],
 }
 
@@ -291,7 +291,7 @@ def _measure(section, model_name, dtype_name, w, inputs, built, ref, base_err, d
                 p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], n_calls=stats["n"],
                 tokens_per_s=real / (stats["median_ms"] / 1e3), peak_mem_mb=peak,
                 memory_kind=common.memory_kind(device), check=check_str, check_detail=check,
-                notes=built.notes, times_ms=stats["times_ms"])
+                notes=built.notes, times_ms=stats["times_ms"], times_kept_every=stats["times_kept_every"])
 
 
 def _add_speedups(rows):
@@ -587,6 +587,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a CPU shared with other jobs, 1 thread gives "
                         "far steadier timings than threads that wait for each other at every op")
+    p.add_argument("--triton-interpret", action="store_true",
+                   help="CPU only: run the Triton providers under the Triton interpreter, to check the GPU "
+                        "path of the runner (timings are meaningless and marked so)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--update-readme", action="store_true",
                    help="rewrite the section between <!-- bench:start --> and <!-- bench:end --> of README.md")
@@ -618,6 +621,9 @@ def main(argv=None) -> int:
     for s in sections:
         if s not in SECTIONS:
             raise SystemExit(f"--only: unknown section {s!r}; choose from {', '.join(SECTIONS)}")
+    if args.triton_interpret:
+        os.environ["TRITON_INTERPRET"] = "1"  # read by fastbert.ops on every call
+        P.INTERPRET_PROVIDERS[:] = [True]
     if args.threads:
         torch.set_num_threads(args.threads)
     has_cuda = torch.cuda.is_available()
@@ -642,6 +648,9 @@ def run_suite(suite, args, sections) -> int:
     env = environment(device)
     log(f"fastbert benchmarks, {suite} suite{' (quick)' if args.quick else ''} on {hardware_line(env)}")
     notes = []
+    if args.triton_interpret and device.type == "cpu":
+        notes.append("--triton-interpret: the Triton providers ran under the Triton interpreter; their times "
+                     "measure the interpreter, not fastbert (a check of the runner's GPU path only).")
     if device.type == "cpu":
         notes += ["CPU run: only what makes sense on a CPU (the PyTorch path vs Hugging Face, fp32, the tokenizer). "
                   + P_TRITON_NOTE,

@@ -130,10 +130,15 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+MAX_KEPT_TIMES = 400  # per-call times kept in the results file (all of them enter the statistics)
+
+
 def summarize(times_ms: List[float]) -> Dict:
     s = sorted(times_ms)
+    step = max(1, -(-len(times_ms) // MAX_KEPT_TIMES))
     return {"median_ms": statistics.median(s), "p90_ms": _quantile(s, 0.9), "min_ms": s[0],
-            "mean_ms": statistics.fmean(s), "n": len(s), "times_ms": [round(t, 5) for t in times_ms]}
+            "mean_ms": statistics.fmean(s), "n": len(s),
+            "times_ms": [round(t, 5) for t in times_ms[::step]], "times_kept_every": step}
 
 
 def time_calls(fn: Callable, inputs: Sequence, device: torch.device, warmup: int = 5, reps: int = 30,

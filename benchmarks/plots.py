@@ -37,7 +37,7 @@ def draw(results: Dict, stem: Path, log: Callable = print) -> List[str]:
         panels = list(dict.fromkeys((r["model"], r["dtype"]) for r in rows))
         if not panels:
             continue
-        fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.4 * len(panels)), squeeze=False)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.2 * len(panels)), squeeze=False)
         for ax, (model, dtype) in zip(axes[:, 0], panels):
             panel = [r for r in rows if r["model"] == model and r["dtype"] == dtype]
             base = _baseline(panel)
@@ -64,7 +64,7 @@ def draw(results: Dict, stem: Path, log: Callable = print) -> List[str]:
             ax.set_ylabel(f"speed-up vs {base or '?'}")
             ax.set_title(f"{section}: {model} {dtype}", fontsize=9)
             ax.margins(y=0.15)
-            ax.legend(fontsize=7, ncol=4, loc="upper left")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
         fig.suptitle(f"fastbert {section} speed-up ({results['suite']} suite)\n"
                      f"{hardware_line(results['environment'])}", fontsize=8)
         fig.tight_layout()

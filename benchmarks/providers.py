@@ -107,10 +107,23 @@ def _encoder_forward(model):
     return fn
 
 
+def _interpret_ok(device) -> bool:
+    """Triton providers on CPU under TRITON_INTERPRET=1 (``--triton-interpret``): a check that the GPU path
+    of the runner works, never a speed measurement."""
+    from fastbert.ops._dispatch import interpret_mode
+
+    return device.type == "cpu" and INTERPRET_PROVIDERS and interpret_mode()
+
+
+INTERPRET_PROVIDERS = []  # set to [True] by the runner's --triton-interpret
+
+
 def build_inference(name: str, ref: fastbert.BertModel, device: torch.device, dtype: torch.dtype,
                     compile_cpu: bool = False) -> Built:
     """One inference provider in ``dtype`` on ``device``, in eval mode; raises Skip when it does not apply."""
-    if name.startswith("fastbert-triton") and device.type != "cuda":
+    if name == "fastbert-triton-graph" and device.type != "cuda":
+        raise Skip(TRITON_CPU_REASON)
+    if name.startswith("fastbert-triton") and device.type != "cuda" and not _interpret_ok(device):
         raise Skip(TRITON_CPU_REASON)
     if name == "hf-compile" and device.type != "cuda" and not compile_cpu:
         raise Skip(COMPILE_CPU_REASON)
@@ -199,7 +212,7 @@ def masked_probe_loss(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def build_training(name: str, ref: fastbert.BertModel, device: torch.device, amp_dtype: Optional[torch.dtype],
                    compile_cpu: bool = False, lr: float = 1e-5) -> Built:
     """A training step provider: fp32 weights, autocast to ``amp_dtype`` (None: plain fp32), AdamW."""
-    if name.startswith("fastbert-triton") and device.type != "cuda":
+    if name.startswith("fastbert-triton") and device.type != "cuda" and not _interpret_ok(device):
         raise Skip(TRITON_CPU_REASON)
     if name == "fastbert-triton-graph":
         raise Skip("CUDA graph: inference only")
@@ -218,8 +231,15 @@ def build_training(name: str, ref: fastbert.BertModel, device: torch.device, amp
         opt.step()
         return loss
 
+    initial = [p.detach().clone() for p in model.parameters()]
+
     def loss_and_grads(inputs):
-        """Dropout off, no optimizer step: the loss and a gradient to check against the reference."""
+        """Dropout off, no optimizer step: the loss and a gradient to check against the reference. The
+        weights and the optimizer go back to their initial state first (timed steps train the model)."""
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), initial):
+                p.copy_(p0)
+        opt.state.clear()
         model.eval()
         model.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
