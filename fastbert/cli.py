@@ -78,6 +78,10 @@ def main(argv=None) -> int:
 
         return train_cli.main(argv)
     if argv and argv[0] == "bench":
+        import os
+
+        if os.path.isfile(os.path.join("benchmarks", "__main__.py")) and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # a source checkout: benchmarks/ is not installed with fastbert
         try:
             from benchmarks.__main__ import main as bench_main
         except ImportError:
