@@ -87,10 +87,11 @@ def main(src, out):
     plain = sorted({t for t in plain if 20 <= len(t) <= 300})
     rng.shuffle(plain)
     for k, (body, author) in enumerate(quoted[500:900]):
-        words, names = body.split()[:40] + ["--"], author.split()
+        # the quote's last words, the dash, the name: entities are a fair share of the tokens
+        words, names = body.split()[-12:] + ["--"], author.split()
         ner.append({"tokens": words + names, "tags": ["O"] * len(words) + ["B-PER"] + ["I-PER"] * (len(names) - 1)})
         if k % 3 == 0:  # cookies without an attribution: no entity at all
-            ner.append({"tokens": plain[k].split()[:40], "tags": ["O"] * len(plain[k].split()[:40])})
+            ner.append({"tokens": plain[k].split()[-14:], "tags": ["O"] * len(plain[k].split()[-14:])})
     write_jsonl(out / "ner" / "train.jsonl", ner[:400])
     write_jsonl(out / "ner" / "eval.jsonl", ner[400:])
     print(f"pretrain: {len(en_files)} files; langid: {len(train)}/{len(ev)}; qa: {len(qa[:400])}/{len(qa[400:])}; "

@@ -91,7 +91,7 @@ def test_finetune_minilm_language_of_a_cookie(text_data, minilm_dir, tmp_path):
 
 def test_finetune_ner_end_to_end(text_data, minilm_dir, tmp_path):
     cfg = FinetuneConfig(task="ner", model=str(minilm_dir), train_file=str(text_data / "ner" / "train.jsonl"),
-                         eval_file=str(text_data / "ner" / "eval.jsonl"), max_length=48, batch_size=8,
+                         eval_file=str(text_data / "ner" / "eval.jsonl"), max_length=40, batch_size=8,
                          max_steps=20, learning_rate=2e-4, warmup_ratio=0.1, output_dir=str(tmp_path / "ner"),
                          **_quiet())
     res = finetune(cfg)
