@@ -119,6 +119,52 @@ PYBIND11_MODULE(_C, m) {
           "Word-piece ids (int64 numpy) of one text, no special tokens; with offsets=True also (n, 2) "
           "code point offsets.")
       .def(
+          "split_words",
+          [](const Tokenizer& t, const py::list& texts) {
+            auto views = utf8_views(texts, "text");
+            std::string bytes;
+            std::vector<int64_t> starts, per_text(views.size());
+            std::vector<int32_t> fixed;
+            {
+              py::gil_scoped_release release;
+              for (size_t i = 0; i < views.size(); ++i) {
+                size_t before = fixed.size();
+                t.split_words(views[i], bytes, starts, fixed);
+                per_text[i] = static_cast<int64_t>(fixed.size() - before);
+              }
+            }
+            std::vector<uint8_t> b(bytes.begin(), bytes.end());
+            const py::ssize_t nb = static_cast<py::ssize_t>(b.size()), nw = static_cast<py::ssize_t>(fixed.size());
+            const py::ssize_t nt = static_cast<py::ssize_t>(per_text.size());
+            py::dict d;
+            d["bytes"] = to_numpy(std::move(b), {nb});
+            d["starts"] = to_numpy(std::move(starts), {nw});
+            d["fixed"] = to_numpy(std::move(fixed), {nw});
+            d["words_per_text"] = to_numpy(std::move(per_text), {nt});
+            return d;
+          },
+          py::arg("texts"),
+          "Words before WordPiece (for the CUDA path): normalized UTF-8 `bytes`, word `starts`, `fixed` "
+          "ids (special / too long, else -1) and `words_per_text`.")
+      .def("trie_arrays",
+           [](const Tokenizer& t) {
+             auto e = t.trie().export_arrays();
+             py::dict d;
+             const py::ssize_t nn = static_cast<py::ssize_t>(e.nodes.size() / 5);
+             const py::ssize_t np_ = static_cast<py::ssize_t>(e.pops.size() / 2);
+             const py::ssize_t ne = static_cast<py::ssize_t>(e.edge_bytes.size());
+             const py::ssize_t nc = static_cast<py::ssize_t>(e.edge_child.size());
+             const py::ssize_t nd = static_cast<py::ssize_t>(e.dense.size());
+             d["nodes"] = to_numpy(std::move(e.nodes), {nn, 5});
+             d["edge_bytes"] = to_numpy(std::move(e.edge_bytes), {ne});
+             d["edge_child"] = to_numpy(std::move(e.edge_child), {nc});
+             d["dense"] = to_numpy(std::move(e.dense), {nd});
+             d["pops"] = to_numpy(std::move(e.pops), {np_, 2});
+             d["suffix_root"] = e.suffix_root;
+             d["dense_from"] = e.dense_from;
+             return d;
+           })
+      .def(
           "encode_batch",
           [](const Tokenizer& t, const py::list& texts, const py::object& pairs, bool add_special_tokens,
              int64_t max_length, int truncation, int padding, int64_t pad_to_multiple_of, bool offsets,

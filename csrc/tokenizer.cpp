@@ -184,6 +184,21 @@ WordPieceTrie::WordPieceTrie(const std::vector<std::string>& tokens, const std::
   }
 }
 
+WordPieceTrie::Export WordPieceTrie::export_arrays() const {
+  Export e;
+  for (const Node& n : nodes_) {
+    e.nodes.insert(e.nodes.end(), {static_cast<int32_t>(n.edge_begin), static_cast<int32_t>(n.num_edges),
+                                   static_cast<int32_t>(n.pops_len), n.fail, static_cast<int32_t>(n.pops_begin)});
+  }
+  e.edge_bytes.assign(edge_bytes_.begin(), edge_bytes_.end());
+  e.edge_child = edge_child_;
+  e.dense = dense_;
+  for (const Pop& p : pops_) e.pops.insert(e.pops.end(), {p.id, p.len});
+  e.suffix_root = suffix_root_;
+  e.dense_from = static_cast<int32_t>(kDenseFrom);
+  return e;
+}
+
 bool WordPieceTrie::tokenize(std::string_view word, std::vector<Piece>& out) const {
   const size_t start = out.size();
   int32_t u = 0;
@@ -304,8 +319,17 @@ size_t Tokenizer::match_special(std::string_view text, size_t pos, int32_t* id) 
   return 0;
 }
 
-void Tokenizer::flush(Word& w, std::vector<int32_t>& ids, std::vector<int64_t>* offsets) const {
+void Tokenizer::flush(Word& w, const Sink& sink) const {
   if (w.chars == 0) return;
+  std::vector<int32_t>& ids = *sink.ids;
+  std::vector<int64_t>* offsets = sink.offsets;
+  if (sink.words) {
+    sink.starts->push_back(static_cast<int64_t>(sink.words->size()));
+    sink.words->append(w.bytes);
+    ids.push_back(w.chars <= opts_.max_input_chars_per_word ? -1 : unk_id_);
+    w.clear();
+    return;
+  }
   bool ok = w.chars <= opts_.max_input_chars_per_word;
   if (ok) {
     w.pieces.clear();
@@ -331,6 +355,17 @@ void Tokenizer::flush(Word& w, std::vector<int32_t>& ids, std::vector<int64_t>* 
 
 void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
                          std::vector<int64_t>* offsets) const {
+  scan(text, Sink{&ids, offsets});
+}
+
+void Tokenizer::split_words(std::string_view text, std::string& bytes, std::vector<int64_t>& starts,
+                            std::vector<int32_t>& fixed) const {
+  scan(text, Sink{&fixed, nullptr, &bytes, &starts});
+}
+
+void Tokenizer::scan(std::string_view text, const Sink& sink) const {
+  std::vector<int32_t>& ids = *sink.ids;
+  std::vector<int64_t>* offsets = sink.offsets;
   thread_local Word w;
   w.clear();
   using namespace unicode;
@@ -342,11 +377,11 @@ void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
   auto emit = [&](uint32_t c, int64_t orig) {
     const uint8_t g = char_flags(c);
     if (g & kSpace) {
-      flush(w, ids, offsets);
+      flush(w, sink);
     } else if (g & kPunct) {
-      flush(w, ids, offsets);
+      flush(w, sink);
       w.push(c, orig);
-      flush(w, ids, offsets);
+      flush(w, sink);
     } else {
       w.push(c, orig);
     }
@@ -365,9 +400,10 @@ void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
       int32_t sid;
       size_t n = match_special(text, pos, &sid);
       if (n) {
-        flush(w, ids, offsets);
+        flush(w, sink);
         int64_t chars = 0;
         for (size_t p = pos; p < pos + n; ++p) chars += (static_cast<unsigned char>(text[p]) & 0xC0) != 0x80;
+        if (sink.words) sink.starts->push_back(static_cast<int64_t>(sink.words->size()));
         ids.push_back(sid);
         if (offsets) {
           offsets->push_back(ci);
@@ -386,11 +422,11 @@ void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
     const uint8_t f = char_flags(cp);
     if (clean && (f & kRemove)) continue;
     if (f & kSpace) {
-      flush(w, ids, offsets);
+      flush(w, sink);
       continue;
     }
     const bool is_cjk = cjk && (f & kCjk);
-    if (is_cjk) flush(w, ids, offsets);
+    if (is_cjk) flush(w, sink);
     if (strip && (f & (kMn | kDecomp))) {
       if (f & kDecomp) {
         auto m = lookup(kStripKeys, kStripOffsets, kStripPool, kStripCount, cp);
@@ -399,9 +435,9 @@ void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
     } else {
       emit_lower(cp, orig);
     }
-    if (is_cjk) flush(w, ids, offsets);
+    if (is_cjk) flush(w, sink);
   }
-  flush(w, ids, offsets);
+  flush(w, sink);
 }
 
 // ---- batch encoding ---------------------------------------------------------------------------------

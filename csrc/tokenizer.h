@@ -51,6 +51,15 @@ class WordPieceTrie {
 
   size_t num_nodes() const { return nodes_.size(); }
 
+  // Flat arrays of the trie, for a device copy (csrc/cuda/wordpiece.cu): per node {edge_begin,
+  // num_edges, pops_len, fail, pops_begin} as 5 int32; edge bytes; edge children; dense tables; pops as
+  // {id, len} int32 pairs.
+  struct Export {
+    std::vector<int32_t> nodes, edge_bytes, edge_child, dense, pops;
+    int32_t suffix_root, dense_from;
+  };
+  Export export_arrays() const;
+
  private:
   // Nodes are numbered breadth first, so the shallow, hot part of the trie is compact in memory; the
   // children of a node are contiguous, sorted by byte, or a direct 256 table for wide nodes (the root).
@@ -96,10 +105,25 @@ class Tokenizer {
   size_t vocab_size() const { return vocab_.size(); }
   const TokenizerOptions& options() const { return opts_; }
   int32_t unk_id() const { return unk_id_; }
+  const WordPieceTrie& trie() const { return trie_; }
+
+  // The words of `text` before WordPiece, for the device path: appends each word's normalized UTF-8 to
+  // `bytes` and its start to `starts`, and to `fixed` the id the word must become whatever WordPiece
+  // says (a special token, as a zero-length word; the unknown token for a word longer than
+  // max_input_chars_per_word) or -1.
+  void split_words(std::string_view text, std::string& bytes, std::vector<int64_t>& starts,
+                   std::vector<int32_t>& fixed) const;
 
  private:
   struct Word;
-  void flush(Word& w, std::vector<int32_t>& ids, std::vector<int64_t>* offsets) const;
+  struct Sink {
+    std::vector<int32_t>* ids;
+    std::vector<int64_t>* offsets;
+    std::string* words = nullptr;  // split_words mode
+    std::vector<int64_t>* starts = nullptr;
+  };
+  void scan(std::string_view text, const Sink& sink) const;
+  void flush(Word& w, const Sink& sink) const;
   size_t match_special(std::string_view text, size_t pos, int32_t* id) const;
 
   std::vector<std::string> vocab_;
