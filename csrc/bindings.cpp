@@ -49,7 +49,8 @@ std::vector<std::string_view> utf8_views(const py::list& texts, const char* what
   return views;
 }
 
-py::dict batch_to_dict(BatchOutput&& r, bool offsets) {
+py::dict batch_to_dict(BatchOutput&& r, const EncodeOptions& o) {
+  const bool offsets = o.offsets;
   py::dict d;
   const bool padded = r.padded;
   std::vector<py::ssize_t> shape = padded ? std::vector<py::ssize_t>{r.rows, r.width}
@@ -57,9 +58,9 @@ py::dict batch_to_dict(BatchOutput&& r, bool offsets) {
   std::vector<py::ssize_t> oshape = shape;
   oshape.push_back(2);
   d["input_ids"] = to_numpy(std::move(r.ids), shape);
-  d["token_type_ids"] = to_numpy(std::move(r.type_ids), shape);
-  d["attention_mask"] = to_numpy(std::move(r.attention_mask), shape);
-  d["special_tokens_mask"] = to_numpy(std::move(r.special_tokens_mask), shape);
+  if (o.type_ids) d["token_type_ids"] = to_numpy(std::move(r.type_ids), shape);
+  if (o.attention_mask) d["attention_mask"] = to_numpy(std::move(r.attention_mask), shape);
+  if (o.special_tokens_mask) d["special_tokens_mask"] = to_numpy(std::move(r.special_tokens_mask), shape);
   if (offsets) d["offset_mapping"] = to_numpy(std::move(r.offsets), oshape);
   d["lengths"] = to_numpy(std::move(r.lengths), {r.rows});
   d["padded"] = padded;
@@ -168,7 +169,8 @@ PYBIND11_MODULE(_C, m) {
           "encode_batch",
           [](const Tokenizer& t, const py::list& texts, const py::object& pairs, bool add_special_tokens,
              int64_t max_length, int truncation, int padding, int64_t pad_to_multiple_of, bool offsets,
-             int num_threads, int32_t cls_id, int32_t sep_id, int32_t pad_id) {
+             int num_threads, int32_t cls_id, int32_t sep_id, int32_t pad_id, bool type_ids,
+             bool attention_mask, bool special_tokens_mask) {
             auto first = utf8_views(texts, "text");
             std::vector<std::string_view> second;
             py::list pair_list;
@@ -187,17 +189,21 @@ PYBIND11_MODULE(_C, m) {
             o.cls_id = cls_id;
             o.sep_id = sep_id;
             o.pad_id = pad_id;
+            o.type_ids = type_ids;
+            o.attention_mask = attention_mask;
+            o.special_tokens_mask = special_tokens_mask;
             BatchOutput r;
             {
               py::gil_scoped_release release;
               r = fastbert::encode_batch(t, first, pairs.is_none() ? nullptr : &second, o);
             }
-            return batch_to_dict(std::move(r), offsets);
+            return batch_to_dict(std::move(r), o);
           },
           py::arg("texts"), py::arg("pairs") = py::none(), py::arg("add_special_tokens") = true,
           py::arg("max_length") = -1, py::arg("truncation") = 0, py::arg("padding") = 0,
           py::arg("pad_to_multiple_of") = 0, py::arg("offsets") = false, py::arg("num_threads") = 1,
-          py::arg("cls_id") = -1, py::arg("sep_id") = -1, py::arg("pad_id") = -1,
+          py::arg("cls_id") = -1, py::arg("sep_id") = -1, py::arg("pad_id") = -1, py::arg("type_ids") = true,
+          py::arg("attention_mask") = true, py::arg("special_tokens_mask") = true,
           "Encode a list of str (and optional list of pair str) across num_threads threads (<= 0: all "
           "cores) with the GIL released. Returns a dict of int64 numpy arrays: packed (flat, with "
           "per-row `lengths`) when padding == 0, else (rows, width).");

@@ -447,8 +447,6 @@ namespace {
 struct Row {
   std::vector<int32_t> a, b;
   std::vector<int64_t> oa, ob;
-  std::vector<int64_t> ids, types, special, offsets;  // assembled
-  std::string error;
 };
 
 // HF tokenizers' truncate_encodings; target excludes special tokens.
@@ -526,30 +524,6 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
                                   std::to_string(specials) + " special tokens added to each sequence");
     truncate(r, b != nullptr, target, o.truncation);
   }
-  const size_t n = r.a.size() + r.b.size() + static_cast<size_t>(specials);
-  r.ids.clear();
-  r.types.clear();
-  r.special.clear();
-  r.offsets.clear();
-  r.ids.reserve(n);
-  auto put = [&](int32_t id, int64_t type, int64_t special, int64_t s, int64_t e) {
-    r.ids.push_back(id);
-    r.types.push_back(type);
-    r.special.push_back(special);
-    if (o.offsets) {
-      r.offsets.push_back(s);
-      r.offsets.push_back(e);
-    }
-  };
-  if (o.add_special_tokens) put(o.cls_id, 0, 1, 0, 0);
-  for (size_t i = 0; i < r.a.size(); ++i)
-    put(r.a[i], 0, 0, o.offsets ? r.oa[2 * i] : 0, o.offsets ? r.oa[2 * i + 1] : 0);
-  if (o.add_special_tokens) put(o.sep_id, 0, 1, 0, 0);
-  if (b) {
-    for (size_t i = 0; i < r.b.size(); ++i)
-      put(r.b[i], 1, 0, o.offsets ? r.ob[2 * i] : 0, o.offsets ? r.ob[2 * i + 1] : 0);
-    if (o.add_special_tokens) put(o.sep_id, 1, 1, 0, 0);
-  }
 }
 
 }  // namespace
@@ -604,11 +578,13 @@ BatchOutput encode_batch(const Tokenizer& tok, const std::vector<std::string_vie
   BatchOutput res;
   res.rows = static_cast<int64_t>(rows);
   res.lengths.resize(rows);
-  int64_t longest = 0, total = 0;
+  const int64_t specials = o.add_special_tokens ? (second ? 3 : 2) : 0;
+  std::vector<size_t> row_at(rows + 1, 0);
+  int64_t longest = 0;
   for (size_t i = 0; i < rows; ++i) {
-    res.lengths[i] = static_cast<int64_t>(out[i].ids.size());
+    res.lengths[i] = static_cast<int64_t>(out[i].a.size() + out[i].b.size()) + specials;
     longest = std::max(longest, res.lengths[i]);
-    total += res.lengths[i];
+    row_at[i + 1] = row_at[i] + static_cast<size_t>(res.lengths[i]);
   }
   res.padded = o.padding != Padding::kNone;
   int64_t width = longest;
@@ -617,22 +593,55 @@ BatchOutput encode_batch(const Tokenizer& tok, const std::vector<std::string_vie
     width += o.pad_to_multiple_of - width % o.pad_to_multiple_of;
   if (res.padded && o.pad_id < 0) throw std::invalid_argument("the [PAD] token is not in the vocabulary");
   res.width = width;
-  const size_t cells = res.padded ? rows * static_cast<size_t>(width) : static_cast<size_t>(total);
+  if (res.padded)
+    for (size_t i = 0; i <= rows; ++i) row_at[i] = i * static_cast<size_t>(width);
+  const size_t cells = res.padded ? rows * static_cast<size_t>(width) : row_at[rows];
   res.ids.assign(cells, res.padded ? o.pad_id : 0);
-  res.type_ids.assign(cells, 0);
-  res.attention_mask.assign(cells, 0);
-  res.special_tokens_mask.assign(cells, 1);
+  if (o.type_ids) res.type_ids.assign(cells, 0);
+  if (o.attention_mask) res.attention_mask.assign(cells, 0);
+  if (o.special_tokens_mask) res.special_tokens_mask.assign(cells, 1);
   if (o.offsets) res.offsets.assign(2 * cells, 0);
-  size_t at = 0;
-  for (size_t i = 0; i < rows; ++i) {
+
+  // Rows written in parallel: [CLS] a [SEP] (b [SEP]).
+  auto write_row = [&](size_t i) {
     const Row& r = out[i];
-    if (res.padded) at = i * static_cast<size_t>(width);
-    std::copy(r.ids.begin(), r.ids.end(), res.ids.begin() + at);
-    std::copy(r.types.begin(), r.types.end(), res.type_ids.begin() + at);
-    std::fill(res.attention_mask.begin() + at, res.attention_mask.begin() + at + r.ids.size(), 1);
-    std::copy(r.special.begin(), r.special.end(), res.special_tokens_mask.begin() + at);
-    if (o.offsets) std::copy(r.offsets.begin(), r.offsets.end(), res.offsets.begin() + 2 * at);
-    at += r.ids.size();
+    size_t at = row_at[i];
+    const size_t start = at;
+    int64_t* ids = res.ids.data();
+    int64_t* offs = o.offsets ? res.offsets.data() : nullptr;
+    auto put_seq = [&](const std::vector<int32_t>& v, const std::vector<int64_t>& ov) {
+      for (size_t k = 0; k < v.size(); ++k) ids[at + k] = v[k];
+      if (offs) std::copy(ov.begin(), ov.end(), offs + 2 * at);
+      if (o.special_tokens_mask) std::fill_n(res.special_tokens_mask.data() + at, v.size(), 0);
+      at += v.size();
+    };
+    if (o.add_special_tokens) ids[at++] = o.cls_id;
+    put_seq(r.a, r.oa);
+    if (o.add_special_tokens) ids[at++] = o.sep_id;
+    const size_t first_end = at;
+    if (second) {
+      put_seq(r.b, r.ob);
+      if (o.add_special_tokens) ids[at++] = o.sep_id;
+      if (o.type_ids) std::fill(res.type_ids.begin() + first_end, res.type_ids.begin() + at, 1);
+    }
+    if (o.attention_mask) std::fill(res.attention_mask.begin() + start, res.attention_mask.begin() + at, 1);
+  };
+  next.store(0);
+  auto write_work = [&]() {
+    const size_t chunk = 64;
+    for (;;) {
+      size_t begin = next.fetch_add(chunk);
+      if (begin >= rows) return;
+      for (size_t i = begin, end = std::min(rows, begin + chunk); i < end; ++i) write_row(i);
+    }
+  };
+  if (threads == 1) {
+    write_work();
+  } else {
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(write_work);
+    write_work();
+    for (auto& t : pool) t.join();
   }
   return res;
 }

@@ -152,6 +152,7 @@ struct EncodeOptions {
   Padding padding = Padding::kNone;
   int64_t pad_to_multiple_of = 0;
   bool offsets = false;
+  bool type_ids = true, attention_mask = true, special_tokens_mask = true;  // which arrays to fill
   int num_threads = 1;  // <= 0: all hardware threads
   int32_t cls_id = -1, sep_id = -1, pad_id = -1;
 };
@@ -160,7 +161,8 @@ struct EncodeOptions {
 struct BatchOutput {
   int64_t rows = 0, width = 0;
   bool padded = false;
-  std::vector<int64_t> ids, type_ids, attention_mask, special_tokens_mask, offsets;  // offsets: 2/token
+  std::vector<int64_t> ids, type_ids, attention_mask, special_tokens_mask, offsets;  // offsets: 2/token;
+  // arrays not asked for in EncodeOptions are left empty
   std::vector<int64_t> lengths;
 };
 

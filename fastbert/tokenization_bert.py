@@ -263,7 +263,8 @@ class BertTokenizer:
         raise TypeError(f"{what} must be a str or a list/tuple of str, not {type(text).__name__}")
 
     def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
-             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None):
+             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
+             arrays=("token_type_ids", "attention_mask", "special_tokens_mask")):
         if isinstance(padding, bool):
             padding = "longest" if padding else "do_not_pad"
         padding = getattr(padding, "value", padding)
@@ -295,7 +296,9 @@ class BertTokenizer:
             padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
             num_threads=threads, cls_id=self.cls_token_id if add_special_tokens else -1,
             sep_id=self.sep_token_id if add_special_tokens else -1,
-            pad_id=-1 if self.pad_token_id is None else self.pad_token_id)
+            pad_id=-1 if self.pad_token_id is None else self.pad_token_id,
+            type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
+            special_tokens_mask="special_tokens_mask" in arrays)
 
     def __call__(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
                  max_length: Optional[int] = None, stride: int = 0, pad_to_multiple_of: Optional[int] = None,
@@ -311,6 +314,15 @@ class BertTokenizer:
             raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer")
         if getattr(self, "padding_side", "right") != "right":
             raise NotImplementedError("only padding_side='right' is supported")
+        keys = ["input_ids"]
+        if return_token_type_ids is None or return_token_type_ids:
+            keys.append("token_type_ids")
+        if return_attention_mask is None or return_attention_mask:
+            keys.append("attention_mask")
+        if return_special_tokens_mask:
+            keys.append("special_tokens_mask")
+        if return_offsets_mapping:
+            keys.append("offset_mapping")
         texts, batched = self._as_batch(text, "text")
         pairs = None
         if not batched and isinstance(text_pair, str) and not text_pair:
@@ -321,16 +333,7 @@ class BertTokenizer:
                 raise TypeError("text and text_pair must both be a str or both be a list of str")
         r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                       max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, offsets=return_offsets_mapping,
-                      num_threads=num_threads)
-        keys = ["input_ids"]
-        if return_token_type_ids is None or return_token_type_ids:
-            keys.append("token_type_ids")
-        if return_attention_mask is None or return_attention_mask:
-            keys.append("attention_mask")
-        if return_special_tokens_mask:
-            keys.append("special_tokens_mask")
-        if return_offsets_mapping:
-            keys.append("offset_mapping")
+                      num_threads=num_threads, arrays=keys)
         lengths = r["lengths"]
         # HF's "length" counts padding too
         out_lengths = np.full_like(lengths, r["input_ids"].shape[1]) if r["padded"] else lengths
@@ -403,7 +406,7 @@ class BertTokenizer:
                 return self._encode_packed_device(texts, truncation, max_length, add_special_tokens,
                                                   torch.device(device), _launch_cuda)
         r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=False, truncation=truncation,
-                      max_length=max_length, num_threads=num_threads)
+                      max_length=max_length, num_threads=num_threads, arrays=("token_type_ids",))
         lengths = r["lengths"]
         cu = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=cu[1:])
