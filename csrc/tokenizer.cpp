@@ -251,6 +251,11 @@ struct Tokenizer::Word {
     for (size_t i = before; i < bytes.size(); ++i) origin.push_back(orig);
     ++chars;
   }
+  void push_ascii(char c, int64_t orig) {
+    bytes.push_back(c);
+    origin.push_back(orig);
+    ++chars;
+  }
   void clear() {
     bytes.clear();
     origin.clear();
@@ -413,6 +418,22 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
         pos += n;
         continue;
       }
+    }
+    if (b < 0x80) {  // ASCII fast path: no CJK, no decomposition, lower case is A-Z only
+      const int64_t orig = ci++;
+      ++pos;
+      const uint8_t f = char_flags(b);
+      if (f & (kRemove | kSpace | kPunct)) {
+        if (clean && (f & kRemove)) continue;
+        flush(w, sink);
+        if (f & kPunct) {
+          w.push_ascii(static_cast<char>(b), orig);
+          flush(w, sink);
+        }
+        continue;
+      }
+      w.push_ascii(static_cast<char>(lower && b >= 'A' && b <= 'Z' ? b + 32 : b), orig);
+      continue;
     }
     uint32_t cp;
     size_t n = decode_utf8(text, pos, &cp);
