@@ -76,7 +76,7 @@ class BuildExt(build_ext):
                "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
                "-gencode", "arch=compute_90,code=compute_90",
                "-I" + os.path.join(ROOT, "csrc"), "-I" + pybind11.get_include(),
-               "-I" + sysconfig.get_paths()["include"], *ext.sources, "-o", out, "-lcudart"]
+               "-I" + sysconfig.get_paths()["include"], *ext.sources, "-o", out, "-cudart", "static"]
         print(" ".join(cmd))
         subprocess.check_call(cmd)
 
