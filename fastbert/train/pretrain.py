@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
 from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, read_vocab, \
@@ -67,7 +68,7 @@ LOG_FIELDS = ["loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc", "grad_norm"]
 class PretrainConfig(TrainArgs):
     train_files: List[str] = field(default_factory=list)
     eval_files: List[str] = field(default_factory=list)
-    tokenizer: Optional[str] = None        # a directory with vocab.txt (default: the model directory)
+    tokenizer: Optional[str] = None        # a directory with vocab.txt (default: the model's, else MiniLM's)
     model: Optional[str] = None            # continue from a checkpoint directory ...
     model_config: Dict = field(default_factory=dict)  # ... or BertConfig fields for a model from scratch
     max_seq_length: int = 128
@@ -145,7 +146,7 @@ def run(cfg: PretrainConfig) -> Dict:
     torch.manual_seed(cfg.seed)
     if not cfg.train_files:
         raise ValueError("train_files is empty: give raw text files to pre-train on")
-    tok_dir = cfg.tokenizer or cfg.model
+    tok_dir = cfg.tokenizer or cfg.model or default_model_dir()  # default: the embedded MiniLM's uncased vocab
     if tok_dir is None:
         raise ValueError("give tokenizer: a directory with the WordPiece vocab.txt")
     tokenizer, vocab = load_tokenizer(tok_dir), read_vocab(tok_dir)
