@@ -27,12 +27,15 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
-// UTF-8 views of a list of str, valid while the list is alive (CPython caches the UTF-8 form).
-std::vector<std::string_view> utf8_views(const py::list& texts, const char* what) {
+// UTF-8 views of a list of str (CPython caches the UTF-8 form in the str). `keep` holds a reference to
+// every str, so the views stay valid with the GIL released even if another thread changes the list.
+std::vector<std::string_view> utf8_views(const py::list& texts, const char* what, std::vector<py::object>& keep) {
   std::vector<std::string_view> views;
   views.reserve(texts.size());
+  keep.reserve(keep.size() + texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
     PyObject* o = PyList_GET_ITEM(texts.ptr(), static_cast<Py_ssize_t>(i));
+    keep.push_back(py::reinterpret_borrow<py::object>(o));
     if (!PyUnicode_Check(o)) {
       throw py::type_error(std::string(what) + "[" + std::to_string(i) + "] is " + Py_TYPE(o)->tp_name +
                            ", not str: pass text as str (decode bytes with .decode('utf-8') first)");
@@ -103,7 +106,8 @@ PYBIND11_MODULE(_C, m) {
           [](const Tokenizer& t, const py::str& text, bool offsets) -> py::object {
             py::list one;
             one.append(text);
-            auto views = utf8_views(one, "text");
+            std::vector<py::object> keep;
+            auto views = utf8_views(one, "text", keep);
             std::vector<int32_t> ids;
             std::vector<int64_t> offs;
             {
@@ -122,7 +126,8 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "split_words",
           [](const Tokenizer& t, const py::list& texts) {
-            auto views = utf8_views(texts, "text");
+            std::vector<py::object> keep;
+            auto views = utf8_views(texts, "text", keep);
             std::string bytes;
             std::vector<int64_t> starts, per_text(views.size());
             std::vector<int32_t> fixed;
@@ -171,13 +176,10 @@ PYBIND11_MODULE(_C, m) {
              int64_t max_length, int truncation, int padding, int64_t pad_to_multiple_of, bool offsets,
              int num_threads, int32_t cls_id, int32_t sep_id, int32_t pad_id, bool type_ids,
              bool attention_mask, bool special_tokens_mask) {
-            auto first = utf8_views(texts, "text");
+            std::vector<py::object> keep;
+            auto first = utf8_views(texts, "text", keep);
             std::vector<std::string_view> second;
-            py::list pair_list;
-            if (!pairs.is_none()) {
-              pair_list = pairs.cast<py::list>();
-              second = utf8_views(pair_list, "text_pair");
-            }
+            if (!pairs.is_none()) second = utf8_views(pairs.cast<py::list>(), "text_pair", keep);
             EncodeOptions o;
             o.add_special_tokens = add_special_tokens;
             o.max_length = max_length;

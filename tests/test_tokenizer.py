@@ -279,3 +279,17 @@ def test_linear_time_long_word_and_text(minilm_dir):
     assert t10 < 40 * t1, (t1, t10)
     ids = tok.encode(big, add_special_tokens=False)
     assert ids == tok.encode(sentence, add_special_tokens=False) * (len(big) // len(sentence))
+
+
+def test_thread_safe_concurrent_calls(fast):
+    """One tokenizer used from several Python threads at once (the GIL is released inside) gives the
+    same results as sequential calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(7)
+    batches = [[rng.choice(SAMPLES) + " " + rng.choice(SAMPLES) for _ in range(rng.randint(1, 60))] for _ in range(24)]
+    expected = [fast(b, return_offsets_mapping=True, num_threads=2) for b in batches]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda b: fast(b, return_offsets_mapping=True, num_threads=2), batches))
+    for e, g in zip(expected, got):
+        assert _data(e) == _data(g)
