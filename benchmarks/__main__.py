@@ -169,6 +169,8 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
     log(f"  reference (HF eager fp32) ready in {time.perf_counter() - t0:.1f}s; weights: {ref.weights_note}")
 
     rows = []
+    interleave = device.type == "cpu" and not args.no_interleave  # all providers built, timed round-robin
+    ready: Dict[str, object] = {}
     for name in args.providers:
         if name not in P.PROVIDERS:
             raise SystemExit(f"unknown provider {name!r}; choose from {', '.join(P.PROVIDERS)}")
@@ -194,6 +196,9 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
                           reason=f"build: {type(e).__name__}: {e}") for w in workloads]
             log(f"  {name:24s} error while building: {type(e).__name__}: {e}")
             continue
+        if interleave:
+            ready[name] = built
+            continue
         for w in workloads:
             inputs = data[w.name]
             if name == "fastbert-triton-graph" and not w.fixed:
@@ -211,6 +216,12 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
         del built
         _free(device)
         log(f"  {name:24s} done in {time.perf_counter() - t0:.1f}s")
+    if ready:
+        for w in workloads:
+            rows += _measure_interleaved(section, model_name, dtype_name, w, data[w.name], ready, refs[w.name],
+                                         base_err[w.name], dtype, amp, training, device, warmup, reps, max_s, log)
+        ready.clear()
+        _free(device)
     _add_speedups(rows)
     for r in rows:
         r["weights"] = ref.weights_note
@@ -251,33 +262,15 @@ def _measure(section, model_name, dtype_name, w, inputs, built, ref, base_err, d
 
     try:
         # 1. check against the reference before anything is timed
-        if training:
-            errs = _train_errors(_to_cpu(built.loss_and_grads(inputs[0])), ref)
-            floor = 1e-4 if amp is None else 2e-2
-            ok = all(errs[k] <= 3 * base_err[k] + floor for k in errs)
-            check = {"loss_rel_err": errs["loss"], "grad_rel_err": errs["grad"],
-                     "hf_eager_same_dtype": base_err, "tolerance": f"3x HF eager + {floor}"}
-            check_str = f"loss {errs['loss']:.1e} grad {errs['grad']:.1e}"
-        else:
-            with torch.no_grad():
-                out = built.fn(inputs[0])
-            err = P.valid_max_abs_err(out.cpu(), ref, inputs[0]["attention_mask"].cpu())
-            tol = P.tolerance(dtype, base_err)
-            ok = err <= tol
-            check = {"max_abs_err": err, "hf_eager_same_dtype": base_err, "tolerance": tol}
-            check_str = f"{err:.1e}"
-            del out
+        ok, check, check_str = _check(inputs, built, ref, base_err, dtype, amp, training)
         if not ok:
             return _row(section, model_name, dtype_name, w, inputs, built.name, status="failed check",
                         reason=f"outputs differ from HF eager fp32 beyond tolerance: {check}", check_detail=check,
                         check=check_str)
         # 2. time it
         common.reset_peak_memory(device)
-        if training:
+        with _grad_mode(training):
             stats = common.time_calls(built.fn, inputs, device, warmup, reps, min_s, max_s)
-        else:
-            with torch.no_grad():
-                stats = common.time_calls(built.fn, inputs, device, warmup, reps, min_s, max_s)
         peak = common.peak_memory_mb(device)
     except P.Skip as e:
         return _row(section, model_name, dtype_name, w, inputs, built.name, status="skipped", reason=str(e))
@@ -286,12 +279,84 @@ def _measure(section, model_name, dtype_name, w, inputs, built, ref, base_err, d
         _free(device)
         return _row(section, model_name, dtype_name, w, inputs, built.name, status="error",
                     reason=f"{type(e).__name__}: {str(e)[:300]}")
+    return _ok_row(section, model_name, dtype_name, w, inputs, built, stats, peak, device, check, check_str)
+
+
+def _grad_mode(training):
+    return torch.enable_grad() if training else torch.no_grad()
+
+
+def _ok_row(section, model_name, dtype_name, w, inputs, built, stats, peak, device, check, check_str):
     real = sum(sum(x["lengths"]) for x in inputs) / len(inputs)
     return _row(section, model_name, dtype_name, w, inputs, built.name, median_ms=stats["median_ms"],
                 p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], n_calls=stats["n"],
                 tokens_per_s=real / (stats["median_ms"] / 1e3), peak_mem_mb=peak,
                 memory_kind=common.memory_kind(device), check=check_str, check_detail=check,
                 notes=built.notes, times_ms=stats["times_ms"], times_kept_every=stats["times_kept_every"])
+
+
+def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref, base_err, dtype, amp, training,
+                         device, warmup, reps, max_s, log) -> List[Dict]:
+    """CPU: check every provider, then time them round-robin, one call each per round, so that the load of a
+    shared machine, which drifts over seconds, falls on all of them alike. Peak RSS: one more call each."""
+    from . import providers as P
+
+    rows, passing, checks = [], {}, {}
+    for name, built in ready.items():
+        if name == "fastbert-triton-graph" and not w.fixed:
+            rows.append(_row(section, model_name, dtype_name, w, inputs, name, status="skipped",
+                             reason="CUDA graph: fixed-length batches only"))
+            continue
+        try:
+            ok, check, check_str = _check(inputs, built, ref, base_err, dtype, amp, training)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            rows.append(_row(section, model_name, dtype_name, w, inputs, name, status="error",
+                             reason=f"{type(e).__name__}: {str(e)[:300]}"))
+            continue
+        if ok:
+            passing[name], checks[name] = built, (check, check_str)
+        else:
+            rows.append(_row(section, model_name, dtype_name, w, inputs, name, status="failed check",
+                             reason=f"outputs differ from HF eager fp32 beyond tolerance: {check}",
+                             check_detail=check, check=check_str))
+    if not passing:
+        return rows
+    with _grad_mode(training):
+        stats = common.time_interleaved({n: b.fn for n, b in passing.items()}, inputs, warmup, reps, max_s)
+        for name, built in passing.items():
+            common.reset_peak_memory(device)
+            built.fn(inputs[0])
+            peak = common.peak_memory_mb(device)
+            rows.append(_ok_row(section, model_name, dtype_name, w, inputs, built, stats[name], peak, device,
+                                *checks[name]))
+            r = rows[-1]
+            log(f"  {name:24s} {w.name:24s} median {r['median_ms']:9.3f} ms  p90 {r['p90_ms']:9.3f} ms  "
+                f"{r['tokens_per_s']:12,.0f} tok/s  err {r['check']}")
+    return rows
+
+
+def _check(inputs, built, ref, base_err, dtype, amp, training):
+    """Is the provider's output (training: loss and gradients) close to Hugging Face eager fp32's?"""
+    from . import providers as P
+
+    if training:
+        errs = _train_errors(_to_cpu(built.loss_and_grads(inputs[0])), ref)
+        floor = 1e-4 if amp is None else 2e-2
+        ok = all(errs[k] <= 3 * base_err[k] + floor for k in errs)
+        check = {"loss_rel_err": errs["loss"], "grad_rel_err": errs["grad"],
+                 "hf_eager_same_dtype": base_err, "tolerance": f"3x HF eager + {floor}"}
+        check_str = f"loss {errs['loss']:.1e} grad {errs['grad']:.1e}"
+    else:
+        with torch.no_grad():
+            out = built.fn(inputs[0])
+        err = P.valid_max_abs_err(out.cpu(), ref, inputs[0]["attention_mask"].cpu())
+        tol = P.tolerance(dtype, base_err)
+        ok = err <= tol
+        check = {"max_abs_err": err, "hf_eager_same_dtype": base_err, "tolerance": tol}
+        check_str = f"{err:.1e}"
+        del out
+    return ok, check, check_str
 
 
 def _add_speedups(rows):
@@ -350,7 +415,7 @@ def run_tokenizer(device, args, log) -> Dict:
     params = inspect.signature(fn).parameters
     kwargs = {}
     texts = tokenizer_texts(4000 if args.quick else 20000)
-    for key in ("texts", "corpus", "lines"):
+    for key in ("texts", "corpus", "lines", "corpus_path_or_texts"):
         if key in params and texts:
             kwargs[key] = texts
             break
@@ -366,8 +431,8 @@ def run_tokenizer(device, args, log) -> Dict:
         log(f"  tokenizer: error ({type(e).__name__}: {e})")
         return {"status": "error", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
     corpus = (f"{len(texts)} paragraphs, {sum(len(t.encode()) for t in texts) / 1e6:.2f} MB of /usr/share/doc"
-              if "texts" in kwargs or "corpus" in kwargs or "lines" in kwargs else "bench_tokenizer's default corpus")
-    log(f"  tokenizer: {len(rows) if hasattr(rows, '__len__') else '?'} rows in {time.perf_counter() - t0:.1f}s")
+              if set(kwargs) & {"texts", "corpus", "lines", "corpus_path_or_texts"} else "bench_tokenizer's default corpus")
+    log(f"  tokenizer: done in {time.perf_counter() - t0:.1f}s")
     return {"status": "ok", "corpus": corpus, "rows": _jsonable(rows)}
 
 
@@ -446,6 +511,9 @@ def full_table(rows: List[Dict], section: str) -> str:
 
 
 def generic_table(rows: List[Dict]) -> str:
+    if isinstance(rows, dict):  # one record: a key | value table
+        flat = {k: v for k, v in rows.items() if not isinstance(v, (list, dict))}
+        return "\n".join(["| key | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in flat.items()])
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
         return "(no rows)"
     keys = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], (list, dict))))
@@ -551,7 +619,11 @@ def update_readme(readme: Path, results: Dict, md_path: Path, plots: List[str]) 
             f"Latest results ({results['suite']} suite, {env['date_utc'][:10]}), taken on "
             f"**{hardware_line(env)}**. Full tables, raw numbers and environment: "
             f"[{rel(md_path)}]({rel(md_path)}); how to run: [benchmarks/README.md](benchmarks/README.md).", ""]
-    body += [f"- {n}" for n in results["notes"]] + [""]
+    body += [f"- {n}" for n in results["notes"]]
+    if env["device_type"] == "cpu":
+        body += ["- On CPU fastbert runs the same PyTorch ops as Hugging Face SDPA (no unpadding), so ~1x against "
+                 "`hf-sdpa` is the expected result; the speed-ups fastbert is built for need the Triton path on a GPU."]
+    body += [""]
     for section in ("inference", "training"):
         table = summary_table(results["encoder"], section)
         if table:
@@ -559,6 +631,12 @@ def update_readme(readme: Path, results: Dict, md_path: Path, plots: List[str]) 
                      table, ""]
     if results.get("targets"):
         body += [targets_table(results["targets"]), ""]
+    tok = results.get("tokenizer") or {}
+    if tok.get("status") == "ok" and isinstance(tok.get("rows"), dict):
+        r = tok["rows"]
+        keys = [k for k in r if k.endswith("_mb_s")]
+        body += ["**Tokenizer** (MB/s of text, " + tok["corpus"] + "): "
+                 + ", ".join(f"{k[:-5]} {r[k]:.2f}" for k in keys), ""]
     body += [f"![{Path(p).stem}]({rel(p)})" for p in plots[:1]] + [""]
     new = text[: text.index(start) + len(start)] + "\n" + "\n".join(body) + "\n" + text[text.index(end):]
     readme.write_text(new, encoding="utf-8")
@@ -590,10 +668,15 @@ def parse_args(argv):
     p.add_argument("--triton-interpret", action="store_true",
                    help="CPU only: run the Triton providers under the Triton interpreter, to check the GPU "
                         "path of the runner (timings are meaningless and marked so)")
+    p.add_argument("--no-interleave", action="store_true",
+                   help="CPU: time the providers one after another (as on GPU) instead of round-robin")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--update-readme", action="store_true",
                    help="rewrite the section between <!-- bench:start --> and <!-- bench:end --> of README.md")
     p.add_argument("--tag", default=None, help="extra word in the results file names")
+    p.add_argument("--render", type=Path, default=None,
+                   help="measure nothing: rewrite the tables and plots (and README with --update-readme) of "
+                        "this results JSON, next to it")
     return p.parse_args(argv)
 
 
@@ -616,6 +699,8 @@ def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     from . import providers as P
 
+    if args.render:
+        return render(args)
     args.providers = args.providers.split(",") if args.providers else list(P.PROVIDERS)
     sections = args.only.split(",") if args.only else list(SECTIONS)
     for s in sections:
@@ -654,8 +739,10 @@ def run_suite(suite, args, sections) -> int:
     if device.type == "cpu":
         notes += ["CPU run: only what makes sense on a CPU (the PyTorch path vs Hugging Face, fp32, the tokenizer). "
                   + P_TRITON_NOTE,
-                  f"{env['cpu_cores_usable']}-core CPU shared with other jobs: timings are noisy (medians of "
-                  "perf_counter per call; peak memory is the process's peak RSS, models and inputs included).",
+                  f"{env['cpu_cores_usable']}-core CPU shared with other jobs: timings are noisy (load average "
+                  f"{env['load_avg_1m']} at the start). Providers are timed round-robin, one call each per round, "
+                  "so the drifting load falls on all alike; medians of perf_counter per call. Peak memory: the "
+                  "process's peak RSS during one call, models and inputs included.",
                   "GPU numbers are not in this file: run `python -m benchmarks --suite gpu` on a GPU."]
     else:
         notes += ["GPU timing: warm-up, one CUDA-event pair per call, several input sets cycled, medians and p90; "
@@ -694,6 +781,22 @@ def run_suite(suite, args, sections) -> int:
 
 
 P_TRITON_NOTE = "Triton providers are skipped on CPU: Triton kernels need a GPU (the CPU interpreter is no speed measurement)."
+
+
+def render(args) -> int:
+    from . import plots as plots_mod
+
+    results = json.loads(Path(args.render).read_text(encoding="utf-8"))
+    stem = Path(args.render).with_suffix("")
+    plots = [] if args.no_plots else plots_mod.draw(results, stem, print)
+    results["plots"] = [Path(p).name for p in plots]
+    md_path = stem.with_suffix(".md")
+    md_path.write_text(markdown_report(results, plots) + "\n", encoding="utf-8")
+    print(f"wrote {md_path}" + "".join(f", {p}" for p in plots))
+    if args.update_readme:
+        update_readme(common.REPO_ROOT / "README.md", results, md_path, plots)
+        print("updated README.md between the bench markers")
+    return 0
 
 
 def write_results(results, args, log) -> int:

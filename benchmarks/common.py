@@ -91,6 +91,7 @@ def environment(device: torch.device) -> Dict:
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device_type": device.type,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -166,6 +167,27 @@ def _time_cpu(fn, inputs, reps, min_time_s, max_time_s):
         if (i >= reps and elapsed >= min_time_s) or (elapsed >= max_time_s and i >= 3):
             break
     return summarize(times)
+
+
+def time_interleaved(fns: Dict[str, Callable], inputs: Sequence, warmup: int = 2, reps: int = 10,
+                     max_time_s: float = 30.0) -> Dict[str, Dict]:
+    """CPU: time several callables round-robin (one call of each per round, the order rotating), so that a
+    load that drifts over seconds falls on all of them alike. ``max_time_s`` bounds the total time."""
+    names = list(fns)
+    for i in range(warmup):
+        for name in names:
+            fns[name](inputs[i % len(inputs)])
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    start_all = time.perf_counter()
+    for i in range(reps):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name](inputs[i % len(inputs)])
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start_all >= max_time_s * len(names) and i >= 2:
+            break
+    return {n: summarize(t) for n, t in times.items()}
 
 
 def _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s):
