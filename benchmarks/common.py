@@ -275,7 +275,8 @@ def padded_fraction_lengths(batch: int, seqlen: int, pad_fraction: float, seed: 
     """Lengths whose padded (batch, seqlen) layout is exactly ``pad_fraction`` padding (up to one token);
     one row is full length, the others spread uniformly around the mean."""
     rng = random.Random(seed)
-    target = round(batch * seqlen * (1.0 - pad_fraction))
+    # feasible totals: one full row plus at least one token in every other row
+    target = min(max(round(batch * seqlen * (1.0 - pad_fraction)), seqlen + batch - 1), batch * seqlen)
     lengths = [rng.randint(1, seqlen) for _ in range(batch)]
     lengths[0] = seqlen
     total = sum(lengths)
