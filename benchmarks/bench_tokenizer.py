@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -164,6 +166,13 @@ if __name__ == "__main__":
         limit = float(args[i + 1])
         del args[i:i + 2]
     result = run(args[0] if args else None, limit_mb=limit)
+    try:  # the same environment record as the runner's results (commit, versions, CPU, load)
+        sys.path.insert(0, str(ROOT))
+        from benchmarks.common import environment
+
+        result["environment"] = environment(torch.device("cpu"))
+    except Exception as e:  # noqa: BLE001 - the numbers are still worth keeping
+        result["environment"] = {"error": repr(e)}
     print(json.dumps(result, indent=2))
     out = ROOT / "benchmarks" / "results" / "tokenizer.json"
     out.parent.mkdir(parents=True, exist_ok=True)
