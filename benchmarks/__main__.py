@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
@@ -299,8 +299,6 @@ def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref,
                          device, warmup, reps, max_s, log) -> List[Dict]:
     """CPU: check every provider, then time them round-robin, one call each per round, so that the load of a
     shared machine, which drifts over seconds, falls on all of them alike. Peak RSS: one more call each."""
-    from . import providers as P
-
     rows, passing, checks = [], {}, {}
     for name, built in ready.items():
         if name == "fastbert-triton-graph" and not w.fixed:

@@ -22,13 +22,12 @@ timed (wall clock; the Triton interpreter is not a speed measurement).
 """
 import contextlib
 import random
-import statistics
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import op_time_ms
 from fastbert.ops import attention
 
 HEADS, HEAD_DIM = 12, 64
@@ -106,21 +105,6 @@ def pack(q, k, v, dout, lengths):
     return qp, kp, vp, dout[mask], cu, max(lengths)
 
 
-def time_ms(fn, device, reps=30):
-    """(median, p20, p80) in ms: triton.testing.do_bench on CUDA, a wall-clock loop elsewhere."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10)
-    return statistics.median(times), q[1], q[7]
 
 
 def check(q, k, v, mask):
@@ -147,7 +131,7 @@ def _measure(row, provider, mode, device, flops, **call):
         with _backend_ctx(provider):
             fn = make_call(provider, mode, **call)
             fn()  # a backend that cannot run this case says so here
-            med, p20, p80 = time_ms(fn, device)
+            med, p20, p80 = op_time_ms(fn, device)
     except RuntimeError as e:
         if provider.startswith("sdpa-"):
             return {**row, "status": "unsupported", "reason": str(e).splitlines()[0][:200]}
@@ -259,7 +243,7 @@ def test_attention_speed(benchmark, provider, mode, masked, seqlen):
                                     dtype=_dtype_name(dtype), provider=provider, mode=mode, masked=masked,
                                     flops=flops)
         if device.type == "cuda":
-            med, p20, p80 = time_ms(fn, device)
+            med, p20, p80 = op_time_ms(fn, device)
             benchmark.extra_info.update(do_bench_median_ms=med, do_bench_p20_ms=p20, do_bench_p80_ms=p80,
                                         tflops=flops / (med * 1e-3) / 1e12)
         benchmark.pedantic(synced, rounds=10, warmup_rounds=2)

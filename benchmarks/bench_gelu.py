@@ -13,13 +13,12 @@ beyond that (PyTorch materializes x + bias, and saves it for its backward) lower
     python -m pytest benchmarks/bench_gelu.py -o addopts=""      # pytest-benchmark
     python -c "import benchmarks.bench_gelu as b, torch; print(b.run(torch.device('cuda')))"
 """
-import statistics
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import op_time_ms
 from fastbert.ops import bias_gelu
 
 PROVIDERS = ("triton", "torch")
@@ -73,21 +72,6 @@ def min_bytes(tokens, features, dtype, mode):
     return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
 
 
-def time_ms(fn, device, reps=50):
-    """(median, p20, p80) in ms: triton.testing.do_bench on CUDA, a synchronized wall-clock loop elsewhere."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10)
-    return statistics.median(times), q[1], q[7]
 
 
 def check(inputs, approximate):
@@ -120,7 +104,7 @@ def run(device) -> list:
                 if provider == "triton" and device.type != "cuda":
                     rows.append({**row, "status": "skipped", "reason": "Triton needs CUDA to be timed"})
                     continue
-                med, p20, p80 = time_ms(make_call(provider, mode, inputs, approximate), device)
+                med, p20, p80 = op_time_ms(make_call(provider, mode, inputs, approximate), device)
                 gbs = min_bytes(tokens, features, dtype, mode) / (med * 1e-3) / 1e9
                 rows.append({**row, "status": "ok", "median_ms": med, "p20_ms": p20, "p80_ms": p80, "GB/s": gbs,
                              "max_err_vs_fp32": err if provider == "triton" else None})
@@ -160,7 +144,7 @@ def test_bias_gelu_speed(benchmark, provider, mode, case):
     benchmark.extra_info.update(tokens=tokens, features=features, dtype=_dtype_name(dtype),
                                 approximate=approximate, provider=provider, mode=mode, bytes=nbytes)
     if device.type == "cuda":
-        med, p20, p80 = time_ms(fn, device)
+        med, p20, p80 = op_time_ms(fn, device)
         benchmark.extra_info.update(do_bench_median_ms=med, do_bench_p20_ms=p20, do_bench_p80_ms=p80,
                                     gb_per_s=nbytes / (med * 1e-3) / 1e9)
     benchmark.pedantic(synced, rounds=20, warmup_rounds=3)

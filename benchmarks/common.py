@@ -216,6 +216,24 @@ def _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s):
 # ------------------------------------------------------------------------------------------------------
 # Peak memory
 # ------------------------------------------------------------------------------------------------------
+def op_time_ms(fn: Callable, device: torch.device, reps: int = 50):
+    """(median, p20, p80) in ms of one op call: ``triton.testing.do_bench`` on CUDA (warm-up, L2 flush,
+    CUDA events), a wall-clock loop after warm-up elsewhere (fn must synchronise itself off CUDA)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10)
+    return statistics.median(times), q[1], q[7]
+
+
 def _read_vm(key: str) -> Optional[int]:
     try:
         with open("/proc/self/status", encoding="utf-8") as f:

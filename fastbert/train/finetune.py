@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
