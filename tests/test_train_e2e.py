@@ -1,7 +1,7 @@
 """End to end on real text (Debian's fortune-cookie packages, fetched by scripts/get_text_data.sh):
 
-- a tiny BERT pre-trained from scratch (MLM + NSP, CPU): the loss falls far below its start, held out too
-  (beating the unigram accuracy needs the longer run of configs/pretrain_tiny.json, see docs/training.md);
+- a tiny BERT pre-trained from scratch (MLM + NSP, CPU, 800 steps): the loss falls far below its start, and
+  held-out MLM accuracy rises above the unigram baseline;
 - the real all-MiniLM-L6-v2 fine-tuned to tell the language of a cookie (en/de/es/it; chance 25%), then
   loaded back in transformers;
 - NER (who is quoted, B-PER/I-PER) and extractive QA ("Who said this?", windows with a stride) end to end
@@ -43,8 +43,9 @@ def test_pretrain_tiny_bert_from_scratch(text_data, minilm_dir, tmp_path):
     cfg = PretrainConfig(
         train_files=[str(text_data / "pretrain" / "train")], eval_files=[str(text_data / "pretrain" / "heldout")],
         tokenizer=str(minilm_dir), model_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                 "intermediate_size": 256, "max_position_embeddings": 128},
-        max_seq_length=64, batch_size=12, max_steps=240, learning_rate=2e-3, warmup_steps=24, eval_batches=25,
+                                                 "intermediate_size": 256, "max_position_embeddings": 128,
+                                                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        max_seq_length=64, batch_size=16, max_steps=800, learning_rate=2e-3, warmup_steps=80, eval_batches=25,
         output_dir=str(tmp_path / "pt"), **_quiet())
     res = pretrain(cfg)
     print("pretrain:", json.dumps(res))
@@ -57,12 +58,11 @@ def test_pretrain_tiny_bert_from_scratch(text_data, minilm_dir, tmp_path):
     assert last < first - 2.5, (first, last)
     ev = res["eval"]
     assert ev["masked_tokens"] > 1000
-    # Held out, the model has at least learned the token distribution (ln 30522 = 10.3 at the start; measured
-    # 6.84). Beating the unigram *accuracy* takes longer than this test's budget: at 240 steps the model still
-    # predicts the most frequent token (measured: 6.2% = 6.2%). configs/pretrain_tiny.json (H128, 600 steps x
-    # 16) gets past it (measured: 8.8% vs 5.6% held out); see docs/training.md.
-    assert ev["mlm_loss"] < 7.8, ev
-    assert ev["mlm_acc"] >= 0.8 * ev["unigram_acc"], ev
+    # Held out, the model predicts masked tokens from their context better than the best context-free guess
+    # (the most frequent token). Measured on a quiet 2-core CPU in 41 s: MLM accuracy 9.4% vs unigram 5.6%,
+    # MLM loss 6.54 (10.3 at the start).
+    assert ev["mlm_loss"] < 7.0, ev
+    assert ev["mlm_acc"] > 1.25 * ev["unigram_acc"], ev
     # the saved model loads in transformers and gives the same MLM logits
     transformers = pytest.importorskip("transformers")
     from fastbert import BertForPreTraining
