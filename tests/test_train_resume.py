@@ -16,7 +16,7 @@ from fastbert.train import checkpoint as ckpt
 from fastbert.train.loop import read_log
 
 CORPUS = Path(__file__).parent / "data" / "fortunes_science.txt"
-STEPS = 12
+STEPS = 60  # far more steps than the run can take between the step-6 checkpoint and the kill
 
 
 def _config(tmp_path, minilm_dir, name, **extra):
@@ -60,6 +60,7 @@ def test_kill9_and_resume_matches_uninterrupted(tmp_path, minilm_dir):
         state = ckpt.load_checkpoint(p)
         assert state["step"] == int(p.stem.split("-")[1])
     killed_at = int(found[-1].stem.split("-")[1])
+    print(f"killed after the step-{killed_at} checkpoint")
     assert killed_at < STEPS
 
     resumed = subprocess.run(_cmd(run_cfg, "--resume", "auto"), env=_env(), capture_output=True, text=True,
