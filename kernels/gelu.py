@@ -11,33 +11,12 @@ block; each writes one fp32 partial row of dbias, which the launcher sums (deter
 The autograd Function and argument checks live in fastbert/ops/gelu.py.
 """
 import contextlib
-import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@triton.jit
-def _round(x, DTYPE: tl.constexpr, EMULATE_RTNE: tl.constexpr):
-    """fp32 -> DTYPE, rounding to nearest even. Hardware does this for every cast; triton 3.6's interpreter
-    truncates fp32 -> bf16, so under it the rounding is done on the bits first (then the cast is exact)."""
-    if EMULATE_RTNE:
-        if DTYPE == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
+from ._common import autotune_enabled, interpret, round_to, sm_count
 
 
 @triton.jit
@@ -82,7 +61,7 @@ def _bias_gelu_fwd_kernel(
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
     y, _ = _gelu_and_grad(x + b[None, :], APPROX_TANH)
-    tl.store(Y + rows[:, None] * stride_y + cols[None, :], _round(y, Y.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], round_to(y, Y.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 @triton.jit
@@ -115,7 +94,7 @@ def _bias_gelu_bwd_kernel(
         _, dgelu = _gelu_and_grad(x + b[None, :], APPROX_TANH)
         dx = tl.where(mask, dy * dgelu, 0.0)
         db += dx
-        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], _round(dx, DX.dtype.element_ty, EMULATE_RTNE),
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], round_to(dx, DX.dtype.element_ty, EMULATE_RTNE),
                  mask=mask)
     tl.store(DB + pid_m * N + cols, tl.sum(db, axis=0), mask=col_mask)
 
@@ -136,10 +115,6 @@ _bias_gelu_bwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N"]
 _FIXED_TILE = dict(BLOCK_M=8, BLOCK_N=256, num_warps=4)
 
 
-def _autotune() -> bool:
-    return not _interpret() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
-
-
 def _on(device: torch.device):
     """Triton launches on the current CUDA device: make it the tensors' one."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -152,9 +127,9 @@ def bias_gelu_fwd(x, bias, approximate="none"):
     if M == 0 or N == 0:
         return y
     args = (x, bias, y, x.stride(0), y.stride(0), M, N)
-    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=_interpret())
+    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret())
     with _on(x.device):
-        if _autotune():
+        if autotune_enabled():
             grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
             _bias_gelu_fwd_kernel_tuned[grid](*args, **flags)
         else:
@@ -167,7 +142,7 @@ def _row_programs(m: int, device: torch.device) -> int:
     if device.type == "cuda":
         # ~64 rows per program at least, at most 2 waves of row-programs: the fp32 partials stay a few
         # percent of the traffic of dy, x and dx.
-        return max(1, min(triton.cdiv(m, 64), 2 * _sm_count(device.index if device.index is not None else 0)))
+        return max(1, min(triton.cdiv(m, 64), 2 * sm_count(device.index if device.index is not None else 0)))
     return max(1, min(m, 3))  # the interpreter: a few programs, so uneven row splits get exercised
 
 
@@ -182,9 +157,9 @@ def bias_gelu_bwd(dy, x, bias, approximate="none"):
     if M == 0 or N == 0:
         return dx, db_partial.zero_().sum(dim=0)
     args = (dy, x, bias, dx, db_partial, dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program)
-    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=_interpret())
+    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret())
     with _on(x.device):
-        if _autotune():
+        if autotune_enabled():
             grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
             _bias_gelu_bwd_kernel_tuned[grid](*args, **flags)
         else:

@@ -10,37 +10,16 @@ Layout: ``x``, ``residual`` and ``dy`` are 2-D ``(rows, hidden)`` with unit colu
 fastbert/ops/layer_norm.py; this module is imported only when a kernel is first launched.
 """
 import contextlib
-import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ._common import autotune_enabled, interpret, round_to, sm_count
+
 # The whole row sits in one block, computed in fp32: past 16384 features (64 KiB of fp32 per row) registers
 # spill badly. BERT's hidden sizes are far below this.
 MAX_HIDDEN_SIZE = 16384
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@triton.jit
-def _round(x, DTYPE: tl.constexpr, EMULATE_RTNE: tl.constexpr):
-    """fp32 -> DTYPE, rounding to nearest even. Hardware does this for every cast; triton 3.6's interpreter
-    truncates fp32 -> bf16, so under it the rounding is done on the bits first (then the cast is exact)."""
-    if EMULATE_RTNE:
-        if DTYPE == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
 
 
 @triton.jit
@@ -70,9 +49,9 @@ def _layer_norm_fwd_kernel(
         x += tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
         # Round the sum to the activation dtype, as `LN(x + residual)` in PyTorch does, so the kernel
         # normalizes exactly the tensor it returns (and the backward re-reads).
-        x = _round(x, Y.dtype.element_ty, EMULATE_RTNE).to(tl.float32)
+        x = round_to(x, Y.dtype.element_ty, EMULATE_RTNE).to(tl.float32)
         if STORE_Z:
-            tl.store(Z + row * stride_z + cols, _round(x, Z.dtype.element_ty, EMULATE_RTNE), mask=mask)
+            tl.store(Z + row * stride_z + cols, round_to(x, Z.dtype.element_ty, EMULATE_RTNE), mask=mask)
     mean = tl.sum(x, axis=0) / N
     xc = tl.where(mask, x - mean, 0.0)
     var = tl.sum(xc * xc, axis=0) / N
@@ -83,7 +62,7 @@ def _layer_norm_fwd_kernel(
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
     y = xc * rstd * w + b
-    tl.store(Y + row * stride_y + cols, _round(y, Y.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    tl.store(Y + row * stride_y + cols, round_to(y, Y.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 @triton.jit
@@ -133,10 +112,10 @@ def _layer_norm_bwd_kernel(
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DZ:
             dx += tl.load(DZ + rows[:, None] * stride_dz + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], _round(dx, DX.dtype.element_ty, EMULATE_RTNE),
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], round_to(dx, DX.dtype.element_ty, EMULATE_RTNE),
                  mask=mask)
         if STORE_DR:
-            tl.store(DR + rows[:, None] * stride_dr + cols[None, :], _round(dx, DR.dtype.element_ty, EMULATE_RTNE),
+            tl.store(DR + rows[:, None] * stride_dr + cols[None, :], round_to(dx, DR.dtype.element_ty, EMULATE_RTNE),
                      mask=mask)
     tl.store(DW + pid * N + cols, dw, mask=col_mask)
     tl.store(DB + pid * N + cols, db, mask=col_mask)
@@ -169,10 +148,6 @@ _layer_norm_fwd_kernel_tuned = triton.autotune(configs=_fwd_configs(), key=["N"]
                                                prune_configs_by={"early_config_prune": _prune})(_layer_norm_fwd_kernel)
 _layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N"],
                                                prune_configs_by={"early_config_prune": _prune})(_layer_norm_bwd_kernel)
-
-
-def _autotune() -> bool:
-    return not _interpret() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
 
 
 def _fwd_meta(block_n: int) -> dict:
@@ -225,10 +200,10 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, st
             N, eps)
     flags = dict(HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats, BLOCK_N=block_n)
     with _on(x.device):
-        if _autotune():
+        if autotune_enabled():
             _layer_norm_fwd_kernel_tuned[(M,)](*args, **flags, EMULATE_RTNE=False)
         else:
-            _layer_norm_fwd_kernel[(M,)](*args, **flags, EMULATE_RTNE=_interpret(), **_fwd_meta(block_n))
+            _layer_norm_fwd_kernel[(M,)](*args, **flags, EMULATE_RTNE=interpret(), **_fwd_meta(block_n))
     return y, z, mean, rstd
 
 
@@ -237,7 +212,7 @@ def _bwd_programs(m: int, device: torch.device) -> int:
         # One to four programs per SM, each working through >= 16 rows BLOCK_M at a time, so the fp32
         # partials (programs x N x 8 bytes) stay under ~10% of the traffic of dy, z and dx. Not tuned on a
         # GPU yet: more programs hide more latency but write more partials.
-        sms = _sm_count(device.index if device.index is not None else 0)
+        sms = sm_count(device.index if device.index is not None else 0)
         return max(1, min(m, 4 * sms, max(sms, triton.cdiv(m, 16))))
     return max(1, min(m, 4))  # the interpreter: a few programs, so uneven row splits get exercised
 
@@ -272,10 +247,10 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
                 M, N, rows_per_program)
         flags = dict(HAS_DZ=dz is not None, STORE_DR=store_dr, BLOCK_N=block_n)
         with _on(z.device):
-            if _autotune():
+            if autotune_enabled():
                 _layer_norm_bwd_kernel_tuned[(programs,)](*args, **flags, EMULATE_RTNE=False)
             else:
-                _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=_interpret(),
+                _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=interpret(),
                                                     **_bwd_meta(block_n))
     dw, db = partial.sum(dim=1)
     if dres_dtype is None:
