@@ -24,7 +24,7 @@ from torch import nn
 from ..assets import default_model_dir
 from ..modeling_bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from .data import IGNORE_INDEX, check_vocab_matches, load_tokenizer
-from .loop import Trainer, TrainArgs, init_distributed
+from .loop import Trainer, TrainArgs, check_ranges, init_distributed
 from .pretrain import _copy_tokenizer
 
 TASKS = ("cls", "ner", "qa")
@@ -54,6 +54,14 @@ class FinetuneConfig(TrainArgs):
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        super().__post_init__()
+        check_ranges(self, at_least_1=("max_length", "batch_size", "eval_batch_size", "doc_stride",
+                                       "max_query_length", "max_answer_length"),
+                     at_least_0=("epochs", "max_steps"))
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels has duplicates: {self.labels}")
+
+    def _check_steps(self):  # max_steps may be 0 when epochs sets it
         if self.max_steps < 1 and self.epochs <= 0:
             raise ValueError("give max_steps or epochs")
 

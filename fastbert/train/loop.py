@@ -86,9 +86,9 @@ class TrainArgs:
     grad_accum: int = 1
     precision: str = "fp32"          # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
     gradient_checkpointing: bool = False
-    log_every: int = 10
+    log_every: int = 10              # 0: no log lines
     save_every: int = 0              # 0: only at the end
-    keep_last: int = 3
+    keep_last: int = 3               # 0: keep every checkpoint
     seed: int = 0
     device: Optional[str] = None     # cpu | cuda | cuda:N (default: cuda when available)
     progress: bool = True
@@ -96,12 +96,36 @@ class TrainArgs:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.max_steps < 1 or self.grad_accum < 1:
-            raise ValueError("max_steps and grad_accum must be >= 1")
+        check_ranges(self, at_least_1=("grad_accum",),
+                     at_least_0=("warmup_steps", "weight_decay", "max_grad_norm", "save_every", "seed", "log_every",
+                                 "keep_last"),
+                     positive=("learning_rate", "adam_epsilon"),
+                     unit=("warmup_ratio", "adam_beta1", "adam_beta2"))
+        self._check_steps()
+
+    def _check_steps(self):
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
     @property
     def num_warmup(self) -> int:
         return self.warmup_steps or int(round(self.warmup_ratio * self.max_steps))
+
+
+def check_ranges(cfg, at_least_1=(), at_least_0=(), positive=(), unit=()):
+    """One clear ValueError for the first option of ``cfg`` outside its range (the CLI prints it on one line)."""
+    for name in at_least_1:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in at_least_0:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    for name in unit:
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {getattr(cfg, name)}")
 
 
 def build_optimizer(model: nn.Module, args: TrainArgs, device: torch.device) -> torch.optim.Optimizer:

@@ -15,7 +15,7 @@ from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
 from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, read_vocab, \
     unigram_baseline
-from .loop import DistInfo, Trainer, TrainArgs, init_distributed
+from .loop import DistInfo, Trainer, TrainArgs, check_ranges, init_distributed
 
 
 class PreTrainingLoss(nn.Module):
@@ -81,6 +81,13 @@ class PretrainConfig(TrainArgs):
     random_doc_buffer: int = 1000
     eval_batches: int = 20
     resume: Optional[str] = None           # a checkpoint file, or "auto": the latest in output_dir
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges(self, at_least_1=("max_seq_length", "batch_size", "random_doc_buffer"), at_least_0=("eval_batches",),
+                     unit=("mlm_probability", "short_seq_prob"))
+        if self.max_seq_length < 4:
+            raise ValueError(f"max_seq_length must be >= 4 ([CLS] a [SEP] b [SEP]), got {self.max_seq_length}")
 
 
 def build_model(cfg: PretrainConfig, tokenizer) -> BertForPreTraining:
