@@ -77,11 +77,22 @@ def test_finetune_minilm_language_of_a_cookie(text_data, minilm_dir, tmp_path):
     cfg = FinetuneConfig(task="cls", model=str(minilm_dir), train_file=str(text_data / "langid" / "train.jsonl"),
                          eval_file=str(text_data / "langid" / "eval.jsonl"), max_length=32, batch_size=8,
                          max_steps=30, learning_rate=2e-4, warmup_ratio=0.1, output_dir=str(tmp_path / "cls"),
-                         **_quiet())
+                         eval_every=10, save_every=10, keep_last=1, **_quiet())
     res = finetune(cfg)
     print("cls:", json.dumps(res))
     assert res["eval"]["examples"] == 200
     assert res["eval"]["accuracy"] > 0.6, res  # chance: 0.25
+    # evaluated at steps 10, 20 and 30; the best of them is kept beside the last checkpoint
+    evals = [json.loads(line) for line in (tmp_path / "cls" / "eval_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [10, 20, 30]
+    best = max(evals, key=lambda e: e["accuracy"])
+    assert res["best_checkpoint"]["step"] == best["step"] and res["best_checkpoint"]["metric"] == "accuracy"
+    kept = sorted(p.name for p in (tmp_path / "cls" / "checkpoints").glob("step-*"))
+    assert kept == sorted({f"step-{best['step']:08d}", "step-00000030"})
+    from fastbert import BertForSequenceClassification
+
+    best_model = BertForSequenceClassification.from_pretrained(res["best_checkpoint"]["path"])
+    assert best_model.config.id2label == {0: "de", 1: "en", 2: "es", 3: "it"}
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "cls" / "model"
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()

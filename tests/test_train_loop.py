@@ -100,7 +100,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     d = tmp_path / "ck"
     for step in (1, 2, 3, 4):
         ckpt.save_checkpoint({"step": step, "w": torch.full((1000,), float(step))}, d, step, keep_last=2)
-    assert [p.name for p in ckpt.list_checkpoints(d)] == ["step-00000003.pt", "step-00000004.pt"]
+    assert [p.name for p in ckpt.list_checkpoints(d)] == ["step-00000003", "step-00000004"]
 
     real_save = torch.save
 
@@ -113,16 +113,41 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint({"step": 5, "w": torch.zeros(1000)}, d, 5, keep_last=2)
     monkeypatch.setattr(torch, "save", real_save)
-    assert [p.name for p in ckpt.list_checkpoints(d)] == ["step-00000003.pt", "step-00000004.pt"]
-    assert sorted(p.name for p in d.iterdir()) == ["step-00000003.pt", "step-00000004.pt"]  # no temp file left
+    assert [p.name for p in ckpt.list_checkpoints(d)] == ["step-00000003", "step-00000004"]
+    assert sorted(p.name for p in d.iterdir()) == ["step-00000003", "step-00000004"]  # no temp dir left
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(d))["step"] == 4
+    # A directory killed before its rename (no cleanup at all) is never listed.
+    (d / ".tmp-step-00000006-x").mkdir()
+    (d / "step-00000007").mkdir()  # no training state inside: not a checkpoint
+    assert [p.name for p in ckpt.list_checkpoints(d)] == ["step-00000003", "step-00000004"]
 
 
-def test_corrupt_checkpoint_error(tmp_path):
-    bad = tmp_path / "step-00000001.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot be read"):
-        ckpt.load_checkpoint(bad)
+def test_keep_last_never_removes_the_best(tmp_path):
+    d = tmp_path / "ck"
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint({"step": step}, d, step, keep_last=2, keep=[1])
+    assert [p.name for p in ckpt.list_checkpoints(d)] == ["step-00000001", "step-00000003", "step-00000004"]
+
+
+def test_checkpoint_is_a_model_directory(tmp_path):
+    """A checkpoint loads with from_pretrained (fastbert's and transformers'), tied MLM weights included."""
+    transformers = pytest.importorskip("transformers")
+    from fastbert import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32)
+    model = BertForMaskedLM(cfg).eval()
+    path = ckpt.save_checkpoint({"step": 3}, tmp_path, 3, model=model,
+                                add_files=lambda p: (p / "vocab.txt").write_text("x\n"))
+    assert (path / "config.json").is_file() and (path / "vocab.txt").is_file()
+    ids = torch.randint(0, 50, (2, 7))
+    want = model(input_ids=ids).logits
+    torch.testing.assert_close(BertForMaskedLM.from_pretrained(path)(input_ids=ids).logits, want)
+    theirs = transformers.BertForMaskedLM.from_pretrained(path, attn_implementation="eager").eval()
+    torch.testing.assert_close(theirs(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+    state = ckpt.load_checkpoint(path)
+    assert state["step"] == 3 and "bert.embeddings.word_embeddings.weight" in state["model"]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

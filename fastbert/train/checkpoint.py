@@ -1,23 +1,32 @@
-"""Training checkpoints: one file per checkpoint, written atomically, the last N kept.
+"""Training checkpoints: one directory per checkpoint, written atomically, the last N (and the best) kept.
 
-A checkpoint holds everything a run needs to continue exactly: model and optimizer state, the scheduler
-and grad scaler, every rank's RNG states (python, numpy, torch, CUDA), the step and the data position.
-It is written to a temporary file in the same directory, flushed and fsync'ed, then renamed over its final
-name (``os.replace`` is atomic on POSIX), and the directory is fsync'ed: a crash or ``kill -9`` at any
-moment leaves either the previous checkpoints or the new one complete, never a half-written file under a
-checkpoint name. Older checkpoints are removed only after the new one is in place.
+``checkpoints/step-00000012/`` is a model directory that ``from_pretrained`` loads, fastbert's and
+transformers' alike (``config.json``, ``model.safetensors``, and whatever the caller adds, e.g. the
+tokenizer's files), with the training state beside it in ``training_state.pt``: optimizer, scheduler and
+grad scaler, every rank's RNG states (python, numpy, torch, CUDA), the step and the data position. Together
+they continue a run exactly.
+
+A checkpoint is written into a temporary directory next to its final name, every file flushed and fsync'ed,
+then renamed onto its name (``os.replace`` of a directory is atomic on POSIX) and the parent directory
+fsync'ed: a crash or ``kill -9`` at any moment leaves either the previous checkpoints or the new one
+complete, never a half-written directory under a checkpoint name. Older checkpoints are removed only after
+the new one is in place, and never the one recorded as best.
 """
+import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 
-_NAME = re.compile(r"^step-(\d+)\.pt$")
+STATE_NAME = "training_state.pt"
+BEST_NAME = "best.json"
+_NAME = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict:
@@ -35,60 +44,113 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(directory):
+def _fsync(path, directory=False):
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
     finally:
         os.close(fd)
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` through a temporary file + fsync + rename: ``path`` is either old or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="-" + path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def step_of(path) -> int:
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a checkpoint directory (step-NNNNNNNN)")
+    return int(m.group(1))
 
 
 def list_checkpoints(directory) -> List[Path]:
-    """Complete checkpoints in ``directory``, oldest first (temporary files are never listed)."""
+    """Complete checkpoints in ``directory``, oldest first (temporary directories are never listed)."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in d.iterdir()
+             if (m := _NAME.match(p.name)) and (p / STATE_NAME).is_file()]
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict, directory, step: int, keep_last: int = 3) -> Path:
-    path = Path(directory) / f"step-{step:08d}.pt"
-    atomic_torch_save(state, path)
+def save_checkpoint(state: dict, directory, step: int, keep_last: int = 3, model=None,
+                    add_files: Optional[Callable[[Path], None]] = None, keep: Iterable[int] = ()) -> Path:
+    """Write ``state`` (and ``model.save_pretrained``, and ``add_files(dir)``) as ``directory/step-N``.
+
+    ``keep_last`` > 0 removes all but the newest ``keep_last`` checkpoints, except the steps in ``keep``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{final.name}-"))
+    try:
+        if model is not None:
+            model.save_pretrained(tmp)
+        if add_files is not None:
+            add_files(tmp)
+        with open(tmp / STATE_NAME, "wb") as f:
+            torch.save(state, f)
+        for p in tmp.iterdir():
+            if p.is_file():
+                _fsync(p)
+        _fsync(tmp, directory=True)
+        if final.exists():  # the same step saved again (a resumed run's last step): replace it whole
+            old = Path(tempfile.mkdtemp(dir=directory, prefix=f".old-{final.name}-"))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(directory, directory=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     if keep_last > 0:
+        protected = set(keep)
         for old in list_checkpoints(directory)[:-keep_last]:
-            old.unlink(missing_ok=True)
-    return path
+            if step_of(old) not in protected:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """The training state of checkpoint directory ``path``, with its model weights under ``"model"``."""
+    path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        state = torch.load(path / STATE_NAME, map_location=map_location, weights_only=False)
+        weights = sorted(path.glob("*.safetensors"))
+        if weights:
+            from safetensors.torch import load_file
+
+            state["model"] = {}
+            for w in weights:  # one file, or the shards of a sharded save
+                state["model"].update(load_file(w, device=str(map_location)))
+    except Exception as e:  # noqa: BLE001 - any failure to read means the same thing to the user
         raise RuntimeError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); resume from an earlier "
                            "one (--resume PATH) or start again") from e
+    return state
 
 
 def latest_checkpoint(directory) -> Optional[Path]:
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def read_best(directory) -> Optional[Dict]:
+    """``{"step", "metric", "value", "path"}`` of the best checkpoint so far, or None."""
+    p = Path(directory) / BEST_NAME
+    if not p.is_file():
+        return None
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def write_best(directory, record: Dict):
+    directory = Path(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + BEST_NAME)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / BEST_NAME)

@@ -23,11 +23,13 @@ from torch import nn
 
 from ..assets import default_model_dir
 from ..modeling_bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from .checkpoint import read_best
 from .data import IGNORE_INDEX, check_vocab_matches, load_tokenizer
 from .loop import Trainer, TrainArgs, check_ranges, init_distributed
 from .pretrain import _copy_tokenizer
 
 TASKS = ("cls", "ner", "qa")
+DEFAULT_METRIC = {"cls": "accuracy", "ner": "f1", "qa": "f1"}  # picks the kept best checkpoint
 
 
 @dataclass
@@ -436,26 +438,31 @@ def run(cfg: FinetuneConfig) -> Dict:
     if cfg.epochs > 0:
         cfg.max_steps = max(1, int(round(cfg.epochs * spe)))
     args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
+    tok_src = tok_dir if cfg.tokenizer is None else cfg.tokenizer
     trainer = Trainer(TaskLoss(model, cfg.task), model, args, info, _counter(cfg.task), _report, ["loss", "acc"],
-                      extra_state={"config": asdict(cfg)})
+                      extra_state={"config": asdict(cfg)}, save_files=lambda d: _copy_tokenizer(tok_src, d))
     resume = cfg.resume
     if resume == "auto":
         from .checkpoint import latest_checkpoint
 
         resume = latest_checkpoint(trainer.ckpt_dir)
-    history = trainer.fit(steps, resume=resume, tokens_of=lambda b: int(b["attention_mask"].sum()))
+    run_eval = None
+    if ev is not None:
+        id2label = {i: l for i, l in enumerate(labels)} if labels else None
+        run_eval = lambda: evaluate(model, cfg.task, ev, eval_rows, id2label, cfg, info.device,  # noqa: E731
+                                    tok.pad_token_id)
+    history = trainer.fit(steps, resume=resume, tokens_of=lambda b: int(b["attention_mask"].sum()),
+                          evaluate=run_eval, default_metric=DEFAULT_METRIC[cfg.task])
     result = {"task": cfg.task, "steps": trainer.step, "train_features": len(train),
               "first_loss": history[0]["loss"] if history else None,
               "last_loss": history[-1]["loss"] if history else None}
+    if trainer.final_eval is not None:
+        result["eval"] = trainer.final_eval
+        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
     if info.is_main:
-        if ev is not None:
-            id2label = {i: l for i, l in enumerate(labels)} if labels else None
-            result["eval"] = evaluate(model, cfg.task, ev, eval_rows, id2label, cfg, info.device, tok.pad_token_id)
-            print("eval: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in result["eval"].items()), flush=True)
         out = Path(cfg.output_dir) / "model"
         model.save_pretrained(out)
-        _copy_tokenizer(tok_dir if cfg.tokenizer is None else cfg.tokenizer, out)
+        _copy_tokenizer(tok_src, out)
         with open(Path(cfg.output_dir) / "result.json", "w") as f:
             json.dump(result, f, indent=2)
         print(f"saved {out}", flush=True)

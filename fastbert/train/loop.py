@@ -11,6 +11,7 @@ already divided by ``denom`` (the global counts), and a 1-D tensor of detached s
 ``count(batch) -> tensor`` (the counts) and ``report(sums, counts) -> dict`` (log values).
 """
 import csv
+import json
 import math
 import os
 import time
@@ -92,13 +93,16 @@ class TrainArgs:
     seed: int = 0
     device: Optional[str] = None     # cpu | cuda | cuda:N (default: cuda when available)
     progress: bool = True
+    eval_every: int = 0              # evaluate every N steps (needs an eval set; 0: only at the end)
+    metric_for_best: Optional[str] = None     # eval metric that picks the kept best checkpoint (task default)
+    greater_is_better: Optional[bool] = None  # default: False for metrics named *loss*, else True
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         check_ranges(self, at_least_1=("grad_accum",),
                      at_least_0=("warmup_steps", "weight_decay", "max_grad_norm", "save_every", "seed", "log_every",
-                                 "keep_last"),
+                                 "keep_last", "eval_every"),
                      positive=("learning_rate", "adam_epsilon"),
                      unit=("warmup_ratio", "adam_beta1", "adam_beta2"))
         self._check_steps()
@@ -194,8 +198,10 @@ class Trainer:
 
     def __init__(self, task: nn.Module, model: nn.Module, args: TrainArgs, info: DistInfo,
                  count: Callable[[dict], torch.Tensor], report: Callable[[torch.Tensor, torch.Tensor], Dict],
-                 log_fields: List[str], extra_state: Optional[dict] = None):
+                 log_fields: List[str], extra_state: Optional[dict] = None,
+                 save_files: Optional[Callable[[Path], None]] = None):
         self.args, self.info = args, info
+        self.save_files = save_files  # adds e.g. the tokenizer's files to each checkpoint directory
         self.model = model  # the HF-shaped model (what is saved)
         self.count, self.report = count, report
         self.log_fields = ["step"] + log_fields + ["lr", "tokens_per_s", "elapsed_s"]
@@ -222,24 +228,39 @@ class Trainer:
             dist.all_gather_object(rngs, rng)
         else:
             rngs = [rng]
-        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        # The weights are not in here: save() writes them beside it with save_pretrained.
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
                 "world": self.info.world, "args": vars(self.args), "extra": self.extra_state}
 
-    def save(self):
+    def save(self) -> Path:
         state = self.state_dict()  # every rank takes part (the RNG gather)
+        path = self.ckpt_dir / f"step-{self.step:08d}"
         if self.info.is_main:
-            path = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, self.args.keep_last)
+            best = ckpt.read_best(self.ckpt_dir)
+            path = ckpt.save_checkpoint(state, self.ckpt_dir, self.step, self.args.keep_last, model=self.model,
+                                        add_files=self.save_files, keep=[best["step"]] if best else [])
             self._print(f"saved checkpoint {path}")
         if self.info.enabled:
             dist.barrier()
+        self._saved_step = self.step
+        return path
 
     def load(self, path):
         state = ckpt.load_checkpoint(path, map_location="cpu")
         if state["world"] != self.info.world:
             raise ValueError(f"checkpoint {path} was written by {state['world']} process(es), this run has "
                              f"{self.info.world}: resume with the same number of processes")
-        self.model.load_state_dict(state["model"])
+        if "model" not in state:
+            raise ValueError(f"checkpoint {path} holds no model weights (model.safetensors)")
+        result = self.model.load_state_dict(state["model"], strict=False)
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or ())
+        missing = [k for k in result.missing_keys if k not in tied]  # tied copies are not saved
+        if missing or result.unexpected_keys:
+            raise ValueError(f"checkpoint {path} does not fit this model: missing {missing}, "
+                             f"unexpected {result.unexpected_keys}")
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -282,8 +303,40 @@ class Trainer:
         return out
 
     # -- the run ----------------------------------------------------------------------------------
+    # -- evaluation and the best checkpoint ----------------------------------------------------------
+    def _is_better(self, value: float, best: Optional[Dict]) -> bool:
+        if best is None:
+            return True
+        greater = self.args.greater_is_better
+        if greater is None:
+            greater = "loss" not in (self.args.metric_for_best or "")
+        return value > best["value"] if greater else value < best["value"]
+
+    def evaluate_and_keep_best(self, evaluate: Callable[[], Dict], default_metric: str) -> Dict:
+        """Run ``evaluate`` (every rank), log it, and save a checkpoint recorded as best when it improves."""
+        metrics = evaluate()
+        metric = self.args.metric_for_best or default_metric
+        if metric not in metrics:
+            raise ValueError(f"metric_for_best={metric!r} is not among the evaluation metrics {sorted(metrics)}")
+        self._print(f"eval at step {self.step}: " + "  ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        if self.info.is_main:
+            with open(Path(self.args.output_dir) / "eval_log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        best = ckpt.read_best(self.ckpt_dir)
+        if self._is_better(float(metrics[metric]), best):
+            path = self.save() if self._saved_step != self.step else self.ckpt_dir / f"step-{self.step:08d}"
+            if self.info.is_main:
+                ckpt.write_best(self.ckpt_dir, {"step": self.step, "metric": metric,
+                                                "value": float(metrics[metric]), "path": str(path)})
+        return metrics
+
     def fit(self, steps: Callable[[int], Iterator[List[dict]]], resume: Optional[str] = None,
-            tokens_of: Callable[[dict], int] = lambda b: 0) -> List[Dict]:
+            tokens_of: Callable[[dict], int] = lambda b: 0, evaluate: Optional[Callable[[], Dict]] = None,
+            default_metric: str = "loss") -> List[Dict]:
+        """Train to ``args.max_steps``; with ``evaluate``, every ``args.eval_every`` steps (and at the end)
+        evaluate and keep the best checkpoint (``checkpoints/best.json`` names it)."""
+        self._saved_step, self.final_eval = None, None
         if resume:
             self.load(resume)
         log = CSVLog(Path(self.args.output_dir) / "train_log.csv", self.log_fields,
@@ -318,7 +371,12 @@ class Trainer:
                 self._print(f"step {self.step}/{self.args.max_steps}  {shown}")
             if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.args.max_steps:
                 self.save()
+            if (evaluate is not None and self.args.eval_every and self.step % self.args.eval_every == 0
+                    and self.step < self.args.max_steps):
+                self.evaluate_and_keep_best(evaluate, default_metric)
         self.save()
+        if evaluate is not None:
+            self.final_eval = self.evaluate_and_keep_best(evaluate, default_metric)
         if bar is not None:
             bar.close()
         if log is not None:

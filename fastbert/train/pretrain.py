@@ -15,6 +15,7 @@ from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
 from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, read_vocab, \
     unigram_baseline
+from .checkpoint import read_best
 from .loop import DistInfo, Trainer, TrainArgs, check_ranges, init_distributed
 
 
@@ -163,25 +164,28 @@ def run(cfg: PretrainConfig) -> Dict:
     next(stream.instances(0))  # fail now, with a clear error, on an empty corpus
     args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
     trainer = Trainer(PreTrainingLoss(model), model, args, info, count, report, LOG_FIELDS,
-                      extra_state={"config": asdict(cfg)})
+                      extra_state={"config": asdict(cfg)}, save_files=lambda d: _copy_tokenizer(tok_dir, d))
     resume = cfg.resume
     if resume == "auto":
         from .checkpoint import latest_checkpoint
 
         resume = latest_checkpoint(trainer.ckpt_dir)
+    run_eval = None
+    if cfg.eval_files:
+        ev = make_stream(cfg, cfg.eval_files, tokenizer, vocab, model.config, cfg.seed + 1)
+        run_eval = lambda: evaluate(model, ev, cfg.eval_batches, cfg.batch_size, info.device)  # noqa: E731
     history = trainer.fit(step_batches(stream, cfg, info), resume=resume,
-                          tokens_of=lambda b: int(b["input_ids"].numel()))
+                          tokens_of=lambda b: int(b["input_ids"].numel()), evaluate=run_eval,
+                          default_metric="mlm_loss")
     result = {"steps": trainer.step, "first_loss": history[0]["loss"] if history else None,
               "last_loss": history[-1]["loss"] if history else None}
+    if trainer.final_eval is not None:
+        result["eval"] = trainer.final_eval
+        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
     if info.is_main:
         out = Path(cfg.output_dir) / "model"
         model.save_pretrained(out)
         _copy_tokenizer(tok_dir, out)
-        if cfg.eval_files:
-            ev = make_stream(cfg, cfg.eval_files, tokenizer, vocab, model.config, cfg.seed + 1)
-            result["eval"] = evaluate(model, ev, cfg.eval_batches, cfg.batch_size, info.device)
-            print("eval: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in result["eval"].items()), flush=True)
         with open(Path(cfg.output_dir) / "result.json", "w") as f:
             json.dump(result, f, indent=2)
         print(f"saved {out}", flush=True)
