@@ -6,6 +6,7 @@ Dispatch (fastbert/ops/_dispatch.py): Triton for CUDA tensors, and for CPU tenso
 from .attention import attention
 from .gelu import bias_gelu
 from .layer_norm import layer_norm
+from .lm_head_ce import linear_cross_entropy
 from .padding import pad_input, unpad_input
 
-__all__ = ["attention", "bias_gelu", "layer_norm", "pad_input", "unpad_input"]
+__all__ = ["attention", "bias_gelu", "layer_norm", "linear_cross_entropy", "pad_input", "unpad_input"]

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
+from ..ops._dispatch import use_triton
 from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, read_vocab, \
     unigram_baseline
 from .checkpoint import read_best
@@ -28,9 +30,10 @@ class PreTrainingLoss(nn.Module):
     cross-entropy over masked tokens + mean NSP cross-entropy.
     """
 
-    def __init__(self, model: BertForPreTraining):
+    def __init__(self, model: BertForPreTraining, fused_loss: bool = False):
         super().__init__()
         self.model = model
+        self.fused_loss = fused_loss  # fused LM head + cross-entropy (Triton) where the Triton kernels run
 
     def forward(self, batch: dict, denom: torch.Tensor):
         out = self.model.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
@@ -38,15 +41,26 @@ class PreTrainingLoss(nn.Module):
         labels = batch["labels"]                                       # (T,)
         sel = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)         # (M,) masked positions
         hidden = out.last_hidden_state.index_select(0, sel)            # (M, H)
-        logits = self.model.cls.predictions(hidden).float()            # (M, V)
         target = labels.index_select(0, sel)
-        mlm = F.cross_entropy(logits, target, reduction="sum")
+        head = self.model.cls.predictions
+        if self.fused_loss and use_triton(hidden):  # projection + cross-entropy, no (M, V) logits in memory
+            hidden = head.transform(hidden)
+            weight, bias = head.decoder.weight, head.decoder.bias
+            if torch.is_autocast_enabled(hidden.device.type):
+                dtype = torch.get_autocast_dtype(hidden.device.type)
+                hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+            losses, predicted = ops.linear_cross_entropy(hidden, weight, bias, target)
+            mlm = losses.sum()
+        else:
+            logits = head(hidden).float()                              # (M, V)
+            mlm = F.cross_entropy(logits, target, reduction="sum")
+            predicted = logits.detach().argmax(-1)
         nsp_logits = self.model.cls.seq_relationship(out.pooler_output).float()  # (B, 2)
         nsp_label = batch["next_sentence_label"]
         nsp = F.cross_entropy(nsp_logits, nsp_label, reduction="sum")
         loss = mlm / denom[0] + nsp / denom[1]
         with torch.no_grad():
-            sums = torch.stack([mlm.detach(), nsp.detach(), (logits.argmax(-1) == target).sum().float(),
+            sums = torch.stack([mlm.detach(), nsp.detach(), (predicted == target).sum().float(),
                                 (nsp_logits.argmax(-1) == nsp_label).sum().float()])
         return loss, sums
 
@@ -82,6 +96,8 @@ class PretrainConfig(TrainArgs):
     random_doc_buffer: int = 1000
     eval_batches: int = 20
     resume: Optional[str] = None           # a checkpoint file, or "auto": the latest in output_dir
+    fused_mlm_loss: bool = False           # Triton LM head + cross-entropy, logits never stored (CUDA; opt-in
+                                           # until measured on a GPU: docs/perf-notes.md)
 
     def __post_init__(self):
         super().__post_init__()
@@ -163,7 +179,7 @@ def run(cfg: PretrainConfig) -> Dict:
     stream = make_stream(cfg, cfg.train_files, tokenizer, vocab, model.config, cfg.seed)
     next(stream.instances(0))  # fail now, with a clear error, on an empty corpus
     args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
-    trainer = Trainer(PreTrainingLoss(model), model, args, info, count, report, LOG_FIELDS,
+    trainer = Trainer(PreTrainingLoss(model, cfg.fused_mlm_loss), model, args, info, count, report, LOG_FIELDS,
                       extra_state={"config": asdict(cfg)}, save_files=lambda d: _copy_tokenizer(tok_dir, d))
     resume = cfg.resume
     if resume == "auto":
