@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 STATE_NAME = "training_state.pt"
+SHARDED_DIR = "sharded"  # FSDP runs: every rank's shards of model and optimizer (torch.distributed.checkpoint)
 BEST_NAME = "best.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -83,16 +84,26 @@ def save_checkpoint(state: dict, directory, step: int, keep_last: int = 3, model
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{final.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-step-{step:08d}-"))
     try:
         if model is not None:
             model.save_pretrained(tmp)
         if add_files is not None:
             add_files(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish(tmp, directory / f"step-{step:08d}", state, keep_last, keep)
+
+
+def publish(tmp: Path, final: Path, state: dict, keep_last: int = 3, keep: Iterable[int] = ()) -> Path:
+    """Write ``state`` into the filled temporary directory ``tmp``, fsync it all, rename it onto ``final``
+    (replacing an older one of the same step whole), then drop checkpoints past ``keep_last``."""
+    directory = final.parent
+    try:
         with open(tmp / STATE_NAME, "wb") as f:
             torch.save(state, f)
-        for p in tmp.iterdir():
+        for p in tmp.rglob("*"):
             if p.is_file():
                 _fsync(p)
         _fsync(tmp, directory=True)
@@ -113,6 +124,19 @@ def save_checkpoint(state: dict, directory, step: int, keep_last: int = 3, model
             if step_of(old) not in protected:
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_model_dir(model, state: Dict[str, torch.Tensor], directory: Path):
+    """A from_pretrained directory from a full (gathered) state dict: the model's config and its weights in
+    safetensors, tied copies left out as ``save_pretrained`` does."""
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(directory)
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    tied = tied if isinstance(tied, dict) else {k: None for k in tied}
+    state = {k: v.detach().contiguous() for k, v in state.items() if k not in tied}
+    save_file(state, str(Path(directory) / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -435,10 +435,9 @@ def run(cfg: DistillConfig) -> Dict:
     if trainer.final_eval is not None:
         result["eval"] = trainer.final_eval
         result["best_checkpoint"] = read_best(trainer.ckpt_dir)
+    out = Path(cfg.output_dir) / "model"
+    trainer.save_model(out, add_files=save_files)
     if info.is_main:
-        out = Path(cfg.output_dir) / "model"
-        student.save_pretrained(out)
-        save_files(out)
         with open(Path(cfg.output_dir) / "result.json", "w") as f:
             json.dump(result, f, indent=2)
         print(f"saved {out}", flush=True)

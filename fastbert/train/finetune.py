@@ -459,10 +459,9 @@ def run(cfg: FinetuneConfig) -> Dict:
     if trainer.final_eval is not None:
         result["eval"] = trainer.final_eval
         result["best_checkpoint"] = read_best(trainer.ckpt_dir)
+    out = Path(cfg.output_dir) / "model"
+    trainer.save_model(out, add_files=lambda d: _copy_tokenizer(tok_src, d))
     if info.is_main:
-        out = Path(cfg.output_dir) / "model"
-        model.save_pretrained(out)
-        _copy_tokenizer(tok_src, out)
         with open(Path(cfg.output_dir) / "result.json", "w") as f:
             json.dump(result, f, indent=2)
         print(f"saved {out}", flush=True)

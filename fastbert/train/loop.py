@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class TrainArgs:
     seed: int = 0
     device: Optional[str] = None     # cpu | cuda | cuda:N (default: cuda when available)
     progress: bool = True
+    parallel: str = "ddp"            # with several processes: ddp | fsdp (fully sharded: each layer + the rest)
     eval_every: int = 0              # evaluate every N steps (needs an eval set; 0: only at the end)
     metric_for_best: Optional[str] = None     # eval metric that picks the kept best checkpoint (task default)
     greater_is_better: Optional[bool] = None  # default: False for metrics named *loss*, else True
@@ -100,6 +102,11 @@ class TrainArgs:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ValueError("parallel=fsdp with precision=fp16 is not supported (its grad scaler would need "
+                             "sharding): use precision=bf16 or fp32")
         check_ranges(self, at_least_1=("grad_accum",),
                      at_least_0=("warmup_steps", "weight_decay", "max_grad_norm", "save_every", "seed", "log_every",
                                  "keep_last", "eval_every"),
@@ -210,7 +217,17 @@ class Trainer:
             model.gradient_checkpointing_enable()
         task.to(info.device)
         self.task = task
-        if info.enabled:
+        self.fsdp = info.enabled and args.parallel == "fsdp"
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            # One FSDP unit per encoder layer (its parameters gathered only while it runs), one for the rest
+            # (embeddings, tied decoder, heads): the tied weights stay in one unit.
+            for module in model.modules():
+                if type(module).__name__ == "BertLayer":
+                    fully_shard(module)
+            fully_shard(task)
+        elif info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.task = nn.parallel.DistributedDataParallel(task, device_ids=ids)
         self.optimizer = build_optimizer(model, args, info.device)
@@ -228,12 +245,15 @@ class Trainer:
             dist.all_gather_object(rngs, rng)
         else:
             rngs = [rng]
-        # The weights are not in here: save() writes them beside it with save_pretrained.
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        # The weights are not in here: save() writes them beside it with save_pretrained. With FSDP the
+        # optimizer state is sharded too, and saved by torch.distributed.checkpoint instead.
+        return {"step": self.step, "optimizer": None if self.fsdp else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
                 "world": self.info.world, "args": vars(self.args), "extra": self.extra_state}
 
     def save(self) -> Path:
+        if self.fsdp:
+            return self._save_sharded()
         state = self.state_dict()  # every rank takes part (the RNG gather)
         path = self.ckpt_dir / f"step-{self.step:08d}"
         if self.info.is_main:
@@ -246,11 +266,84 @@ class Trainer:
         self._saved_step = self.step
         return path
 
+    def _save_sharded(self) -> Path:
+        """FSDP: every rank writes its shards of the model and optimizer state (torch.distributed.checkpoint)
+        into ``sharded/``; rank 0 adds the full model (gathered) as a from_pretrained directory and the
+        training state, then publishes the directory atomically."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+        final = self.ckpt_dir / f"step-{self.step:08d}"
+        tmp = self.ckpt_dir / f".tmp-{final.name}-sharded"
+        if self.info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(self.task, self.optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / ckpt.SHARDED_DIR))
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = self.state_dict()
+        if self.info.is_main:
+            best = ckpt.read_best(self.ckpt_dir)
+            ckpt.write_model_dir(self.model, full, tmp)
+            if self.save_files is not None:
+                self.save_files(tmp)
+            ckpt.publish(tmp, final, state, keep_last=self.args.keep_last, keep=[best["step"]] if best else [])
+            self._print(f"saved checkpoint {final}")
+        dist.barrier()
+        self._saved_step = self.step
+        return final
+
+    def save_model(self, directory, add_files: Optional[Callable[[Path], None]] = None):
+        """The trained model as a from_pretrained directory (call it on every rank: FSDP gathers the weights)."""
+        directory = Path(directory)
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.info.is_main:
+                directory.mkdir(parents=True, exist_ok=True)
+                ckpt.write_model_dir(self.model, full, directory)
+        elif self.info.is_main:
+            self.model.save_pretrained(directory)
+        if self.info.is_main and add_files is not None:
+            add_files(directory)
+        if self.info.enabled:
+            dist.barrier()
+
+    def _load_sharded(self, path: Path):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        if not (Path(path) / ckpt.SHARDED_DIR).is_dir():
+            raise ValueError(f"checkpoint {path} has no sharded state ({ckpt.SHARDED_DIR}/): it was not written by an "
+                             "FSDP run; resume it with parallel=ddp")
+        model_sd, optim_sd = get_state_dict(self.task, self.optimizer)
+        target = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(target, checkpoint_id=str(Path(path) / ckpt.SHARDED_DIR))
+        set_state_dict(self.task, self.optimizer, model_state_dict=target["model"],
+                       optim_state_dict=target["optimizer"])
+
     def load(self, path):
         state = ckpt.load_checkpoint(path, map_location="cpu")
         if state["world"] != self.info.world:
             raise ValueError(f"checkpoint {path} was written by {state['world']} process(es), this run has "
                              f"{self.info.world}: resume with the same number of processes")
+        if self.fsdp:
+            self._load_sharded(path)
+        else:
+            self._load_whole(path, state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"][self.info.rank])
+        self.step = state["step"]
+        self.extra_state.update(state.get("extra", {}))
+        self._print(f"resumed from {path} at step {self.step}")
+
+    def _load_whole(self, path, state):
+        if state["optimizer"] is None:
+            raise ValueError(f"checkpoint {path} was written by an FSDP run (sharded optimizer state): resume it "
+                             "with parallel=fsdp and the same number of processes")
         if "model" not in state:
             raise ValueError(f"checkpoint {path} holds no model weights (model.safetensors)")
         result = self.model.load_state_dict(state["model"], strict=False)
@@ -262,12 +355,6 @@ class Trainer:
         if hasattr(self.model, "tie_weights"):
             self.model.tie_weights()
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"][self.info.rank])
-        self.step = state["step"]
-        self.extra_state.update(state.get("extra", {}))
-        self._print(f"resumed from {path} at step {self.step}")
 
     # -- one step ---------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -283,7 +370,9 @@ class Trainer:
         for i, batch in enumerate(micro):
             batch = self._to_device(batch)
             sync = i == len(micro) - 1 or not self.info.enabled
-            ctx = self.task.no_sync() if not sync else _nullcontext()
+            if self.fsdp:
+                self.task.set_requires_gradient_sync(sync)
+            ctx = self.task.no_sync() if not sync and not self.fsdp else _nullcontext()
             with ctx:
                 with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss, s = self.task(batch, denom)
@@ -291,6 +380,8 @@ class Trainer:
             sums = s.double() if sums is None else sums + s.double()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.scheduler.get_last_lr()[0]

@@ -198,10 +198,9 @@ def run(cfg: PretrainConfig) -> Dict:
     if trainer.final_eval is not None:
         result["eval"] = trainer.final_eval
         result["best_checkpoint"] = read_best(trainer.ckpt_dir)
+    out = Path(cfg.output_dir) / "model"
+    trainer.save_model(out, add_files=lambda d: _copy_tokenizer(tok_dir, d))
     if info.is_main:
-        out = Path(cfg.output_dir) / "model"
-        model.save_pretrained(out)
-        _copy_tokenizer(tok_dir, out)
         with open(Path(cfg.output_dir) / "result.json", "w") as f:
             json.dump(result, f, indent=2)
         print(f"saved {out}", flush=True)
