@@ -323,20 +323,26 @@ class BertModel(BertPreTrainedModel):
                 "input_ids with cu_seqlens"
             )
         B, S = shape
-        self._check_inputs(input_ids, token_type_ids, position_ids, S)
-        mask = _check_mask(attention_mask, (B, S), ref=input_ids if input_ids is not None else inputs_embeds)
+        ref = input_ids if input_ids is not None else inputs_embeds
+        self._check_length(S)
+        mask = _check_mask(attention_mask, (B, S), ref=ref)
+        # Every data-dependent check and the unpadding metadata: one device->host read (none while tracing).
+        facts = self._validate(input_ids, token_type_ids, position_ids, mask=attention_mask)
+        all_real = mask is None or facts.total == B * S
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
-        if backend == "triton" and self.config.unpad and mask is not None and not output_hidden_states:
-            unpadded = ops.unpad_input(embeddings, mask)
+        unpad = backend == "triton" and self.config.unpad and not output_hidden_states
+        if unpad and not all_real:
+            unpadded = ops.unpad_input(embeddings, mask, total=facts.total, max_seqlen=facts.max_seqlen)
+            ops.trust_cu_seqlens(unpadded.cu_seqlens, unpadded.indices.numel(), unpadded.max_seqlen)
             batch = Batch("triton", cu_seqlens=unpadded.cu_seqlens, max_seqlen=unpadded.max_seqlen)
             packed = self.encoder(unpadded.hidden_states, batch).last_hidden_state
             sequence_output = ops.pad_input(packed, unpadded.indices, B, S)
             encoder_out = BaseModelOutput(last_hidden_state=sequence_output)
         else:
-            if mask is not None and bool(mask.all()):
-                mask = None  # nothing to mask: lets SDPA take its fastest kernel
-            encoder_out = self.encoder(embeddings, Batch(backend, mask=mask), output_attentions,
+            # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is
+            # known, so the mask stays: a trace is right for padded and unpadded batches alike.
+            encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask), output_attentions,
                                        output_hidden_states)
             sequence_output = encoder_out.last_hidden_state
         pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
@@ -353,22 +359,30 @@ class BertModel(BertPreTrainedModel):
         if len(shape) != 1:
             raise ValueError(f"with cu_seqlens, input_ids must be 1-D (total_tokens,), got {tuple(shape)}")
         T = shape[0]
-        cu_seqlens, max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, T, self.config.max_position_embeddings)
+        device = self.embeddings.word_embeddings.weight.device
+        host_known = self._host_known(input_ids, token_type_ids, position_ids, cu_seqlens, device)
+        cu_seqlens, max_seqlen = self._check_packed(cu_seqlens, max_seqlen, T, input_ids, token_type_ids,
+                                                    position_ids, device=device, host_known=host_known)
+        if host_known:  # the tokenizer's packed output, checked on the host: copy, read nothing back
+            input_ids, token_type_ids, position_ids = (
+                t.to(device, non_blocking=True) if t is not None else None
+                for t in (input_ids, token_type_ids, position_ids))
+            backend = resolve_backend(self.config, device) if not output_attentions else "torch"
         seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         if position_ids is None:
             starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=T)
             position_ids = torch.arange(T, device=cu_seqlens.device) - starts
-        self._check_inputs(input_ids, token_type_ids, position_ids, max_seqlen)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (T, H)
         B = cu_seqlens.numel() - 1
 
         if backend == "triton" and not output_hidden_states:
+            ops.trust_cu_seqlens(cu_seqlens, T, max_seqlen)
             batch = Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
             encoder_out = self.encoder(embeddings, batch)
             sequence_output = encoder_out.last_hidden_state
         else:  # the reference path works on the padded layout
             mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
-            indices = torch.nonzero(mask.flatten()).flatten()
+            indices = ops.padding.mask_indices(mask, T)
             padded = ops.pad_input(embeddings, indices, B, max_seqlen)
             encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states)
             flat = encoder_out.last_hidden_state.reshape(B * max_seqlen, -1)
@@ -380,8 +394,7 @@ class BertModel(BertPreTrainedModel):
             attentions=encoder_out.attentions, cu_seqlens=cu_seqlens,
         )
 
-    def _check_inputs(self, input_ids, token_type_ids, position_ids, seqlen):
-        """Clear errors instead of device-side asserts for ids outside the embedding tables."""
+    def _check_length(self, seqlen):
         cfg = self.config
         if seqlen > cfg.max_position_embeddings:
             raise ValueError(
@@ -389,23 +402,125 @@ class BertModel(BertPreTrainedModel):
                 f"{cfg.max_position_embeddings}); truncate the input (tokenizer truncation=True, max_length="
                 f"{cfg.max_position_embeddings})"
             )
-        checks = (("input_ids", input_ids, cfg.vocab_size), ("token_type_ids", token_type_ids, cfg.type_vocab_size),
-                  ("position_ids", position_ids, cfg.max_position_embeddings))
-        for name, ids, limit in checks:
-            if ids is None:
+
+    def _validate_host(self, *ids):
+        """_validate for ids in host memory (numpy views: nothing to read back)."""
+        for (name, limit), t in zip(self._id_limits(), ids):
+            if t is None:
                 continue
+            if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+                raise TypeError(f"{name} must be an integer tensor (torch.long), got {t.dtype}")
+            if t.numel():
+                a = t.numpy()
+                _check_id_range(name, limit, int(a.min()), int(a.max()))
+
+    def _id_limits(self):
+        cfg = self.config
+        return (("input_ids", cfg.vocab_size), ("token_type_ids", cfg.type_vocab_size),
+                ("position_ids", cfg.max_position_embeddings))
+
+    def _validate(self, input_ids, token_type_ids, position_ids, mask=None, cu_seqlens=None) -> "_Facts":
+        """Clear errors instead of device-side asserts for ids outside the embedding tables, masks that are
+        not 0/1 and malformed cu_seqlens, plus what unpadding needs (real tokens, longest sequence): all in
+        ONE device->host read (a GPU sync), none while tracing, compiling or capturing a CUDA graph."""
+        checks = [(name, ids, limit) for (name, limit), ids in zip(self._id_limits(), (input_ids, token_type_ids,
+                                                                                      position_ids)) if ids is not None]
+        for name, ids, _ in checks:
             if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
                 raise TypeError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
-            if ids.numel() == 0 or _capturing():
-                continue
-            lo, hi = torch.aminmax(ids)
-            lo, hi = int(lo), int(hi)
-            if lo < 0 or hi >= limit:
-                raise ValueError(
-                    f"{name} holds ids outside [0, {limit - 1}] (found min {lo}, max {hi}): the ids do not "
-                    f"match this model's {'vocabulary' if name == 'input_ids' else name} (size {limit}); "
-                    "was the text tokenized with this model's tokenizer?"
-                )
+        if _tracing():
+            return _Facts(None, None)
+        parts, layout = [], []
+        for name, ids, limit in checks:
+            if ids.numel():
+                parts += list(torch.aminmax(ids))
+                layout.append((name, limit))
+        float_mask = mask is not None and mask.dtype.is_floating_point
+        if float_mask:
+            parts.append(((mask == 0) | (mask == 1)).all())
+        if mask is not None:
+            lens = mask.bool().sum(dim=1)
+            parts += [lens.sum(), lens.max() if lens.numel() else lens.sum()]
+        if cu_seqlens is not None:
+            lens = cu_seqlens[1:] - cu_seqlens[:-1]
+            parts += [cu_seqlens[0], cu_seqlens[-1], lens.min(), lens.max()]
+        if not parts:
+            return _Facts(None, None)
+        values = torch.stack([p.reshape(()).to(torch.int64) for p in parts]).tolist()  # the one host read
+        for i, (name, limit) in enumerate(layout):
+            _check_id_range(name, limit, values[2 * i], values[2 * i + 1])
+        rest = values[2 * len(layout):]
+        if float_mask:
+            if not rest.pop(0):
+                raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
+        if mask is not None:
+            return _Facts(rest[0], rest[1])
+        if cu_seqlens is not None:
+            return _Facts(None, None, cu=tuple(rest))
+        return _Facts(None, None)
+
+    @staticmethod
+    def _host_known(input_ids, token_type_ids, position_ids, cu_seqlens, device) -> bool:
+        """Packed inputs still in host memory for a model on a GPU: checked on the host, then copied."""
+        tensors = [t for t in (input_ids, token_type_ids, position_ids, cu_seqlens) if t is not None]
+        return device.type != "cpu" and input_ids is not None and all(t.device.type == "cpu" for t in tensors)
+
+    def _check_packed(self, cu_seqlens, max_seqlen, total, input_ids, token_type_ids, position_ids, device,
+                      host_known=False):
+        """Validate packed inputs; returns (cu_seqlens int32 on ``device``, max_seqlen). ``host_known``: every
+        input is in host memory (the tokenizer's packed output for a GPU model): checked there with numpy,
+        no device read; otherwise the checks take the forward's one device read."""
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must be 1-D with batch+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+        if cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+        if max_seqlen is not None:
+            max_seqlen = int(max_seqlen)
+        if host_known:
+            cu = cu_seqlens.numpy()
+            lens = cu[1:] - cu[:-1]
+            bounds = (int(cu[0]), int(cu[-1]), int(lens.min()), int(lens.max()))
+            self._validate_host(input_ids, token_type_ids, position_ids)
+            cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True)
+        else:
+            cu_seqlens = cu_seqlens.to(torch.int32)
+            bounds = self._validate(input_ids, token_type_ids, position_ids, cu_seqlens=cu_seqlens).cu
+        if bounds is None:  # tracing: nothing read back
+            if max_seqlen is None:
+                raise ValueError("pass max_seqlen with cu_seqlens while tracing, compiling or capturing")
+        else:
+            first, last, shortest, longest = bounds
+            if first != 0 or shortest < 0 or last != total:
+                raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the number of tokens "
+                                 f"({total}); got start {first}, end {last}, shortest sequence {shortest}")
+            if max_seqlen is None:
+                max_seqlen = longest
+            elif max_seqlen < longest:
+                raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest})")
+        self._check_length(max_seqlen)
+        return cu_seqlens, max_seqlen
+
+
+def _check_id_range(name, limit, lo, hi):
+    if lo < 0 or hi >= limit:
+        raise ValueError(
+            f"{name} holds ids outside [0, {limit - 1}] (found min {lo}, max {hi}): the ids do not "
+            f"match this model's {'vocabulary' if name == 'input_ids' else name} (size {limit}); "
+            "was the text tokenized with this model's tokenizer?"
+        )
+
+
+class _Facts:
+    """What one forward learned from its single host read: real tokens and longest sequence of a padded
+    batch's mask, or cu_seqlens' (first, last, shortest, longest); None when nothing was read (tracing)."""
+
+    def __init__(self, total, max_seqlen, cu=None):
+        self.total, self.max_seqlen, self.cu = total, max_seqlen, cu
+
+
+def _tracing() -> bool:
+    """True while jit.trace / torch.compile / export trace, or a CUDA graph is captured: no host reads then."""
+    return torch.jit.is_tracing() or _capturing()
 
 
 def _capturing() -> bool:
@@ -425,38 +540,7 @@ def _check_mask(attention_mask, shape, ref):
         )
     if attention_mask.device != ref.device:
         raise ValueError(f"attention_mask is on {attention_mask.device} but the inputs are on {ref.device}")
-    if attention_mask.dtype.is_floating_point and not _capturing():
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
-    return attention_mask.bool()
-
-
-def _check_cu_seqlens(cu_seqlens, max_seqlen, total, max_positions):
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must be 1-D with batch+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
-    cu_seqlens = cu_seqlens.to(torch.int32)
-    if not _capturing():
-        seqlens = cu_seqlens[1:] - cu_seqlens[:-1]
-        if int(cu_seqlens[0]) != 0 or bool((seqlens < 0).any()) or int(cu_seqlens[-1]) != total:
-            raise ValueError(
-                f"cu_seqlens must start at 0, never decrease and end at the number of tokens ({total}); "
-                f"got {cu_seqlens.tolist() if cu_seqlens.numel() < 20 else '...'}"
-            )
-        longest = int(seqlens.max())
-        if max_seqlen is None:
-            max_seqlen = longest
-        elif max_seqlen < longest:
-            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest})")
-    elif max_seqlen is None:
-        raise ValueError("pass max_seqlen with cu_seqlens while capturing or compiling")
-    if max_seqlen > max_positions:
-        raise ValueError(
-            f"a sequence of length {max_seqlen} is longer than the model allows (max_position_embeddings="
-            f"{max_positions}); truncate the input"
-        )
-    return cu_seqlens, int(max_seqlen)
+    return attention_mask.bool()  # its values are checked with the other inputs (BertModel._validate)
 
 
 def _reject_unsupported(kwargs):

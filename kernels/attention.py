@@ -18,19 +18,23 @@ Dropout: keep element (b, h, i, j) iff ``tl.rand(seed * 2**32 + b * heads + h, i
 kept weights are scaled by 1 / (1 - p). The backward regenerates the same mask from the same seed.
 
 Backward: a small kernel computes ``delta = rowsum(dO * O)``; one program per key block then loops over the
-query blocks for dK, dV. dQ is either accumulated in the same kernel with fp32 atomics (default: 5 matmuls
-per tile pair; the order of the atomic adds makes dQ not bitwise reproducible on a GPU) or, with
+query blocks for dK, dV. dQ is either accumulated in the same kernel with relaxed fp32 atomics (default: 5
+matmuls per tile pair; ``sem="relaxed"`` compiles to plain ``RED`` reductions with no memory fences, where the
+default acq_rel wraps each in fences; the order of the adds makes dQ not bitwise reproducible on a GPU) or, with
 ``deterministic=True``, computed by a second kernel, one program per query block looping over the key blocks
 (no atomics; recomputes QK^T and dP: 7 matmuls per tile pair).
 
-fp32 inputs run every dot with ``input_precision="ieee"`` (exact fp32, not tf32: slow on tensor cores, use
+fp32 inputs run every dot with ``input_precision="ieee"`` unless ``torch.backends.cuda.matmul.allow_tf32``
+is set, then tf32 (exact fp32 is slow on tensor cores: use
 fp16/bf16 for speed). fp16/bf16 dots accumulate in fp32; softmax statistics are always fp32.
 
-On CUDA the block sizes are autotuned, keyed on head dim, the power of two above max_seqlen and the
-causal / packed / mask / dropout flags (results cached on disk by Triton); under ``TRITON_INTERPRET=1``
+On CUDA the block sizes are autotuned, keyed on head dim, the power of two above max_seqlen, the power of
+two above batch x heads (so a pick made at batch 1 is not reused at batch 256) and the causal / packed /
+mask / dropout flags (results cached on disk by Triton); under ``TRITON_INTERPRET=1``
 (CPU, CI) every kernel is launched with one fixed, small config. The launchers are also registered as
 ``torch.ops.fastbert.attention_fwd`` / ``attention_bwd`` (with fake implementations for torch.compile).
 """
+import contextlib
 import functools
 import math
 import os
@@ -172,6 +176,7 @@ def _attn_fwd_kernel(
     dropout_p,
     seed,
     SEQ_BUCKET,  # next power of two >= SEQLEN: an autotuning key only
+    WORK_BUCKET,  # next power of two >= batch * heads: an autotuning key only (configs differ by occupancy)
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -294,6 +299,7 @@ def _attn_bwd_dkdv_kernel(
     dropout_p,
     seed,
     SEQ_BUCKET,
+    WORK_BUCKET,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -377,9 +383,9 @@ def _attn_bwd_dkdv_kernel(
             dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=DOT_PRECISION) * sm_scale
             dq_ptrs = dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :]
             if BLOCK_D == HEAD_DIM:
-                tl.atomic_add(dq_ptrs, dq, mask=m_valid[:, None])
+                tl.atomic_add(dq_ptrs, dq, mask=m_valid[:, None], sem="relaxed")
             else:
-                tl.atomic_add(dq_ptrs, dq, mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+                tl.atomic_add(dq_ptrs, dq, mask=m_valid[:, None] & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
     dk = dk * sm_scale
     _store_rows(dk_ptrs, dk.to(DK.dtype.element_ty), n_in, offs_d, HEAD_DIM, BLOCK_D)
     _store_rows(dv_ptrs, dv.to(DV.dtype.element_ty), n_in, offs_d, HEAD_DIM, BLOCK_D)
@@ -403,6 +409,7 @@ def _attn_bwd_dq_kernel(
     dropout_p,
     seed,
     SEQ_BUCKET,
+    WORK_BUCKET,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -476,7 +483,7 @@ _INTERPRET_DKDV = dict(BLOCK_M=16, BLOCK_N=32)
 _INTERPRET_DQ = dict(BLOCK_M=32, BLOCK_N=16)
 _PREPROCESS_BLOCK_M = 64
 
-_TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "CAUSAL", "VARLEN", "HAS_MASK", "DROPOUT", "ATOMIC_DQ"]  # absent keys ignored
+_TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "WORK_BUCKET", "CAUSAL", "VARLEN", "HAS_MASK", "DROPOUT", "ATOMIC_DQ"]  # absent keys ignored
 
 
 def _configs(shapes):
@@ -533,7 +540,8 @@ def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict):
     if _interpret() or not args[0].is_cuda:
         kernel[grid_of(fixed)](*args, **meta, **fixed)
     else:
-        _tuned(name)[grid_of](*args, **meta)
+        with torch.cuda.device(args[0].device):  # the tensors' device, not the current one
+            _tuned(name)[grid_of](*args, **meta)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -568,6 +576,8 @@ class _Layout:
             self.kv_len = dummy_i32
         self.block_d = max(16, triton.next_power_of_2(self.head_dim))
         self.seq_bucket = max(16, triton.next_power_of_2(max(self.seqlen, 1)))
+        # batch 1 and batch 256 fill the chip differently: they must not share an autotuned config
+        self.work_bucket = triton.next_power_of_2(max(self.batch * self.heads, 1))
 
     def strides(self, t):
         """(batch, token, head) strides; batch stride 0 when packed."""
@@ -592,7 +602,10 @@ def _last_dim_contiguous(t):
 
 
 def _dot_precision(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """fp32 inputs follow torch's TF32 switch for matmuls (off by default: exact fp32 dots)."""
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32"  # ignored for fp16 / bf16 operands
 
 
 def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, causal=False,
@@ -610,7 +623,7 @@ def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(lay.head_dim)
     args = (q, k, v, out, lse, lay.keep, lay.kv_len, lay.cu_seqlens,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(out), slb, slh, lay.keep.stride(0),
-            lay.heads, lay.seqlen, scale * LOG2E, float(dropout_p), int(seed), lay.seq_bucket)
+            lay.heads, lay.seqlen, scale * LOG2E, float(dropout_p), int(seed), lay.seq_bucket, lay.work_bucket)
     meta = dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, CAUSAL=bool(causal), VARLEN=lay.varlen,
                 HAS_MASK=lay.has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
     _launch("fwd", _attn_fwd_kernel, _INTERPRET_FWD, lambda c: lay.grid(c["BLOCK_M"]), args, meta)
@@ -633,9 +646,10 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(lay.head_dim)
     slb, slh = (0, lse.stride(0)) if lay.varlen else (lse.stride(0), lse.stride(1))
     delta = torch.empty_like(lse)
-    _attn_bwd_preprocess_kernel[lay.grid(_PREPROCESS_BLOCK_M)](
-        out, dout, delta, lay.cu_seqlens, *lay.strides(out), *lay.strides(dout), slb, slh, lay.seqlen,
-        HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, VARLEN=lay.varlen, BLOCK_M=_PREPROCESS_BLOCK_M)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _attn_bwd_preprocess_kernel[lay.grid(_PREPROCESS_BLOCK_M)](
+            out, dout, delta, lay.cu_seqlens, *lay.strides(out), *lay.strides(dout), slb, slh, lay.seqlen,
+            HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, VARLEN=lay.varlen, BLOCK_M=_PREPROCESS_BLOCK_M)
 
     if deterministic:
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -646,7 +660,7 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
         dq_strides = lay.strides(dq_acc)
     meta = dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, CAUSAL=bool(causal), VARLEN=lay.varlen,
                 HAS_MASK=lay.has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
-    common = (lay.heads, lay.seqlen, scale, float(dropout_p), int(seed), lay.seq_bucket)
+    common = (lay.heads, lay.seqlen, scale, float(dropout_p), int(seed), lay.seq_bucket, lay.work_bucket)
     args = (q, k, v, dout, dq_acc, dk, dv, lse, delta, lay.keep, lay.kv_len, lay.cu_seqlens,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(dout), *dq_strides,
             *lay.strides(dk), slb, slh, lay.keep.stride(0), *common)

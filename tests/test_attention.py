@@ -442,7 +442,7 @@ import fastbert.kernels.attention as A
 
 ptr = {"KEEP": "*i8", "KV_LEN": "*i32", "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
 scalars = {"qk_scale": "fp32", "sm_scale": "fp32", "dropout_p": "fp32"}
-ints = {"H", "SEQLEN", "SEQ_BUCKET", "seed"}
+ints = {"H", "SEQLEN", "SEQ_BUCKET", "WORK_BUCKET", "seed"}
 for fn, blocks, dtype, d in [
     (A._attn_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64), "bf16", 64),
     (A._attn_bwd_dkdv_kernel, dict(BLOCK_M=32, BLOCK_N=128, ATOMIC_DQ=True), "bf16", 64),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import kernels, use_triton
-from .padding import cu_seqlens_to_mask, pad_input
+from .padding import cu_seqlens_to_mask, mask_indices, pad_input
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -46,6 +46,9 @@ def _check_cu_seqlens(cu_seqlens, total, max_seqlen, device):
     if (_checked_cu["ref"] is not None and _checked_cu["ref"]() is cu_seqlens
             and _checked_cu["version"] == cu_seqlens._version and _checked_cu["key"] == key):
         return max_seqlen
+    if max_seqlen is not None and (torch.compiler.is_compiling() or torch.jit.is_tracing() or (
+            cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing())):
+        return max_seqlen  # no host reads while tracing or capturing: the caller vouches for cu_seqlens
     cu = cu_seqlens.detach().to("cpu", torch.int64)
     lens = cu[1:] - cu[:-1]
     if int(cu[0]) != 0:
@@ -61,6 +64,12 @@ def _check_cu_seqlens(cu_seqlens, total, max_seqlen, device):
         raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest}) in cu_seqlens")
     _checked_cu.update(ref=weakref.ref(cu_seqlens), version=cu_seqlens._version, key=(total, max_seqlen))
     return max_seqlen
+
+
+def trust_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int):
+    """Record ``cu_seqlens`` as validated for ``total`` tokens and ``max_seqlen`` (the model checked it with its
+    one host read per forward), so no attention call of this forward reads it back again."""
+    _checked_cu.update(ref=weakref.ref(cu_seqlens), version=cu_seqlens._version, key=(total, max_seqlen))
 
 
 def _check_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, triton_path):
@@ -109,6 +118,29 @@ def _check_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, 
 # ------------------------------------------------------------------------------------------- Triton path
 
 
+def _launch_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, scale, seed):
+    """The launcher itself in eager mode; the ``torch.ops.fastbert`` custom op while torch.compile traces (its
+    dispatch costs about 3x the launcher's Python time, more than a BERT layer's attention on a GPU)."""
+    mod = kernels("attention")
+    if torch.compiler.is_compiling():
+        return mod.attention_fwd_op(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, scale,
+                                    seed)
+    return mod.attention_fwd(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+                             max_seqlen=max_seqlen if cu_seqlens is not None else None, causal=causal,
+                             dropout_p=dropout_p, softmax_scale=scale, seed=seed)
+
+
+def _launch_bwd(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, scale, seed,
+                deterministic):
+    mod = kernels("attention")
+    if torch.compiler.is_compiling():
+        return mod.attention_bwd_op(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, causal,
+                                    dropout_p, scale, seed, deterministic)
+    return mod.attention_bwd(dout, q, k, v, out, lse, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
+                             max_seqlen=max_seqlen if cu_seqlens is not None else None, causal=causal,
+                             dropout_p=dropout_p, softmax_scale=scale, seed=seed, deterministic=deterministic)
+
+
 class AttentionFunction(torch.autograd.Function):
     """FlashAttention-2 forward and backward (kernels/attention.py, as ``torch.ops.fastbert.attention_*``)."""
 
@@ -120,8 +152,7 @@ class AttentionFunction(torch.autograd.Function):
         seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
         scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
         max_seqlen = max_seqlen if max_seqlen is not None else 0
-        out, lse = kernels("attention").attention_fwd_op(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal,
-                                                         dropout_p, scale, seed)
+        out, lse = _launch_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, scale, seed)
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, cu_seqlens)
         ctx.opts = (max_seqlen, causal, dropout_p, scale, seed, deterministic)
@@ -130,8 +161,7 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, key_padding_mask, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = kernels("attention").attention_bwd_op(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens,
-                                                           *ctx.opts)
+        dq, dk, dv = _launch_bwd(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, *ctx.opts)
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
@@ -163,7 +193,7 @@ def _torch_attention(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, 
     if cu_seqlens is None:
         return _sdpa_padded(q, k, v, key_padding_mask, causal, dropout_p, softmax_scale)
     mask = cu_seqlens_to_mask(cu_seqlens, max_seqlen)
-    indices = torch.nonzero(mask.flatten()).flatten()
+    indices = mask_indices(mask, q.shape[0])
     b = mask.shape[0]
     padded = [pad_input(t, indices, b, max_seqlen) for t in (q, k, v)]
     out = _sdpa_padded(*padded, mask, causal, dropout_p, softmax_scale)

@@ -3,7 +3,7 @@
 ``unpad_input`` runs once after the embeddings, ``pad_input`` once after the last layer (the scheme of
 FlashAttention's ``bert_padding``). Both are differentiable index operations.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -15,11 +15,13 @@ class Unpadded(NamedTuple):
     max_seqlen: int
 
 
-def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> Unpadded:
+def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor, total: Optional[int] = None,
+                max_seqlen: Optional[int] = None) -> Unpadded:
     """(batch, seqlen, ...) and a (batch, seqlen) mask of real tokens -> packed (total_tokens, ...).
 
     Real tokens must form a prefix of each row only for ``cu_seqlens`` to describe them; a mask with holes
-    is packed in order as well, each row's kept tokens becoming one sequence.
+    is packed in order as well, each row's kept tokens becoming one sequence. ``total`` (real tokens) and
+    ``max_seqlen`` (the longest row), when the caller knows them, save the two device->host reads.
     """
     if attention_mask.shape != hidden_states.shape[:2]:
         raise ValueError(
@@ -28,11 +30,22 @@ def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> Un
         )
     mask = attention_mask.bool()
     seqlens = mask.sum(dim=1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    max_seqlen = int(seqlens.max().item()) if seqlens.numel() else 0
+    if total is None:
+        total = int(seqlens.sum())
+    if max_seqlen is None:
+        max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
+    indices = mask_indices(mask, total)
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
     flat = hidden_states.reshape(-1, *hidden_states.shape[2:])
     return Unpadded(flat.index_select(0, indices), indices, cu_seqlens, max_seqlen)
+
+
+def mask_indices(mask: torch.Tensor, total: int) -> torch.Tensor:
+    """Flat positions of the ``total`` True entries of ``mask``, in order, without a device->host read
+    (``nonzero`` reads its output size back): a stable sort puts the True entries first."""
+    flat = mask.reshape(-1)
+    order = torch.argsort((~flat).to(torch.uint8), stable=True)
+    return order[:total]
 
 
 def pad_input(hidden_states: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:

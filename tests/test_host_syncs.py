@@ -1,0 +1,181 @@
+"""Host round trips on the Triton path, counted: at most one device->host read per forward (input checks
+and unpadding metadata fused into one), none in backward, none when the caller hands host-known packed
+inputs (the tokenizer's packed output). On a GPU each such read stalls the CPU until the GPU catches up.
+
+On this CPU machine (Triton interpreter) every tensor lives in host memory, so the counter counts the
+operations that *would* read a device tensor back on a GPU: ``.item()`` / ``int()`` / ``bool()`` / ``float()``
+(aten._local_scalar_dense), ``.tolist()``, ``.cpu()`` / ``.to("cpu")`` / ``.numpy()``, and the ops whose
+output size depends on the data (``nonzero``, ``masked_select``, boolean indexing, ``unique``), outside the
+Triton launches themselves (the interpreter's own host work). Tensors the test hands in as host-known are
+not counted."""
+import contextlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastbert import BertConfig, BertModel
+
+aten = torch.ops.aten
+_DATA_DEPENDENT = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
+                   aten.nonzero_static.default, aten._unique2.default, aten.unique_consecutive.default,
+                   aten.index.Tensor}
+
+
+class HostReads(TorchDispatchMode):
+    """Counts device->host reads (see the module docstring), with where they came from."""
+
+    def __init__(self, host_known=()):
+        super().__init__()
+        self.host = {t.untyped_storage().data_ptr() for t in host_known}
+        self.reads, self._in_launch = [], 0
+
+    def _record(self, what, t):
+        if self._in_launch or (isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.host):
+            return
+        import traceback
+
+        frame = next((f for f in reversed(traceback.extract_stack()[:-2]) if "/fastbert/" in f.filename
+                      and "test_host_syncs" not in f.filename), None)
+        self.reads.append(f"{what} at {frame.filename.split('/fastbert/')[-1]}:{frame.lineno}" if frame else what)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _DATA_DEPENDENT:
+            index_bool = func is aten.index.Tensor and any(
+                i is not None and i.dtype == torch.bool for i in args[1])
+            if func is not aten.index.Tensor or index_bool:
+                self._record(str(func), args[0])
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def patched(self):
+        """Also count the Python-level reads that do not dispatch on CPU tensors, and pause inside launches."""
+        import triton.runtime.interpreter as interp
+
+        originals = {}
+
+        def wrap(name):
+            orig = getattr(torch.Tensor, name)
+            originals[name] = orig
+
+            def method(t, *a, **k):
+                if name != "to" or _to_cpu(a, k):
+                    self._record(f"Tensor.{name}", t)
+                return orig(t, *a, **k)
+            setattr(torch.Tensor, name, method)
+
+        for name in ("tolist", "cpu", "numpy", "to"):
+            wrap(name)
+        call = interp.InterpretedFunction.__call__
+
+        def launch(fn, *a, **k):
+            self._in_launch += 1
+            try:
+                return call(fn, *a, **k)
+            finally:
+                self._in_launch -= 1
+
+        get_item = interp.InterpretedFunction.__getitem__
+
+        def getitem(fn, grid):
+            run = get_item(fn, grid)
+
+            def launched(*a, **k):
+                self._in_launch += 1
+                try:
+                    return run(*a, **k)
+                finally:
+                    self._in_launch -= 1
+            return launched
+
+        interp.InterpretedFunction.__call__ = launch
+        interp.InterpretedFunction.__getitem__ = getitem
+        try:
+            with self:
+                yield self
+        finally:
+            for name, orig in originals.items():
+                setattr(torch.Tensor, name, orig)
+            interp.InterpretedFunction.__call__ = call
+            interp.InterpretedFunction.__getitem__ = get_item
+
+
+def _to_cpu(args, kwargs):
+    dev = kwargs.get("device", args[0] if args else None)
+    return dev is not None and not isinstance(dev, torch.dtype) and torch.device(dev).type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, backend="triton",
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertModel(cfg)
+
+
+def _padded(B=3, S=11):
+    ids = torch.randint(0, 120, (B, S))
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[0, 7:] = 0
+    mask[2, 4:] = 0
+    return ids, mask
+
+
+def test_counter_catches_planted_reads(model):
+    ids, mask = _padded()
+    with HostReads().patched() as counter:
+        int(ids[0, 0])
+        ids.nonzero()
+        ids.tolist()
+        ids[mask.bool()]
+    assert len(counter.reads) == 4, counter.reads
+
+
+def test_padded_forward_reads_once(model):
+    ids, mask = _padded()
+    model.eval()
+    with torch.no_grad(), HostReads().patched() as counter:
+        model(input_ids=ids, attention_mask=mask)
+    assert len(counter.reads) == 1, counter.reads
+
+
+def test_padded_unpadded_batch_reads_once(model):
+    ids = torch.randint(0, 120, (2, 9))
+    model.eval()
+    with torch.no_grad(), HostReads().patched() as counter:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert len(counter.reads) == 1, counter.reads
+
+
+def test_padded_forward_backward_reads_once(model):
+    ids, mask = _padded()
+    model.train()
+    with HostReads().patched() as counter:
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        n_forward = len(counter.reads)
+        (out.float() ** 2).sum().backward()
+    assert n_forward == 1 and len(counter.reads) == 1, counter.reads
+
+
+def test_packed_device_lengths_read_once(model):
+    cu = torch.tensor([0, 5, 12, 13], dtype=torch.int32)
+    ids = torch.randint(0, 120, (13,))
+    model.eval()
+    with torch.no_grad(), HostReads(host_known=()).patched() as counter:
+        model(input_ids=ids, cu_seqlens=cu, max_seqlen=7)
+    assert len(counter.reads) == 1, counter.reads
+
+
+def test_packed_host_known_inputs_read_nothing(model, monkeypatch):
+    """The tokenizer's packed output (ids and cu_seqlens in host memory) for a model on a GPU is checked on the
+    host and copied: no device read. (Here the model is on the CPU too, so the host path is switched on.)"""
+    cu = torch.tensor([0, 5, 12, 13], dtype=torch.int32)
+    ids = torch.randint(0, 120, (13,))
+    model.eval()
+    monkeypatch.setattr(BertModel, "_host_known", staticmethod(lambda *args: True))
+    with pytest.raises(ValueError, match="input_ids holds ids outside"):
+        model(input_ids=torch.full((13,), 500), cu_seqlens=cu, max_seqlen=7)
+    with torch.no_grad(), HostReads(host_known=(cu, ids)).patched() as counter:
+        model(input_ids=ids, cu_seqlens=cu, max_seqlen=7)
+    assert counter.reads == [], counter.reads
