@@ -374,7 +374,7 @@ def _add_speedups(rows):
 # ------------------------------------------------------------------------------------------------------
 def run_ops(device, log) -> Dict:
     out = {}
-    for op in ("layer_norm", "gelu", "attention"):
+    for op in ("layer_norm", "gelu", "attention", "lm_head_ce"):
         mod_name = f"benchmarks.bench_{op}"
         try:
             mod = importlib.import_module(mod_name)

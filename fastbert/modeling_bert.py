@@ -12,6 +12,7 @@ checkpoints load with no remapping. The backend is decided once per forward, in 
   ``config.unpad`` (the default) padding is removed once after the embeddings, every layer runs on real
   tokens only (packed variable-length attention), and the padded layout is restored at the end.
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -70,11 +71,12 @@ class Batch:
     Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
     """
 
-    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None):
+    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None):
         self.backend = backend
         self.mask = mask
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
+        self.bias = bias  # torch path only: a general (B, 1 or heads, S, S) mask, bool (True = attend) or additive
 
     @property
     def packed(self) -> bool:
@@ -123,14 +125,29 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.scaling = self.attention_head_size ** -0.5
+        self._qkv_cache = None  # (key, weight, bias): the fused Q/K/V parameters for inference
+
+    def _fused_qkv(self):
+        """[Wq; Wk; Wv] and [bq; bk; bv]. With autograd recording, concatenated on every call (the gradient
+        flows back to the three Linear layers); otherwise cached and rebuilt only when a parameter changes
+        (a new tensor, an in-place update, another dtype or device): no copy per inference forward."""
+        params = (self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
+                  self.value.bias)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            self._qkv_cache = None
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            with torch.no_grad():
+                self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+        return self._qkv_cache[1], self._qkv_cache[2]
 
     def forward(self, hidden_states, batch: Batch, output_attentions=False):
         nh, hd = self.num_attention_heads, self.attention_head_size
         dropout_p = self.dropout_p if self.training else 0.0
         if batch.backend == "triton":
             # One GEMM for Q, K and V; the kernel reads them as strided views.
-            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            weight, bias = self._fused_qkv()
             qkv = F.linear(hidden_states, weight, bias)
             qkv = qkv.view(*hidden_states.shape[:-1], 3, nh, hd)  # (B, S, 3, nh, hd) or (T, 3, nh, hd)
             q, k, v = qkv.unbind(dim=-3)
@@ -147,10 +164,14 @@ class BertSelfAttention(nn.Module):
         k = self.key(hidden_states).view(B, S, nh, hd).transpose(1, 2)
         v = self.value(hidden_states).view(B, S, nh, hd).transpose(1, 2)
         attn_mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
+        if batch.bias is not None:
+            attn_mask = batch.bias if batch.bias.dtype == torch.bool else batch.bias.to(q.dtype)
         if output_attentions:
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
-            if attn_mask is not None:
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
                 scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+            elif attn_mask is not None:
+                scores = scores + attn_mask
             probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=self.training)
             out = torch.matmul(probs, v)
         else:
@@ -325,10 +346,19 @@ class BertModel(BertPreTrainedModel):
         B, S = shape
         ref = input_ids if input_ids is not None else inputs_embeds
         self._check_length(S)
-        mask = _check_mask(attention_mask, (B, S), ref=ref)
+        mask, bias = _check_mask(attention_mask, (B, S), ref=ref)
+        additive = attention_mask if mask is not None and attention_mask.dim() == 4 and \
+            attention_mask.dtype.is_floating_point else None
         # Every data-dependent check and the unpadding metadata: one device->host read (none while tracing).
-        facts = self._validate(input_ids, token_type_ids, position_ids, mask=attention_mask)
-        all_real = mask is None or facts.total == B * S
+        checked = None if mask is None else mask if additive is not None or attention_mask.dim() == 4 else attention_mask
+        facts = self._validate(input_ids, token_type_ids, position_ids, mask=checked, additive=additive)
+        if facts.soft_bias:  # an additive mask that is not just 0 / -inf per key: a bias, the general path
+            mask, bias = None, attention_mask
+        if bias is not None and backend == "triton":
+            _warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
+                       "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
+            backend = "torch"
+        all_real = bias is None and (mask is None or facts.total == B * S)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
         unpad = backend == "triton" and self.config.unpad and not output_hidden_states
@@ -342,8 +372,8 @@ class BertModel(BertPreTrainedModel):
         else:
             # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is
             # known, so the mask stays: a trace is right for padded and unpadded batches alike.
-            encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask), output_attentions,
-                                       output_hidden_states)
+            encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask, bias=bias),
+                                       output_attentions, output_hidden_states)
             sequence_output = encoder_out.last_hidden_state
         pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
         return BaseModelOutputWithPoolingAndCrossAttentions(
@@ -419,7 +449,8 @@ class BertModel(BertPreTrainedModel):
         return (("input_ids", cfg.vocab_size), ("token_type_ids", cfg.type_vocab_size),
                 ("position_ids", cfg.max_position_embeddings))
 
-    def _validate(self, input_ids, token_type_ids, position_ids, mask=None, cu_seqlens=None) -> "_Facts":
+    def _validate(self, input_ids, token_type_ids, position_ids, mask=None, cu_seqlens=None,
+                  additive=None) -> "_Facts":
         """Clear errors instead of device-side asserts for ids outside the embedding tables, masks that are
         not 0/1 and malformed cu_seqlens, plus what unpadding needs (real tokens, longest sequence): all in
         ONE device->host read (a GPU sync), none while tracing, compiling or capturing a CUDA graph."""
@@ -438,6 +469,8 @@ class BertModel(BertPreTrainedModel):
         float_mask = mask is not None and mask.dtype.is_floating_point
         if float_mask:
             parts.append(((mask == 0) | (mask == 1)).all())
+        if additive is not None:  # HF's extended mask: 0 to attend, a large negative number (or -inf) not to
+            parts.append(((additive == 0) | (additive <= _MASKED)).all())
         if mask is not None:
             lens = mask.bool().sum(dim=1)
             parts += [lens.sum(), lens.max() if lens.numel() else lens.sum()]
@@ -453,6 +486,8 @@ class BertModel(BertPreTrainedModel):
         if float_mask:
             if not rest.pop(0):
                 raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
+        if additive is not None and not rest.pop(0):
+            return _Facts(None, None, soft_bias=True)
         if mask is not None:
             return _Facts(rest[0], rest[1])
         if cu_seqlens is not None:
@@ -514,8 +549,8 @@ class _Facts:
     """What one forward learned from its single host read: real tokens and longest sequence of a padded
     batch's mask, or cu_seqlens' (first, last, shortest, longest); None when nothing was read (tracing)."""
 
-    def __init__(self, total, max_seqlen, cu=None):
-        self.total, self.max_seqlen, self.cu = total, max_seqlen, cu
+    def __init__(self, total, max_seqlen, cu=None, soft_bias=False):
+        self.total, self.max_seqlen, self.cu, self.soft_bias = total, max_seqlen, cu, soft_bias
 
 
 def _tracing() -> bool:
@@ -530,17 +565,49 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+_MASKED = -1e4  # an additive mask value at or below this masks the key (HF: finfo(dtype).min, or -inf)
+_WARNED = set()
+
+
+def _warn_once(key, message):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
 def _check_mask(attention_mask, shape, ref):
+    """(key-padding mask (B, S) bool or None, general mask or None), as Hugging Face reads ``attention_mask``:
+
+    - (B, S): 1/True for a real token, 0/False for padding;
+    - (B, 1, 1, S): HF's extended key-padding mask, bool (True = attend) or additive float (0 = attend, a large
+      negative number or -inf = masked; another value makes it a general bias);
+    - (B, S, S): a 0/1 (or bool) mask per query and key, as HF extends it ([:, None, :, :]);
+    - (B, 1 or heads, S, S): used as given, bool (True = attend) or additive float.
+    General masks run on the PyTorch path.
+    """
     if attention_mask is None:
-        return None
-    if tuple(attention_mask.shape) != tuple(shape):
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {tuple(shape)}; "
-            "pass a (batch, seqlen) mask with 1 for real tokens and 0 for padding"
-        )
+        return None, None
+    B, S = shape
+    dims = tuple(attention_mask.shape)
     if attention_mask.device != ref.device:
         raise ValueError(f"attention_mask is on {attention_mask.device} but the inputs are on {ref.device}")
-    return attention_mask.bool()  # its values are checked with the other inputs (BertModel._validate)
+    if dims == (B, S):
+        return attention_mask.bool(), None  # its values are checked with the other inputs (BertModel._validate)
+    if dims == (B, 1, 1, S):
+        if attention_mask.dtype == torch.bool:
+            return attention_mask[:, 0, 0, :], None
+        if attention_mask.dtype.is_floating_point:
+            return attention_mask[:, 0, 0, :] == 0, None
+    elif dims == (B, S, S):
+        return None, attention_mask[:, None].bool()
+    elif len(dims) == 4 and dims[0] == B and dims[2:] == (S, S):
+        return None, attention_mask if attention_mask.dtype in (torch.bool,) or \
+            attention_mask.dtype.is_floating_point else attention_mask.bool()
+    raise ValueError(
+        f"attention_mask has shape {dims} but input_ids has shape {(B, S)}; pass a (batch, seqlen) mask with 1 for "
+        "real tokens and 0 for padding, HF's extended (batch, 1, 1, seqlen) mask, or a (batch, seqlen, seqlen) / "
+        "(batch, 1 or heads, seqlen, seqlen) mask"
+    )
 
 
 def _reject_unsupported(kwargs):

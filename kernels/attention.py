@@ -487,37 +487,47 @@ _TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "WORK_BUCKET", "CAUSAL", "VARLEN", "HAS_M
 
 
 def _configs(shapes):
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in shapes]
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, largest head dim it compiles for without spilling)."""
+    configs = []
+    for bm, bn, w, s, d in shapes:
+        c = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        c.max_head_dim = d  # read by _prune only; not a kernel argument
+        configs.append(c)
+    return configs
 
 
+# The autotune spaces: only configs whose sm_90 compile spills no register for BERT's variants (packed or
+# padded+mask, dropout on or off) up to their head dim, read from `python scripts/compile_report.py`
+# (ptxas -v, bf16; docs/perf-notes.md has the table). Head dims above a config's bound skip it.
 _FWD_CONFIGS = _configs([
-    (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 32, 4, 3),
-    (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2),
+    (128, 64, 8, 3, 64), (128, 32, 8, 3, 64), (128, 32, 4, 3, 64), (64, 64, 8, 3, 64), (64, 64, 4, 3, 64),
+    (64, 64, 4, 4, 64), (64, 32, 4, 3, 128), (64, 32, 4, 2, 128),
 ])
 _DKDV_CONFIGS = _configs([  # BLOCK_M: query block of the inner loop, BLOCK_N: key block per program
-    (32, 128, 4, 3), (32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3),
-    (64, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 3), (16, 32, 4, 2),
+    (32, 128, 8, 3, 32), (32, 64, 4, 3, 32), (32, 64, 4, 2, 32), (16, 64, 8, 3, 64), (16, 32, 4, 2, 64),
 ])
 _DQ_CONFIGS = _configs([
-    (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2),
+    (128, 64, 8, 3, 64), (128, 32, 8, 3, 64), (64, 64, 8, 3, 64), (64, 64, 4, 3, 64), (64, 32, 8, 3, 64),
+    (64, 32, 4, 3, 128), (64, 32, 4, 2, 128), (32, 32, 4, 2, 128),
 ])
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles that cannot fit a large head dim, and blocks far larger than the sequence."""
+    """Drop configs that spill at this head dim, and blocks far larger than the sequence."""
     d = named_args["HEAD_DIM"] if "HEAD_DIM" in named_args else kwargs["HEAD_DIM"]
     s = named_args["SEQ_BUCKET"] if "SEQ_BUCKET" in named_args else kwargs["SEQ_BUCKET"]
     kept = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if d > 128 and (bm * bn > 64 * 64 or c.num_stages > 2):
-            continue
-        if d > 64 and bm * bn > 128 * 64:
+        if d > c.max_head_dim:
             continue
         if max(bm, bn) > max(s, 32):
             continue
         kept.append(c)
-    return kept or configs[-1:]
+    if kept:
+        return kept
+    # Nothing verified spill-free here (head dims above 128): the smallest tile.
+    return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 @functools.lru_cache(maxsize=None)

@@ -58,12 +58,12 @@ def _signature(fn, consts, dtype):
     return sig
 
 
-def compile_one(kernel: str, config, variant: dict, head_dim: int, dtype: str = "bf16") -> dict:
+def compile_one(kernel: str, config, variant: dict, head_dim: int, dtype: str = "bf16", atomic_dq=True) -> dict:
     fn, _ = KERNELS[kernel]
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
                   DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **variant, **config.kwargs)
     if kernel == "dkdv":
-        consts["ATOMIC_DQ"] = True
+        consts["ATOMIC_DQ"] = atomic_dq
     compiled = triton.compile(ASTSource(fn, _signature(fn, consts, dtype), consts), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
     with tempfile.TemporaryDirectory() as d:
@@ -80,6 +80,7 @@ def compile_one(kernel: str, config, variant: dict, head_dim: int, dtype: str = 
     num = lambda pat: int(m.group(1)) if (m := re.search(pat, report)) else None  # noqa: E731
     ops = collections.Counter(m.group(1) for m in _SASS.finditer(sass))
     return {"kernel": kernel, "head_dim": head_dim, "dtype": dtype, **variant, **config.kwargs,
+            **({"ATOMIC_DQ": atomic_dq} if kernel == "dkdv" else {}),
             "num_warps": config.num_warps, "num_stages": config.num_stages,
             "registers": num(r"Used (\d+) registers"), "stack": num(r"(\d+) bytes stack frame"),
             "spill_stores": num(r"(\d+) bytes spill stores"), "spill_loads": num(r"(\d+) bytes spill loads"),
@@ -100,6 +101,8 @@ def main(argv=None):
     ap.add_argument("--full", action="store_true", help="every variant (causal, padded without mask, ...)")
     ap.add_argument("--limit", type=int, default=0, help="at most this many configs per kernel (0: all)")
     ap.add_argument("--json", help="write every row to this file (JSON lines)")
+    ap.add_argument("--no-atomic-dq", action="store_true",
+                    help="dK/dV kernel without the fused dQ atomics (the deterministic=True backward)")
     args = ap.parse_args(argv)
     variants = FULL_VARIANTS if args.full else BERT_VARIANTS
     out = open(args.json, "w") if args.json else None
@@ -110,7 +113,7 @@ def main(argv=None):
         if args.limit:
             configs = configs[:args.limit]
         for config, variant in itertools.product(configs, variants if kernel != "dq" else variants[:2]):
-            row = compile_one(kernel, config, variant, d, args.dtype)
+            row = compile_one(kernel, config, variant, d, args.dtype, atomic_dq=not args.no_atomic_dq)
             spills += (row["spill_stores"] or 0) > 0
             flags = " ".join(k.lower() for k, v in variant.items() if v) or "-"
             cfg = f"{config.kwargs['BLOCK_M']}x{config.kwargs['BLOCK_N']} w{config.num_warps} s{config.num_stages}"

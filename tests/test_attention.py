@@ -350,11 +350,29 @@ def test_bad_input(triton_path, monkeypatch):
         (dict(q=qp, k=kp, v=vp, cu_seqlens=cu.float()), "int32"),
         (dict(q=qp, k=kp, v=vp, cu_seqlens=cu, max_seqlen=10), "shorter than the longest"),
     ]
-    if triton_path:
-        cases += [(dict(zip("qkv", _qkv(2, 8, 2, d))), f"head_dim={d}") for d in (12, 264)]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             attention(kwargs.pop("q"), kwargs.pop("k"), kwargs.pop("v"), **kwargs)
+
+
+def test_unsupported_head_dim_falls_back_to_pytorch_with_one_warning(monkeypatch):
+    import importlib
+    import warnings
+
+    A = importlib.import_module("fastbert.ops.attention")  # the module (fastbert.ops.attention is the function)
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(A, "_WARNED_HEAD_DIMS", set())
+    for d in (12, 264):
+        q, k, v = _qkv(2, 8, 2, d)
+        mask = _prefix_mask([8, 3], 8, "cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = attention(q, k, v, key_padding_mask=mask)
+            attention(q, k, v, key_padding_mask=mask)
+        assert sum(f"head_dim={d}" in str(w.message) for w in caught) == 1
+        ref, _ = attention_ref(q, k, v, key_mask=mask)
+        torch.testing.assert_close(out.double(), ref, atol=2e-3, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------- PyTorch path

@@ -179,3 +179,77 @@ def test_packed_host_known_inputs_read_nothing(model, monkeypatch):
     with torch.no_grad(), HostReads(host_known=(cu, ids)).patched() as counter:
         model(input_ids=ids, cu_seqlens=cu, max_seqlen=7)
     assert counter.reads == [], counter.reads
+
+
+def test_fused_qkv_cached_for_inference_and_rebuilt_on_change(model):
+    attn = model.encoder.layer[0].attention.self
+    with torch.no_grad():
+        w1, b1 = attn._fused_qkv()
+        w2, _ = attn._fused_qkv()
+        assert w2 is w1  # no copy per inference forward
+        attn.key.weight.add_(1.0)  # an in-place update (an optimizer step) invalidates it
+        w3, _ = attn._fused_qkv()
+    assert w3 is not w1 and torch.equal(w3[32:64], attn.key.weight)
+    attn.value.bias = torch.nn.Parameter(attn.value.bias.detach() + 1)  # a new tensor too
+    with torch.no_grad():
+        _, b4 = attn._fused_qkv()
+    assert torch.equal(b4[64:], attn.value.bias)
+    w5, _ = attn._fused_qkv()  # recording autograd: concatenated, differentiable
+    assert w5.requires_grad and w5.grad_fn is not None
+
+
+_NOT_LAUNCHES = {"empty", "promote_types", "view", "_unsafe_view", "unbind", "select", "slice", "t", "transpose",
+                 "expand", "reshape", "as_strided", "detach", "alias", "unsqueeze", "squeeze", "permute", "split",
+                 "lift_fresh", "empty_like", "new_empty"}
+
+
+class Launches(HostReads):
+    """Counts the aten ops that launch a kernel (allocations and views excluded) and the Triton launches."""
+
+    def __init__(self):
+        super().__init__()
+        self.aten, self.triton = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if not self._in_launch and name not in _NOT_LAUNCHES:
+            self.aten.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _launches(layers, train):
+    import triton.runtime.interpreter as interp
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, backend="triton",
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertModel(cfg).train(train)
+    ids, mask = _padded()
+    counter = Launches()
+    get_item = interp.InterpretedFunction.__getitem__
+
+    def getitem(fn, grid):
+        counter.triton.append(fn.fn.__name__)
+        return get_item(fn, grid)
+
+    with torch.set_grad_enabled(train):
+        model(input_ids=ids, attention_mask=mask)  # builds the inference QKV cache
+        interp.InterpretedFunction.__getitem__ = getitem
+        try:
+            with counter.patched():
+                model(input_ids=ids, attention_mask=mask)
+        finally:
+            interp.InterpretedFunction.__getitem__ = get_item
+    return counter
+
+
+@pytest.mark.parametrize("train, gemms", [(False, 4), (True, 6)])
+def test_launches_per_layer(train, gemms):
+    """Per encoder layer: 4 GEMMs (QKV, attention output, intermediate, output) and 4 Triton kernels
+    (attention, 2 residual+LayerNorm, bias+GELU); training adds the 2 differentiable Q/K/V concatenations."""
+    one, two = _launches(1, train), _launches(2, train)
+    aten = len(two.aten) - len(one.aten)
+    triton = len(two.triton) - len(one.triton)
+    assert triton == 4, two.triton
+    assert aten == gemms, sorted(two.aten)

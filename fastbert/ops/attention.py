@@ -9,6 +9,7 @@ head_dim)`` with ``cu_seqlens (batch + 1,)`` int32 and ``max_seqlen``. q, k, v m
 one fused QKV projection). Masked keys get no weight; a query whose keys are all masked outputs zeros.
 """
 import operator
+import warnings
 import weakref
 
 import torch
@@ -40,15 +41,15 @@ def _check_cu_seqlens(cu_seqlens, total, max_seqlen, device):
             raise ValueError(f"max_seqlen must be an int, got {max_seqlen!r}") from None
         if max_seqlen < 0:
             raise ValueError(f"max_seqlen must be non-negative, got {max_seqlen}")
+    if max_seqlen is not None and (torch.compiler.is_compiling() or torch.jit.is_tracing() or (
+            cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing())):
+        return max_seqlen  # no host reads while tracing or capturing: the caller vouches for cu_seqlens
     # The value checks need the values on the host: done once per cu_seqlens tensor (the encoder reuses the
     # same one in every layer), not once per call.
     key = (total, max_seqlen)
     if (_checked_cu["ref"] is not None and _checked_cu["ref"]() is cu_seqlens
             and _checked_cu["version"] == cu_seqlens._version and _checked_cu["key"] == key):
         return max_seqlen
-    if max_seqlen is not None and (torch.compiler.is_compiling() or torch.jit.is_tracing() or (
-            cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing())):
-        return max_seqlen  # no host reads while tracing or capturing: the caller vouches for cu_seqlens
     cu = cu_seqlens.detach().to("cpu", torch.int64)
     lens = cu[1:] - cu[:-1]
     if int(cu[0]) != 0:
@@ -66,9 +67,18 @@ def _check_cu_seqlens(cu_seqlens, total, max_seqlen, device):
     return max_seqlen
 
 
+_WARNED_HEAD_DIMS = set()
+
+
+def kernel_supports_head_dim(head_dim: int) -> bool:
+    return head_dim % 8 == 0 and 8 <= head_dim <= 256
+
+
 def trust_cu_seqlens(cu_seqlens: torch.Tensor, total: int, max_seqlen: int):
     """Record ``cu_seqlens`` as validated for ``total`` tokens and ``max_seqlen`` (the model checked it with its
     one host read per forward), so no attention call of this forward reads it back again."""
+    if torch.compiler.is_compiling():
+        return  # nothing is read back while compiling anyway
     _checked_cu.update(ref=weakref.ref(cu_seqlens), version=cu_seqlens._version, key=(total, max_seqlen))
 
 
@@ -87,10 +97,6 @@ def _check_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, 
         raise ValueError(f"attention supports float16, bfloat16 and float32 inputs, got {q.dtype}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    head_dim = q.shape[-1]
-    if triton_path and (head_dim % 8 != 0 or not 8 <= head_dim <= 256):
-        raise ValueError(f"head_dim={head_dim} is not supported by the Triton attention kernel: it must be a "
-                         "multiple of 8 between 8 and 256")
     if cu_seqlens is not None:
         if q.dim() != 3:
             raise ValueError(f"with cu_seqlens, q/k/v must be packed (total_tokens, heads, head_dim), got "
@@ -221,6 +227,12 @@ def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=Non
     Returns the output in q's layout and dtype (contiguous on the Triton path).
     """
     triton_path = isinstance(q, torch.Tensor) and use_triton(q)
+    if triton_path and not kernel_supports_head_dim(q.shape[-1]):
+        if q.shape[-1] not in _WARNED_HEAD_DIMS:
+            _WARNED_HEAD_DIMS.add(q.shape[-1])
+            warnings.warn(f"fastbert attention: head_dim={q.shape[-1]} is not a multiple of 8 between 8 and 256, "
+                          "which the Triton kernel needs: using PyTorch's scaled_dot_product_attention", stacklevel=2)
+        triton_path = False
     max_seqlen = _check_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, triton_path)
     if not triton_path:
         return _torch_attention(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, softmax_scale)
