@@ -14,8 +14,10 @@ where padded has ``tok0 = 0`` and packed has ``stride_b = 0, tok0 = cu_seqlens[b
 Log-sum-exp (natural log, fp32): padded (batch, heads, seqlen), packed (heads, total_tokens). Rows with no
 key at all (every key masked) output zeros and store ``lse = +inf`` so the backward gives them zero weight.
 
-Dropout: keep element (b, h, i, j) iff ``tl.rand(seed * 2**32 + b * heads + h, i * max_seqlen + j) >= p``;
-kept weights are scaled by 1 / (1 - p). The backward regenerates the same mask from the same seed.
+Dropout: element (b, h, i, j) is kept iff its uniform draw is >= p: Philox keyed by ``seed * 2**32 + b * heads
++ h`` at counter ``i * ceil(max_seqlen / 4) + j // 4``, output ``j % 4`` (one Philox call per four scores);
+the seed is an int64 on the device, drawn by torch's generator there (no host read; CUDA-graph replays
+draw new masks). Kept weights are scaled by 1 / (1 - p). The backward regenerates the same mask.
 
 Backward: a small kernel computes ``delta = rowsum(dO * O)``; one program per key block then loops over the
 query blocks for dK, dV. dQ is either accumulated in the same kernel with relaxed fp32 atomics (default: 5
@@ -93,18 +95,28 @@ def _seq_bounds(CU_SEQLENS, off_b, SEQLEN, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, TRANSPOSED: tl.constexpr):
+def _dropout_keep(SEED, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, TRANSPOSED: tl.constexpr):
     """Boolean keep-mask for scores (offs_m, offs_n) of (off_b, off_h); (offs_n, offs_m) if TRANSPOSED.
 
-    One Philox key per (call, batch, head): seed in the high 32 bits, b * H + h in the low ones; the
-    counter is i * max_seqlen + j. Forward and backward draw the same numbers.
+    The seed is read from device memory (``SEED``, drawn by torch's generator on the device: no host read,
+    and a CUDA graph replay draws a new one). One Philox key per (call, batch, head): seed in the high 32
+    bits, b * H + h in the low ones. One Philox call gives four 32-bit numbers: they serve four consecutive
+    keys j of query i (counter i * ceil(max_seqlen / 4) + j // 4), a quarter of the Philox rounds of one call
+    per score. ``offs_n`` must be BLOCK_N consecutive keys starting at a multiple of 4. Forward and backward
+    draw the same numbers.
     """
+    seed = tl.load(SEED)
     key = seed.to(tl.int64) * 4294967296 + (off_b * H + off_h).to(tl.int64)
+    groups = (SEQLEN + 3) // 4
+    first = tl.min(offs_n, 0) // 4
+    counter = offs_m[:, None] * groups + first + tl.arange(0, BLOCK_N // 4)[None, :]  # (BLOCK_M, BLOCK_N // 4)
+    r0, r1, r2, r3 = tl.randint4x(key, counter)
+    bits = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_M, BLOCK_N))  # key j -> r_{j % 4}
+    keep = tl.random.uint_to_uniform_float(bits) >= dropout_p
     if TRANSPOSED:
-        offs = offs_m[None, :] * SEQLEN + offs_n[:, None]
-    else:
-        offs = offs_m[:, None] * SEQLEN + offs_n[None, :]
-    return tl.rand(key, offs) >= dropout_p
+        keep = tl.trans(keep)
+    return keep
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -112,10 +124,10 @@ def _dropout_keep(seed, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, TRAN
 
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, keep_base, stride_kt, stride_vt, lo, hi, kv_len,
-                    offs_m, offs_n, offs_d, qk_scale, dropout_p, seed, off_b, off_h, H, SEQLEN,
+                    offs_m, offs_n, offs_d, qk_scale, dropout_p, SEED, off_b, off_h, H, SEQLEN,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-                    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-                    MASKED: tl.constexpr):
+                    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """Online softmax over key blocks [lo, hi). MASKED=False: every key in range is real and visible."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
@@ -145,7 +157,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, keep_base, stride_kt, stri
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            keep = _dropout_keep(seed, off_b, off_h, H, offs_m, cols, SEQLEN, dropout_p, False)
+            keep = _dropout_keep(SEED, off_b, off_h, H, offs_m, cols, SEQLEN, dropout_p, BLOCK_M, BLOCK_N, False)
             p = tl.where(keep, p, 0.0)
         if MASKED:
             v = _load_rows(v_ptrs, n_valid, offs_d, HEAD_DIM, BLOCK_D)
@@ -156,7 +168,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, keep_base, stride_kt, stri
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
+@triton.jit
 def _attn_fwd_kernel(
     Q, K, V,  # pointers to the inputs, padded (B, S, H, D) or packed (T, H, D)
     O,  # pointer to the output, same layout as Q (contiguous)
@@ -174,7 +186,7 @@ def _attn_fwd_kernel(
     SEQLEN,  # padded: seqlen; packed: max_seqlen
     qk_scale,  # softmax_scale * log2(e)
     dropout_p,
-    seed,
+    SEED,  # pointer to the int64 dropout seed (read only when DROPOUT)
     SEQ_BUCKET,  # next power of two >= SEQLEN: an autotuning key only
     WORK_BUCKET,  # next power of two >= batch * heads: an autotuning key only (configs differ by occupancy)
     HEAD_DIM: tl.constexpr,
@@ -224,12 +236,12 @@ def _attn_fwd_kernel(
             full_end = tl.minimum(full_end, (start_m * BLOCK_M) // BLOCK_N * BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, KEEP + off_b64 * stride_mb, stride_kt,
                                     stride_vt, 0, full_end, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
-                                    seed, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
-                                    DOT_PRECISION, BLOCK_N, False)
+                                    SEED, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
+                                    DOT_PRECISION, BLOCK_M, BLOCK_N, False)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, KEEP + off_b64 * stride_mb, stride_kt,
                                     stride_vt, full_end, hi, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
-                                    seed, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
-                                    DOT_PRECISION, BLOCK_N, True)
+                                    SEED, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
+                                    DOT_PRECISION, BLOCK_M, BLOCK_N, True)
 
     empty = l_i == 0.0  # every key masked
     l_safe = tl.where(empty, 1.0, l_i)
@@ -279,7 +291,7 @@ def _attn_bwd_preprocess_kernel(
     tl.store(DELTA + off_b64 * stride_lb + off_h * stride_lh + tok0 + offs_m, delta, mask=m_valid)
 
 
-@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
+@triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO,  # pointers to the inputs and the output gradient
     DQ,  # pointer to the fp32 dQ accumulator, zero-initialised (written only when ATOMIC_DQ)
@@ -297,7 +309,7 @@ def _attn_bwd_dkdv_kernel(
     H, SEQLEN,
     sm_scale,
     dropout_p,
-    seed,
+    SEED,  # pointer to the int64 dropout seed (read only when DROPOUT)
     SEQ_BUCKET,
     WORK_BUCKET,
     HEAD_DIM: tl.constexpr,
@@ -371,7 +383,7 @@ def _attn_bwd_dkdv_kernel(
         pT = tl.where(valid, tl.exp2(qkT - lse[None, :] * 1.4426950408889634), 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         if DROPOUT:
-            keep = _dropout_keep(seed, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, True)
+            keep = _dropout_keep(SEED, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, BLOCK_M, BLOCK_N, True)
             pdT = tl.where(keep, pT * inv_keep, 0.0)
             dpT = tl.where(keep, dpT * inv_keep, 0.0)
         else:
@@ -391,7 +403,7 @@ def _attn_bwd_dkdv_kernel(
     _store_rows(dv_ptrs, dv.to(DV.dtype.element_ty), n_in, offs_d, HEAD_DIM, BLOCK_D)
 
 
-@triton.jit(do_not_specialize=["seed"])  # a seed of 1 must not become a constexpr
+@triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO,
     DQ,  # pointer to the query gradient (contiguous, same layout as Q)
@@ -407,7 +419,7 @@ def _attn_bwd_dq_kernel(
     H, SEQLEN,
     sm_scale,
     dropout_p,
-    seed,
+    SEED,  # pointer to the int64 dropout seed (read only when DROPOUT)
     SEQ_BUCKET,
     WORK_BUCKET,
     HEAD_DIM: tl.constexpr,
@@ -465,7 +477,7 @@ def _attn_bwd_dq_kernel(
         p = tl.where(valid, tl.exp2(qk - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
-            keep = _dropout_keep(seed, off_b, off_h, H, offs_m, cols, SEQLEN, dropout_p, False)
+            keep = _dropout_keep(SEED, off_b, off_h, H, offs_m, cols, SEQLEN, dropout_p, BLOCK_M, BLOCK_N, False)
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -504,11 +516,11 @@ _FWD_CONFIGS = _configs([
     (64, 64, 4, 4, 64), (64, 32, 4, 3, 128), (64, 32, 4, 2, 128),
 ])
 _DKDV_CONFIGS = _configs([  # BLOCK_M: query block of the inner loop, BLOCK_N: key block per program
-    (32, 128, 8, 3, 32), (32, 64, 4, 3, 32), (32, 64, 4, 2, 32), (16, 64, 8, 3, 64), (16, 32, 4, 2, 64),
+    (32, 128, 8, 3, 32), (32, 64, 4, 3, 32), (32, 64, 4, 2, 32), (16, 64, 8, 3, 64), (16, 32, 4, 2, 32),
 ])
 _DQ_CONFIGS = _configs([
     (128, 64, 8, 3, 64), (128, 32, 8, 3, 64), (64, 64, 8, 3, 64), (64, 64, 4, 3, 64), (64, 32, 8, 3, 64),
-    (64, 32, 4, 3, 128), (64, 32, 4, 2, 128), (32, 32, 4, 2, 128),
+    (64, 32, 4, 3, 128), (64, 32, 4, 2, 128),
 ])
 
 
@@ -607,6 +619,15 @@ class _Layout:
         return (triton.cdiv(max(self.seqlen, 1), block), self.heads, self.batch)
 
 
+def _seed_ptr(seed, q):
+    """The int64 seed tensor (1,) on q's device; a dummy when there is no dropout."""
+    if seed is None:
+        return torch.empty(1, dtype=torch.int64, device=q.device)  # never read: DROPOUT is off
+    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.device != q.device:
+        raise ValueError("attention dropout seed must be an int64 tensor on the inputs' device")
+    return seed
+
+
 def _last_dim_contiguous(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -619,7 +640,7 @@ def _dot_precision(dtype):
 
 
 def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, causal=False,
-                  dropout_p=0.0, softmax_scale=None, seed=0):
+                  dropout_p=0.0, softmax_scale=None, seed=None):
     """Launch the forward. Inputs are assumed validated (see ``fastbert.ops.attention``).
 
     Returns ``(out, lse)``: out contiguous in q's layout, lse fp32 (B, H, S) padded or (H, T) packed.
@@ -633,7 +654,7 @@ def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(lay.head_dim)
     args = (q, k, v, out, lse, lay.keep, lay.kv_len, lay.cu_seqlens,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(out), slb, slh, lay.keep.stride(0),
-            lay.heads, lay.seqlen, scale * LOG2E, float(dropout_p), int(seed), lay.seq_bucket, lay.work_bucket)
+            lay.heads, lay.seqlen, scale * LOG2E, float(dropout_p), _seed_ptr(seed, q), lay.seq_bucket, lay.work_bucket)
     meta = dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, CAUSAL=bool(causal), VARLEN=lay.varlen,
                 HAS_MASK=lay.has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
     _launch("fwd", _attn_fwd_kernel, _INTERPRET_FWD, lambda c: lay.grid(c["BLOCK_M"]), args, meta)
@@ -641,7 +662,7 @@ def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen
 
 
 def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None,
-                  causal=False, dropout_p=0.0, softmax_scale=None, seed=0, deterministic=False):
+                  causal=False, dropout_p=0.0, softmax_scale=None, seed=None, deterministic=False):
     """Launch the backward; returns ``(dq, dk, dv)``, contiguous, in q's layout and dtype.
 
     ``deterministic=False``: dQ accumulated with fp32 atomics inside the dK/dV kernel.
@@ -670,7 +691,7 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
         dq_strides = lay.strides(dq_acc)
     meta = dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, CAUSAL=bool(causal), VARLEN=lay.varlen,
                 HAS_MASK=lay.has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
-    common = (lay.heads, lay.seqlen, scale, float(dropout_p), int(seed), lay.seq_bucket, lay.work_bucket)
+    common = (lay.heads, lay.seqlen, scale, float(dropout_p), _seed_ptr(seed, q), lay.seq_bucket, lay.work_bucket)
     args = (q, k, v, dout, dq_acc, dk, dv, lse, delta, lay.keep, lay.kv_len, lay.cu_seqlens,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(dout), *dq_strides,
             *lay.strides(dk), slb, slh, lay.keep.stride(0), *common)
@@ -694,7 +715,7 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
 @torch.library.custom_op("fastbert::attention_fwd", mutates_args=())
 def attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
                      cu_seqlens: Optional[torch.Tensor], max_seqlen: int, causal: bool, dropout_p: float,
-                     softmax_scale: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                     softmax_scale: float, seed: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     return attention_fwd(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
                          max_seqlen=max_seqlen if cu_seqlens is not None else None, causal=causal,
                          dropout_p=dropout_p, softmax_scale=softmax_scale, seed=seed)
@@ -713,7 +734,8 @@ def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, soft
 @torch.library.custom_op("fastbert::attention_bwd", mutates_args=())
 def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                      lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
-                     max_seqlen: int, causal: bool, dropout_p: float, softmax_scale: float, seed: int,
+                     max_seqlen: int, causal: bool, dropout_p: float, softmax_scale: float,
+                     seed: Optional[torch.Tensor],
                      deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_bwd(dout, q, k, v, out, lse, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
                          max_seqlen=max_seqlen if cu_seqlens is not None else None, causal=causal,

@@ -28,9 +28,9 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from fastbert.kernels import attention as A  # noqa: E402
 
-_PTR = {"KEEP": "*i8", "KV_LEN": "*i32", "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
+_PTR = {"KEEP": "*i8", "KV_LEN": "*i32", "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32", "SEED": "*i64"}
 _SCALARS = {"qk_scale": "fp32", "sm_scale": "fp32", "dropout_p": "fp32"}
-_INTS = {"H", "SEQLEN", "SEQ_BUCKET", "WORK_BUCKET", "seed"}
+_INTS = {"H", "SEQLEN", "SEQ_BUCKET", "WORK_BUCKET"}
 KERNELS = {"fwd": (A._attn_fwd_kernel, A._FWD_CONFIGS), "dkdv": (A._attn_bwd_dkdv_kernel, A._DKDV_CONFIGS),
            "dq": (A._attn_bwd_dq_kernel, A._DQ_CONFIGS)}
 # BERT's variants: packed (unpadded) or padded with a key mask, dropout on (training) or off.

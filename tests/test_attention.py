@@ -440,13 +440,15 @@ def test_custom_ops_opcheck(device):
     torch.manual_seed(4)
     q, k, v = (_rand(2, 9, 2, 16, dtype=torch.float16, device=device) for _ in range(3))
     mask = torch.rand(2, 9, device=device) > 0.3
-    torch.library.opcheck(A.attention_fwd_op, (q, k, v, mask, None, 0, False, 0.0, 0.25, 0))
-    out, lse = A.attention_fwd(q, k, v, key_padding_mask=mask, softmax_scale=0.25)
-    torch.library.opcheck(A.attention_bwd_op, (torch.randn_like(out), q, k, v, out, lse, mask, None, 0, False, 0.0,
-                                               0.25, 0, False))
+    seed = torch.tensor([77], dtype=torch.int64, device=device)
+    torch.library.opcheck(A.attention_fwd_op, (q, k, v, mask, None, 0, False, 0.0, 0.25, None))
+    torch.library.opcheck(A.attention_fwd_op, (q, k, v, mask, None, 0, False, 0.2, 0.25, seed))
+    out, lse = A.attention_fwd(q, k, v, key_padding_mask=mask, softmax_scale=0.25, dropout_p=0.2, seed=seed)
+    torch.library.opcheck(A.attention_bwd_op, (torch.randn_like(out), q, k, v, out, lse, mask, None, 0, False, 0.2,
+                                               0.25, seed, False))
     cu = torch.tensor([0, 5, 18], dtype=torch.int32, device=device)
     qp, kp, vp = (_rand(18, 2, 16, dtype=torch.float16, device=device) for _ in range(3))
-    torch.library.opcheck(A.attention_fwd_op, (qp, kp, vp, None, cu, 13, True, 0.0, 0.25, 0))
+    torch.library.opcheck(A.attention_fwd_op, (qp, kp, vp, None, cu, 13, True, 0.0, 0.25, None))
 
 
 # -------------------------------------------------------------------------------------- CUDA codegen
@@ -458,9 +460,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import fastbert.kernels.attention as A
 
-ptr = {"KEEP": "*i8", "KV_LEN": "*i32", "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
+ptr = {"KEEP": "*i8", "KV_LEN": "*i32", "CU_SEQLENS": "*i32", "LSE": "*fp32", "DELTA": "*fp32", "SEED": "*i64"}
 scalars = {"qk_scale": "fp32", "sm_scale": "fp32", "dropout_p": "fp32"}
-ints = {"H", "SEQLEN", "SEQ_BUCKET", "WORK_BUCKET", "seed"}
+ints = {"H", "SEQLEN", "SEQ_BUCKET", "WORK_BUCKET"}
 for fn, blocks, dtype, d in [
     (A._attn_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64), "bf16", 64),
     (A._attn_bwd_dkdv_kernel, dict(BLOCK_M=32, BLOCK_N=128, ATOMIC_DQ=True), "bf16", 64),

@@ -253,3 +253,17 @@ def test_launches_per_layer(train, gemms):
     triton = len(two.triton) - len(one.triton)
     assert triton == 4, two.triton
     assert aten == gemms, sorted(two.aten)
+
+
+def test_training_with_dropout_reads_once():
+    """Attention dropout's seed is drawn on the device: training with dropout still reads back once."""
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, backend="triton",
+                     hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    model = BertModel(cfg).train()
+    ids, mask = _padded()
+    with HostReads().patched() as counter:
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        (out.float() ** 2).sum().backward()
+    assert len(counter.reads) == 1, counter.reads

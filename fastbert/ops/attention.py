@@ -153,21 +153,23 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, softmax_scale,
                 deterministic):
-        # The dropout seed comes from torch's (CPU) generator: torch.manual_seed makes runs reproducible, and
-        # the backward regenerates the same mask from it.
-        seed = int(torch.randint(0, 2**31 - 1, ())) if dropout_p > 0.0 else 0
+        # The dropout seed is drawn by torch's generator on the inputs' device: no host read, torch.manual_seed
+        # makes runs reproducible, a CUDA graph replay draws a new one; the backward regenerates the mask.
+        seed = torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64) if dropout_p > 0.0 else None
         scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
         max_seqlen = max_seqlen if max_seqlen is not None else 0
         out, lse = _launch_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, causal, dropout_p, scale, seed)
         if any(ctx.needs_input_grad[:3]):
-            ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, cu_seqlens)
-        ctx.opts = (max_seqlen, causal, dropout_p, scale, seed, deterministic)
+            ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, cu_seqlens, seed)
+        ctx.opts = (max_seqlen, causal, dropout_p, scale)
+        ctx.deterministic = deterministic
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse, key_padding_mask, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = _launch_bwd(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, *ctx.opts)
+        q, k, v, out, lse, key_padding_mask, cu_seqlens, seed = ctx.saved_tensors
+        dq, dk, dv = _launch_bwd(dout, q, k, v, out, lse, key_padding_mask, cu_seqlens, *ctx.opts, seed,
+                                 ctx.deterministic)
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
