@@ -16,6 +16,7 @@ from .modeling_bert import (
     BertPreTrainedModel,
     mean_pooling,
 )
+from .encode import SentenceEncoder
 from .modeling_utils import CheckpointError
 
 __version__ = "0.1.0"
@@ -33,5 +34,6 @@ def __getattr__(name):
 __all__ = [
     "BertConfig", "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
     "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
-    "BertForQuestionAnswering", "BertPreTrainedModel", "BertTokenizer", "CheckpointError", "mean_pooling",
+    "BertForQuestionAnswering", "BertPreTrainedModel", "BertTokenizer", "CheckpointError", "SentenceEncoder",
+    "mean_pooling",
 ]

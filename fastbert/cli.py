@@ -10,58 +10,133 @@ import argparse
 import sys
 
 
+TABLE_MAX = 10  # more texts than this: a summary instead of the full similarity table
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _encode_parser(sub):
-    p = sub.add_parser("encode", help="sentence embeddings (mean pooling) and their cosine similarities")
+    p = sub.add_parser("encode", help="sentence embeddings (the model's sentence-transformers pipeline) and their "
+                                      "cosine similarities")
     p.add_argument("texts", nargs="*", help="texts to embed (or --file)")
-    p.add_argument("--file", help="read texts from this file, one per line ('-' for standard input)")
-    p.add_argument("--model", help="a local BERT directory (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--file", help="read texts from this file, one per line ('-' for standard input); every line "
+                                  "is one text, and a blank line is an error naming it")
+    p.add_argument("--model", help="a local BERT / sentence-transformers directory (default: the embedded "
+                                   "all-MiniLM-L6-v2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="model dtype (default: float32 on CPU, float16 on GPU)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
-    p.add_argument("--no-normalize", action="store_true", help="print raw mean-pooled vectors")
-    p.add_argument("--dims", type=int, default=8, help="embedding components printed per text")
-    p.add_argument("--output", help="also save the embeddings to this .npy file")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--max-length", type=_positive_int, default=None,
+                   help="truncate texts to this many tokens (default: the model's max_seq_length)")
+    p.add_argument("--no-normalize", action="store_true", help="skip the pipeline's Normalize module")
+    p.add_argument("--dims", type=_positive_int, default=8, help="embedding components printed per text")
+    p.add_argument("--output", help="save the embeddings: .npy, .jsonl (one list per line) or .csv")
+    p.add_argument("--no-table", action="store_true", help="print no similarity table")
     return p
 
 
-def encode_main(args) -> int:
-    import numpy as np
-    import torch
-
-    from .encode import SentenceEncoder
-
+def _read_texts(args) -> list:
     texts = list(args.texts)
     if args.file:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with stream:
-            texts += [line.rstrip("\n") for line in stream if line.strip()]
+            for n, line in enumerate(stream, 1):
+                line = line.rstrip("\n").rstrip("\r")
+                if not line.strip():
+                    raise ValueError(f"{args.file}:{n} is a blank line: every line is one text (remove it, or put "
+                                     "the text there), so that output row i stays input line i")
+                texts.append(line)
+    return texts
+
+
+def _output_format(path) -> str:
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if suffix not in ("npy", "jsonl", "csv"):
+        raise ValueError(f"--output {path}: unknown format; use a .npy, .jsonl or .csv file name")
+    return suffix
+
+
+def _save(path, emb):
+    import numpy as np
+
+    suffix = _output_format(path)
+    if suffix == "npy":
+        np.save(path, emb)
+    elif suffix == "jsonl":
+        import json
+
+        with open(path, "w", encoding="utf-8") as f:
+            for row in emb.tolist():
+                f.write(json.dumps(row) + "\n")
+    else:
+        np.savetxt(path, emb, delimiter=",", fmt="%.8g")
+
+
+def encode_main(args) -> int:
+    import torch
+
+    from .encode import SentenceEncoder
+
+    if args.output:
+        _output_format(args.output)  # an unknown extension fails before any work
+    texts = _read_texts(args)
     if not texts:
         print("fastbert encode: give at least one text (or --file)", file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     encoder = SentenceEncoder(args.model, device=device, dtype=dtype, backend=args.backend)
-    emb = encoder.encode(texts, batch_size=args.batch_size, max_length=args.max_length,
-                         normalize=not args.no_normalize)
-    emb = emb.float().cpu()
+    if args.backend == "triton":
+        encoder.backend(device)  # raises a clear error where the Triton path cannot run
+    if args.max_length:
+        encoder.max_seq_length = min(args.max_length, encoder.model.config.max_position_embeddings)
+    emb = encoder._embed(texts, args.batch_size, show_progress_bar=bool(args.file) and sys.stderr.isatty(),
+                         normalize_module=not args.no_normalize).float().cpu()
+    normalized = encoder.spec["normalize"] and not args.no_normalize
     print(f"model: {encoder.model_dir}  device: {device}  dtype: {str(dtype).replace('torch.', '')}  "
-          f"backend: {encoder.backend(device)}  tokenizer: {encoder.tokenizer_name}")
-    print(f"embeddings: {emb.shape[0]} x {emb.shape[1]}" + ("" if args.no_normalize else " (L2-normalised)"))
-    width = max(len(_clip(t)) for t in texts)
-    for i, t in enumerate(texts):
+          f"backend: {encoder.backend(device)}  tokenizer: {encoder.tokenizer_name}  "
+          f"pooling: {encoder.spec['pooling']}  max_seq_length: {encoder.max_seq_length}")
+    print(f"embeddings: {emb.shape[0]} x {emb.shape[1]}" + (" (L2-normalised)" if normalized else ""))
+    shown = texts if len(texts) <= TABLE_MAX else texts[:TABLE_MAX]
+    width = max(len(_clip(t)) for t in shown)
+    for i, t in enumerate(shown):
         comps = " ".join(f"{x:+.4f}" for x in emb[i, : args.dims].tolist())
         print(f"  [{i}] {_clip(t):<{width}}  [{comps} ...]")
-    normed = torch.nn.functional.normalize(emb, dim=-1)
-    sim = normed @ normed.T
-    print("cosine similarity:")
-    print("       " + " ".join(f"[{j}]".rjust(7) for j in range(len(texts))))
-    for i in range(len(texts)):
-        print(f"  [{i}]  " + " ".join(f"{sim[i, j].item():7.4f}" for j in range(len(texts))))
+    if len(texts) > len(shown):
+        print(f"  ... {len(texts) - len(shown)} more")
+    if not args.no_table:
+        normed = torch.nn.functional.normalize(emb, dim=-1)
+        sim = normed @ normed.T
+        if len(texts) <= TABLE_MAX:
+            print("cosine similarity:")
+            print("       " + " ".join(f"[{j}]".rjust(7) for j in range(len(texts))))
+            for i in range(len(texts)):
+                print(f"  [{i}]  " + " ".join(f"{sim[i, j].item():7.4f}" for j in range(len(texts))))
+        else:
+            n = len(texts)
+            upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+            pairs = sim[upper]
+            i, j = upper.nonzero()[pairs.argmax()].tolist()
+            print(f"cosine similarity of {n} texts (the table is printed up to {TABLE_MAX}; --no-table to skip "
+                  f"this): mean {pairs.mean():.4f}, min {pairs.min():.4f}, max {pairs.max():.4f} (texts [{i}] and "
+                  f"[{j}])")
     if args.output:
-        np.save(args.output, emb.numpy())
+        _save(args.output, emb.numpy())
         print(f"saved {args.output}")
     return 0
 
@@ -93,6 +168,12 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="fastbert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parser.add_argument("--version", action="version", version=f"fastbert {version('fastbert')}")
+    except PackageNotFoundError:
+        parser.add_argument("--version", action="version", version="fastbert (not installed)")
     sub = parser.add_subparsers(dest="command", required=True)
     _encode_parser(sub)
     sub.add_parser("pretrain", help="MLM + NSP pre-training (fastbert pretrain --help)")
@@ -103,8 +184,8 @@ def main(argv=None) -> int:
     if args.command == "encode":
         try:
             return encode_main(args)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"fastbert encode: {e}", file=sys.stderr)
+        except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
+            print(f"fastbert encode: error: {e}", file=sys.stderr)
             return 1
     return 2
 

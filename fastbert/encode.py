@@ -1,11 +1,25 @@
-"""Sentence embeddings: mean pooling over real tokens, then L2 normalisation — what sentence-transformers
-computes for all-MiniLM-L6-v2 (its modules.json: Transformer -> Pooling(mean) -> Normalize)."""
-from typing import List, Optional
+"""Sentence embeddings as sentence-transformers computes them, from the same model directory.
+
+``SentenceEncoder(model_dir)`` reads the directory's sentence-transformers pipeline: ``modules.json``
+(Transformer -> Pooling -> optional Normalize), ``sentence_bert_config.json`` (``max_seq_length``,
+``do_lower_case``) and ``1_Pooling/config.json`` (mean, CLS, max or mean-sqrt-len pooling). A module or
+pooling mode it does not implement raises, naming it. A plain BERT directory without ``modules.json`` gets
+what sentence-transformers gives it: mean pooling, no normalisation, truncation at the model's maximum.
+
+Texts are tokenized into packed batches (no padding: the tokenizer's ``encode_packed`` output goes straight to
+the packed model forward), longest first, and the embeddings returned in input order.
+"""
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Union
 
 import torch
 
 from .assets import MISSING_MODEL_HELP, default_model_dir
-from .modeling_bert import BertModel, mean_pooling, resolve_backend
+from .modeling_bert import BertModel, resolve_backend
+
+POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
 
 
 def load_tokenizer(model_dir):
@@ -15,34 +29,168 @@ def load_tokenizer(model_dir):
     return BertTokenizer.from_pretrained(str(model_dir)), "fastbert.BertTokenizer (C++)"
 
 
+# ------------------------------------------------------------------------------------------------------
+# The sentence-transformers pipeline of a directory
+# ------------------------------------------------------------------------------------------------------
+def sentence_pipeline(model_dir) -> Dict:
+    """``{"pooling", "normalize", "max_seq_length", "do_lower_case"}`` from a model directory."""
+    d = Path(model_dir)
+    spec = {"pooling": "mean_tokens", "normalize": False, "max_seq_length": None, "do_lower_case": False}
+    if not (d / "modules.json").is_file():
+        return spec  # what sentence-transformers builds for a plain BERT directory
+    modules = json.loads((d / "modules.json").read_text(encoding="utf-8"))
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            cfg = d / m.get("path", "") / "sentence_bert_config.json"
+            if cfg.is_file():
+                sb = json.loads(cfg.read_text(encoding="utf-8"))
+                spec["max_seq_length"] = sb.get("max_seq_length")
+                spec["do_lower_case"] = bool(sb.get("do_lower_case", False))
+        elif kind == "Pooling":
+            pc = json.loads((d / m["path"] / "config.json").read_text(encoding="utf-8"))
+            on = [k[len("pooling_mode_"):] for k, v in pc.items() if k.startswith("pooling_mode_") and v]
+            if len(on) != 1 or on[0] not in POOLING_MODES:
+                raise NotImplementedError(
+                    f"{d / m['path'] / 'config.json'}: pooling {on} is not supported; fastbert implements exactly "
+                    f"one of {', '.join(POOLING_MODES)}")
+            if pc.get("include_prompt") is False:
+                raise NotImplementedError(f"{d / m['path'] / 'config.json'}: include_prompt=false is not supported")
+            spec["pooling"] = on[0]
+        elif kind == "Normalize":
+            spec["normalize"] = True
+        else:
+            raise NotImplementedError(f"{d / 'modules.json'}: module {m['type']!r} is not supported by fastbert's "
+                                      "SentenceEncoder (it implements Transformer, Pooling and Normalize)")
+    return spec
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, spec: Dict) -> torch.Tensor:
+    """Padded (B, S, H) hidden states and (B, S) mask -> (B, H) sentence embeddings (``spec["normalize"]``
+    applied)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    mode = spec["pooling"]
+    if mode == "cls_token":
+        emb = hidden[:, 0]
+    elif mode == "max_tokens":
+        emb = hidden.masked_fill(m == 0, -1e9).max(dim=1).values  # as sentence-transformers masks
+    else:
+        total, n = (hidden * m).sum(1), m.sum(1).clamp(min=1e-9)
+        emb = total / (n if mode == "mean_tokens" else n.sqrt())
+    return torch.nn.functional.normalize(emb, dim=-1) if spec["normalize"] else emb
+
+
+def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, spec: Dict, normalize: Optional[bool] = None):
+    """Packed (T, H) hidden states of sequences ``cu_seqlens`` -> (B, H) sentence embeddings."""
+    B = cu_seqlens.numel() - 1
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    mode = spec["pooling"]
+    if mode == "cls_token":
+        emb = hidden[cu_seqlens[:-1].long()]
+    else:
+        seq = torch.repeat_interleave(torch.arange(B, device=hidden.device), lengths, output_size=hidden.shape[0])
+        if mode == "max_tokens":
+            emb = hidden.new_full((B, hidden.shape[1]), -1e9).scatter_reduce(
+                0, seq[:, None].expand_as(hidden), hidden, reduce="amax", include_self=True)
+        else:
+            total = hidden.new_zeros(B, hidden.shape[1]).index_add_(0, seq, hidden)
+            n = lengths.to(hidden.dtype).clamp(min=1e-9)[:, None]
+            emb = total / (n if mode == "mean_tokens" else n.sqrt())
+    normalize = spec["normalize"] if normalize is None else normalize
+    return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+# ------------------------------------------------------------------------------------------------------
+# The encoder
+# ------------------------------------------------------------------------------------------------------
 class SentenceEncoder:
-    def __init__(self, model_dir=None, device="cpu", dtype=torch.float32, backend="auto"):
+    """sentence-transformers' ``encode`` on fastbert's model and tokenizer (see the module docstring)."""
+
+    def __init__(self, model_dir=None, device=None, dtype=None, backend: str = "auto"):
         if model_dir is None:
             model_dir = default_model_dir()
             if model_dir is None:
                 raise FileNotFoundError(MISSING_MODEL_HELP)
         self.model_dir = model_dir
-        self.model = BertModel.from_pretrained(model_dir, add_pooling_layer=False, backend=backend,
-                                               dtype=dtype, device=device)
+        self.spec = sentence_pipeline(model_dir)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        self.model = BertModel.from_pretrained(model_dir, add_pooling_layer=False, backend=backend, dtype=dtype,
+                                               device=device)
         self.tokenizer, self.tokenizer_name = load_tokenizer(model_dir)
+        limit = self.model.config.max_position_embeddings
+        self.max_seq_length = min(self.spec["max_seq_length"] or limit, limit)
 
-    def backend(self, device) -> str:
-        return resolve_backend(self.model.config, torch.device(device))
+    def backend(self, device=None) -> str:
+        return resolve_backend(self.model.config, torch.device(device) if device else self.model.device)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.model.config.hidden_size
 
     @torch.inference_mode()
-    def encode(self, texts: List[str], batch_size: int = 64, max_length: Optional[int] = None,
-               normalize: bool = True) -> torch.Tensor:
-        device = self.model.device
-        max_length = max_length or self.model.config.max_position_embeddings
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=max_length, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
-                                                                        "token_type_ids")}
-            hidden = self.model(**batch).last_hidden_state
-            emb = mean_pooling(hidden.float(), batch["attention_mask"])
-            if normalize:
-                emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-            chunks.append(emb)
-        return torch.cat(chunks)
+    def encode(self, sentences: Union[str, List[str]], batch_size: int = 32, show_progress_bar: Optional[bool] = None,
+               output_value: str = "sentence_embedding", precision: str = "float32", convert_to_numpy: bool = True,
+               convert_to_tensor: bool = False, device: Optional[str] = None, normalize_embeddings: bool = False,
+               **kwargs):
+        """Embeddings of ``sentences`` as sentence-transformers' ``SentenceTransformer.encode`` returns them:
+        one row per sentence in input order (1-D for a single string); numpy float32 by default, a tensor with
+        ``convert_to_tensor``; ``normalize_embeddings`` L2-normalises them (the pipeline's Normalize module
+        always applies)."""
+        if kwargs:
+            raise TypeError(f"encode() got unsupported arguments {sorted(kwargs)}; fastbert's SentenceEncoder "
+                            "supports batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor, "
+                            "normalize_embeddings, device, output_value='sentence_embedding', precision='float32'")
+        if output_value != "sentence_embedding":
+            raise NotImplementedError(f"output_value={output_value!r}: only 'sentence_embedding' is supported")
+        if precision != "float32":
+            raise NotImplementedError(f"precision={precision!r}: only 'float32' embeddings are supported")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if device is not None and torch.device(device) != self.model.device:
+            self.model.to(device)
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if any(not isinstance(t, str) for t in texts):
+            raise TypeError("sentences must be a string or a list of strings")
+        emb = self._embed(texts, batch_size, show_progress_bar)
+        if normalize_embeddings:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        if single:
+            emb = emb[0]
+        if convert_to_tensor:
+            return emb
+        if convert_to_numpy:
+            return emb.cpu().numpy()
+        return list(emb) if not single else emb
+
+    @torch.inference_mode()
+    def _embed(self, texts: List[str], batch_size: int, show_progress_bar=None, normalize_module: bool = True):
+        """(N, H) fp32 embeddings in input order: packed batches, longest texts first."""
+        hidden_size = self.model.config.hidden_size
+        if not texts:
+            return torch.zeros(0, hidden_size, device=self.model.device)
+        if self.spec["do_lower_case"]:
+            texts = [t.lower() for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), hidden_size, device=self.model.device)
+        starts = range(0, len(texts), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, total=math.ceil(len(texts) / batch_size), desc="Batches")
+        for start in starts:
+            idx = order[start:start + batch_size]
+            enc = self.tokenizer.encode_packed([texts[i] for i in idx], truncation=True, max_length=self.max_seq_length)
+            hidden = self.model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
+                                cu_seqlens=enc["cu_seqlens"], max_seqlen=enc["max_seqlen"]).last_hidden_state
+            cu = enc["cu_seqlens"].to(hidden.device)
+            emb = pool_packed(hidden.float(), cu, self.spec, normalize=self.spec["normalize"] and normalize_module)
+            out[torch.tensor(idx, device=out.device)] = emb
+        return out
+
+    def similarity(self, a, b=None) -> torch.Tensor:
+        """Cosine similarity matrix (sentence-transformers' default similarity function)."""
+        a = torch.as_tensor(a, dtype=torch.float32)
+        b = a if b is None else torch.as_tensor(b, dtype=torch.float32)
+        a, b = (t[None] if t.dim() == 1 else t for t in (a, b))
+        return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T

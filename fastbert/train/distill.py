@@ -37,6 +37,7 @@ from torch import nn
 
 from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
+from ..encode import pool, sentence_pipeline
 from ..modeling_bert import BertForMaskedLM, BertModel
 from .checkpoint import read_best
 from .data import IGNORE_INDEX, PretrainingStream, _rng, check_vocab_matches, collate_packed, iter_documents, \
@@ -110,51 +111,6 @@ def make_student(teacher: nn.Module, layers: List[int], init: str = "teacher", s
                 mapped[key] = value
         student.load_state_dict(mapped, strict=True)
     return student
-
-
-# ------------------------------------------------------------------------------------------------------
-# Sentence embeddings as the teacher's sentence-transformers pipeline computes them
-# ------------------------------------------------------------------------------------------------------
-def sentence_pipeline(model_dir) -> Dict:
-    """Pooling mode, normalisation and max length from a sentence-transformers directory."""
-    d = Path(model_dir)
-    modules = json.loads((d / "modules.json").read_text(encoding="utf-8"))
-    spec = {"pooling": "mean", "normalize": False, "max_seq_length": None}
-    for m in modules:
-        kind = m["type"].rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            cfg = d / "sentence_bert_config.json"
-            if cfg.is_file():
-                spec["max_seq_length"] = json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length")
-        elif kind == "Pooling":
-            pc = json.loads((d / m["path"] / "config.json").read_text(encoding="utf-8"))
-            modes = [k for k in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
-                     if pc.get(f"pooling_mode_{k}")]
-            others = [k for k, v in pc.items() if k.startswith("pooling_mode_") and v
-                      and k[len("pooling_mode_"):] not in ("cls_token", "mean_tokens", "max_tokens",
-                                                           "mean_sqrt_len_tokens")]
-            if len(modes) != 1 or others:
-                raise ValueError(f"{d / m['path']}: distillation supports exactly one of the cls / mean / max / "
-                                 f"mean_sqrt_len pooling modes, got {modes + others}")
-            spec["pooling"] = modes[0]
-        elif kind == "Normalize":
-            spec["normalize"] = True
-        else:
-            raise ValueError(f"{d / 'modules.json'}: module type {m['type']!r} is not supported by distillation")
-    return spec
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, spec: Dict) -> torch.Tensor:
-    """(B, S, H) hidden states, (B, S) mask -> (B, H) sentence embeddings."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    if spec["pooling"] == "cls_token":
-        emb = hidden[:, 0]
-    elif spec["pooling"] == "max_tokens":
-        emb = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-    else:
-        total, n = (hidden * m).sum(1), m.sum(1).clamp(min=1e-9)
-        emb = total / (n if spec["pooling"] == "mean_tokens" else n.sqrt())
-    return F.normalize(emb, dim=-1) if spec["normalize"] else emb
 
 
 # ------------------------------------------------------------------------------------------------------
