@@ -7,10 +7,13 @@ pooling mode it does not implement raises, naming it. A plain BERT directory wit
 what sentence-transformers gives it: mean pooling, no normalisation, truncation at the model's maximum.
 
 Texts are tokenized into packed batches (no padding: the tokenizer's ``encode_packed`` output goes straight to
-the packed model forward), longest first, and the embeddings returned in input order.
+the packed model forward), longest first, the next batch tokenized on a worker thread while the model runs
+the current one, and the embeddings returned in input order.
 """
+import itertools
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -178,14 +181,25 @@ class SentenceEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, total=math.ceil(len(texts) / batch_size), desc="Batches")
-        for start in starts:
+        def tokenize(start):
             idx = order[start:start + batch_size]
-            enc = self.tokenizer.encode_packed([texts[i] for i in idx], truncation=True, max_length=self.max_seq_length)
-            hidden = self.model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
-                                cu_seqlens=enc["cu_seqlens"], max_seqlen=enc["max_seqlen"]).last_hidden_state
-            cu = enc["cu_seqlens"].to(hidden.device)
-            emb = pool_packed(hidden.float(), cu, self.spec, normalize=self.spec["normalize"] and normalize_module)
-            out[torch.tensor(idx, device=out.device)] = emb
+            return idx, self.tokenizer.encode_packed([texts[i] for i in idx], truncation=True,
+                                                     max_length=self.max_seq_length)
+
+        # The C++ tokenizer releases the GIL: batch i+1 is tokenized on a worker thread while the model runs
+        # batch i.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            starts = iter(starts)
+            pending = pool.submit(tokenize, next(starts))
+            for start in itertools.chain(starts, [None]):
+                idx, enc = pending.result()
+                if start is not None:
+                    pending = pool.submit(tokenize, start)
+                hidden = self.model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
+                                    cu_seqlens=enc["cu_seqlens"], max_seqlen=enc["max_seqlen"]).last_hidden_state
+                cu = enc["cu_seqlens"].to(hidden.device)
+                emb = pool_packed(hidden.float(), cu, self.spec, normalize=self.spec["normalize"] and normalize_module)
+                out[torch.tensor(idx, device=out.device)] = emb
         return out
 
     def similarity(self, a, b=None) -> torch.Tensor:
