@@ -201,10 +201,6 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
             continue
         for w in workloads:
             inputs = data[w.name]
-            if name == "fastbert-triton-graph" and not w.fixed:
-                rows.append(_row(section, model_name, dtype_name, w, inputs, name, status="skipped",
-                                 reason="CUDA graph: fixed-length batches only"))
-                continue
             rows.append(_measure(section, model_name, dtype_name, w, inputs, built, refs[w.name],
                                  base_err[w.name], dtype, amp, training, device, warmup, reps, min_s, max_s))
             r = rows[-1]
@@ -301,10 +297,6 @@ def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref,
     shared machine, which drifts over seconds, falls on all of them alike. Peak RSS: one more call each."""
     rows, passing, checks = [], {}, {}
     for name, built in ready.items():
-        if name == "fastbert-triton-graph" and not w.fixed:
-            rows.append(_row(section, model_name, dtype_name, w, inputs, name, status="skipped",
-                             reason="CUDA graph: fixed-length batches only"))
-            continue
         try:
             ok, check, check_str = _check(inputs, built, ref, base_err, dtype, amp, training)
         except Exception as e:  # noqa: BLE001

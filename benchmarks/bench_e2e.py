@@ -52,8 +52,6 @@ def test_inference(benchmark, reference, provider, spec):
     if provider == "hf-compile" and not CUDA:
         pytest.skip(P.COMPILE_CPU_REASON)
     w, inputs = _inputs(reference, spec)
-    if provider == "fastbert-triton-graph" and not w.fixed:
-        pytest.skip("CUDA graph: fixed-length batches only")
     x = inputs[0]
     hf32 = P.build_hf(reference, "eager").to(DEVICE).eval()
     with torch.no_grad():

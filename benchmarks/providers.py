@@ -4,7 +4,7 @@ A provider turns the shared fastbert fp32 weights into something a user could ru
 
     fastbert-triton-unpad   fastbert, Triton kernels, padding removed once (config.unpad=True, the default)
     fastbert-triton-padded  fastbert, Triton kernels on the padded batch (config.unpad=False)
-    fastbert-triton-graph   fastbert-triton-padded captured in a CUDA graph (fixed-length batches only)
+    fastbert-triton-graph   fastbert.cuda_graphs.GraphedBertModel: packed forward, one CUDA graph per shape bucket
     fastbert-torch          fastbert, PyTorch path (SDPA, F.layer_norm, F.gelu)
     hf-eager                transformers.BertModel, attn_implementation="eager"
     hf-sdpa                 transformers.BertModel, attn_implementation="sdpa"
@@ -15,6 +15,7 @@ is timed: its error may be at most 3x the error of Hugging Face eager in the tim
 floor). A provider that fails the check is reported, never timed.
 """
 import copy
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -129,8 +130,10 @@ def build_inference(name: str, ref: fastbert.BertModel, device: torch.device, dt
         raise Skip(COMPILE_CPU_REASON)
     if name == "fastbert-triton-unpad":
         model = build_fastbert(ref, "triton", unpad=True)
-    elif name in ("fastbert-triton-padded", "fastbert-triton-graph"):
+    elif name == "fastbert-triton-padded":
         model = build_fastbert(ref, "triton", unpad=False)
+    elif name == "fastbert-triton-graph":
+        model = build_fastbert(ref, "triton", unpad=True)
     elif name == "fastbert-torch":
         model = build_fastbert(ref, "torch")
     elif name == "hf-eager":
@@ -149,46 +152,34 @@ def build_inference(name: str, ref: fastbert.BertModel, device: torch.device, dt
         notes.append("torch.compile(dynamic=False), inductor default mode; compile time not timed")
         return Built(name, _encoder_forward(compiled), model, notes)
     if name == "fastbert-triton-graph":
-        return Built(name, GraphedForward(model), model, ["CUDA graph (static input buffers, no mask)"])
+        return Built(name, GraphedForward(model), model, ["CUDA graphs per shape bucket (packed, any padding)"])
     return Built(name, _encoder_forward(model), model, notes)
 
 
 class GraphedForward:
-    """The fastbert forward captured once per input shape in a CUDA graph, replayed with copied-in ids.
-
-    Fixed-length batches only: the graph runs without an attention mask (every token is real), so no
-    host-side synchronisation (unpadding reads the lengths on the host) happens inside the capture."""
+    """fastbert.cuda_graphs.GraphedBertModel (packed forward, one CUDA graph per shape bucket) on the runner's
+    padded inputs: any padding, not only fixed-length batches. Outputs are the padded (B, S, H) layout."""
 
     def __init__(self, model):
-        self.model = model
-        self.graphs: Dict[tuple, tuple] = {}
+        from fastbert.cuda_graphs import GraphedBertModel
 
-    def _capture(self, input_ids):
-        static_ids = input_ids.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(3):  # warm-up outside the capture: autotuning, allocator
-                self.model(input_ids=static_ids)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            static_out = self.model(input_ids=static_ids).last_hidden_state
-        return graph, static_ids, static_out
+        self.graphed = GraphedBertModel(model, pooler=False)
 
     def __call__(self, inputs):
-        mask = inputs["attention_mask"]
-        if not inputs.get("all_real", False):
-            raise Skip("CUDA graph: fixed-length batches only (no padding)")
-        ids = inputs["input_ids"]
-        key = tuple(ids.shape)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(ids)
-        graph, static_ids, static_out = self.graphs[key]
-        static_ids.copy_(ids)
-        graph.replay()
-        del mask
-        return static_out
+        # Host-known lengths (as the tokenizer gives them): pack on the device with host-built indices, so the
+        # call reads nothing back from the GPU.
+        ids, lengths = inputs["input_ids"], inputs["lengths"]
+        B, S = ids.shape
+        key = (B, S, tuple(lengths))
+        if getattr(self, "_key", None) != key:
+            index = torch.cat([torch.arange(n) + b * S for b, n in enumerate(lengths)])
+            cu = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.int32)
+            self._key, self._index, self._cu = key, index.to(ids.device), cu
+        packed = ids.reshape(-1).index_select(0, self._index)
+        hidden = self.graphed(packed, self._cu, max(lengths)).last_hidden_state
+        out = hidden.new_zeros(B * S, hidden.shape[-1])
+        out.index_copy_(0, self._index, hidden)
+        return out.view(B, S, -1)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, spec: Dict, norm
 class SentenceEncoder:
     """sentence-transformers' ``encode`` on fastbert's model and tokenizer (see the module docstring)."""
 
-    def __init__(self, model_dir=None, device=None, dtype=None, backend: str = "auto"):
+    def __init__(self, model_dir=None, device=None, dtype=None, backend: str = "auto", cuda_graphs: bool = True):
         if model_dir is None:
             model_dir = default_model_dir()
             if model_dir is None:
@@ -123,6 +123,20 @@ class SentenceEncoder:
         self.tokenizer, self.tokenizer_name = load_tokenizer(model_dir)
         limit = self.model.config.max_position_embeddings
         self.max_seq_length = min(self.spec["max_seq_length"] or limit, limit)
+        self.cuda_graphs = cuda_graphs  # on a GPU with the Triton backend: fastbert.cuda_graphs, one graph per bucket
+        self._graphed = None
+
+    def _forward(self, enc):
+        """The packed forward: through CUDA graphs on a GPU (Triton backend), else the model itself."""
+        if self.cuda_graphs and self.model.device.type == "cuda" and self.backend() == "triton":
+            if self._graphed is None or self._graphed.device != self.model.device:
+                from .cuda_graphs import GraphedBertModel
+
+                self._graphed = GraphedBertModel(self.model, pooler=False)
+            return self._graphed(enc["input_ids"], enc["cu_seqlens"], enc["max_seqlen"],
+                                 token_type_ids=enc["token_type_ids"]).last_hidden_state
+        return self.model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
+                          cu_seqlens=enc["cu_seqlens"], max_seqlen=enc["max_seqlen"]).last_hidden_state
 
     def backend(self, device=None) -> str:
         return resolve_backend(self.model.config, torch.device(device) if device else self.model.device)
@@ -195,8 +209,7 @@ class SentenceEncoder:
                 idx, enc = pending.result()
                 if start is not None:
                     pending = pool.submit(tokenize, start)
-                hidden = self.model(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"],
-                                    cu_seqlens=enc["cu_seqlens"], max_seqlen=enc["max_seqlen"]).last_hidden_state
+                hidden = self._forward(enc)
                 cu = enc["cu_seqlens"].to(hidden.device)
                 emb = pool_packed(hidden.float(), cu, self.spec, normalize=self.spec["normalize"] and normalize_module)
                 out[torch.tensor(idx, device=out.device)] = emb
