@@ -82,11 +82,11 @@ def test_onnx_export_matches_eager(model, tmp_path):
         torch.testing.assert_close(torch.from_numpy(a), b, rtol=1e-4, atol=1e-4)
 
 
-def test_packed_triton_forward_compiles_without_graph_breaks():
+def test_packed_triton_forward_compiles_without_graph_breaks(device):
     torch.manual_seed(0)
-    model = fastbert.BertModel(fastbert.BertConfig(**{**CFG, "backend": "triton"})).eval()
-    ids = torch.randint(0, 99, (13,))
-    cu = torch.tensor([0, 5, 12, 13], dtype=torch.int32)
+    model = fastbert.BertModel(fastbert.BertConfig(**{**CFG, "backend": "triton"})).to(device).eval()
+    ids = torch.randint(0, 99, (13,), device=device)
+    cu = torch.tensor([0, 5, 12, 13], dtype=torch.int32, device=device)
 
     def run(ids, cu):
         return model(input_ids=ids, cu_seqlens=cu, max_seqlen=7).last_hidden_state

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# GPU validation in sections, each well inside a device call's 10 minutes, each writing its raw results into
+# OUTDIR as it goes (a section killed at its limit still leaves what it measured):
+#
+#   bash scripts/gpu_check.sh SECTION OUTDIR [--dry-run]
+#
+#   build      pip install (no network: --no-build-isolation --no-deps), import checks, environment record
+#   tests      the test suite on CUDA (kernels in bf16/fp16/fp32, CUDA graphs, syncs, CUDA tokenizer)
+#   compile    sm_90 compile report of every autotune config (registers, spills, SASS), no GPU needed
+#   ops        per-op benchmarks (attention, LayerNorm, GELU, fused LM-head CE) + copy bandwidth
+#   e2e        BERT-base end to end (inference, training with the MLM head) + sentence embeddings vs ST
+#   tokenizer  the tokenizer benchmark (C++ and CUDA paths vs HF tokenizers)
+#   all        every section in turn (locally only: one device call cannot hold them all)
+#
+# --dry-run runs each section on this CPU machine with tiny sizes (the Triton interpreter, the cpu suite),
+# to prove the script before a GPU session spends device time on it. Output files stay flat in OUTDIR with
+# names of letters, digits, '.', '_' and '-' (what the device tool brings back: at most 8 files per call).
+set -uo pipefail
+SECTION=${1:?usage: gpu_check.sh SECTION OUTDIR [--dry-run]}
+OUT=${2:?usage: gpu_check.sh SECTION OUTDIR [--dry-run]}
+DRY=${3:-}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && [ -n "$DRY" ] && PY=.venv/bin/python
+export PYTHONUNBUFFERED=1
+LIMIT=${SECTION_LIMIT:-460}  # seconds per step: a section stays under the device tool's 10 minutes
+
+step() {  # step NAME CMD...: run with a time limit, log into OUT/NAME.log, record its exit code
+  local name=$1; shift
+  echo "== $name: $*" | tee -a "$OUT/steps.log"
+  timeout "$LIMIT" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc" | tee -a "$OUT/steps.log"
+  tail -n 15 "$OUT/$name.log"
+  return 0
+}
+
+env_record() {
+  "$PY" - "$OUT/env.json" <<'EOF'
+import json, subprocess, sys, torch
+env = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": None}
+try:
+    import triton; env["triton"] = triton.__version__
+except ImportError:
+    pass
+for name in ("transformers", "sentence_transformers", "tokenizers"):
+    try:
+        env[name] = __import__(name).__version__
+    except ImportError:
+        pass
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    env.update(device=p.name, sms=p.multi_processor_count, memory_gb=round(p.total_memory / 2**30, 1))
+    try:
+        env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                       capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+env["dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
+json.dump(env, open(sys.argv[1], "w"), indent=2)
+print(json.dumps(env))
+EOF
+}
+
+copy_bandwidth() {
+  "$PY" - "$OUT/copy_bandwidth.json" <<'EOF'
+import json, sys, torch
+if not torch.cuda.is_available():
+    print("copy bandwidth: no GPU (dry run)"); sys.exit(0)
+import triton.testing
+x = torch.empty(2**30, dtype=torch.uint8, device="cuda")  # 1 GiB, far past L2
+y = torch.empty_like(x)
+ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
+gbs = 2 * x.numel() / (ms * 1e-3) / 1e9  # bytes read + bytes written
+json.dump({"bytes": x.numel(), "median_ms": ms, "GB/s_read_plus_write": gbs}, open(sys.argv[1], "w"), indent=2)
+print(f"device-to-device copy: {gbs:.0f} GB/s (read + write)")
+EOF
+}
+
+run_section() {
+  case "$1" in
+    build)
+      if [ -n "$DRY" ]; then
+        step build-import "$PY" -c "import fastbert, fastbert._C; print('fastbert', fastbert.__version__)"
+      else
+        step build "$PY" -m pip install --no-build-isolation --no-deps -e .
+        step build-import "$PY" -c "import fastbert, fastbert._C, fastbert._C_cuda; print('fastbert + CUDA tokenizer ok')"
+        nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+      fi
+      env_record ;;
+    tests)
+      if [ -n "$DRY" ]; then
+        step tests "$PY" -m pytest -x -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_gpu_syncs.py \
+          tests/test_lm_head_ce.py --junitxml="$OUT/tests.xml"
+      else
+        # every kernel compiled for real, bf16 included; GPU-only tests (graphs, syncs, CUDA tokenizer) run here
+        step tests-kernels "$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_layer_norm.py \
+          tests/test_gelu.py tests/test_lm_head_ce.py tests/test_cuda_graphs.py tests/test_gpu_syncs.py \
+          --junitxml="$OUT/tests-kernels.xml"
+        step tests-model "$PY" -m pytest -q -p no:cacheprovider tests/test_model_triton.py tests/test_model_parity.py \
+          tests/test_model_inputs.py tests/test_masks.py tests/test_trace_export.py tests/test_encode.py \
+          tests/test_tokenizer_native.py --junitxml="$OUT/tests-model.xml"
+      fi ;;
+    compile)
+      if [ -n "$DRY" ]; then
+        step compile "$PY" scripts/compile_report.py --kernels fwd --head-dims 64 --limit 1 --json "$OUT/compile.jsonl"
+      else
+        step compile "$PY" scripts/compile_report.py --full --head-dims 32 64 128 --json "$OUT/compile.jsonl"
+      fi ;;
+    ops)
+      copy_bandwidth
+      if [ -n "$DRY" ]; then
+        step ops "$PY" -m benchmarks --suite cpu --quick --only ops --models tiny --out "$OUT" --no-plots --tag dry
+      else
+        step ops "$PY" -m benchmarks --suite gpu --only ops --out "$OUT" --no-plots --tag ops
+      fi ;;
+    e2e)
+      if [ -n "$DRY" ]; then
+        step e2e "$PY" -m benchmarks --suite cpu --quick --only inference --models tiny --out "$OUT" --no-plots --tag dry
+        step encode "$PY" -m benchmarks.bench_encode --texts 20 --rounds 1 --json "$OUT/encode.json"
+      else
+        step e2e "$PY" -m benchmarks --suite gpu --quick --only inference,training --models bert-base --out "$OUT" \
+          --no-plots --tag e2e
+        step encode "$PY" -m benchmarks.bench_encode --device cuda --texts 2000 --rounds 3 --batch-size 128 \
+          --json "$OUT/encode.json"
+      fi ;;
+    tokenizer)
+      if [ -n "$DRY" ]; then
+        step tokenizer "$PY" -m benchmarks --suite cpu --quick --only tokenizer --out "$OUT" --no-plots --tag dry
+      else
+        step tokenizer "$PY" -m benchmarks --suite gpu --only tokenizer --out "$OUT" --no-plots --tag tok
+      fi ;;
+    all)
+      for s in build tests compile ops e2e tokenizer; do run_section "$s"; done ;;
+    *)
+      echo "unknown section $1 (build, tests, compile, ops, e2e, tokenizer, all)" >&2; exit 2 ;;
+  esac
+}
+
+run_section "$SECTION"
+echo "results in $OUT:"; ls -la "$OUT"
