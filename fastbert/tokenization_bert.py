@@ -25,6 +25,12 @@ import numpy as np
 VERY_LARGE_INTEGER = int(1e30)  # HF's "no model_max_length"
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
+# the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
+_CALL_KEYWORDS = frozenset({
+    "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
+    "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids", "return_attention_mask",
+    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
+    "verbose", "split_special_tokens", "device", "num_threads"})
 _SPECIAL_ATTRS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -117,9 +123,16 @@ class BertTokenizer:
                  pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", tokenize_chinese_chars: bool = True,
                  strip_accents: Optional[bool] = None, model_max_length: Optional[int] = None,
                  max_input_chars_per_word: int = 100, clean_text: bool = True,
-                 num_threads: Optional[int] = None, **kwargs):
+                 num_threads: Optional[int] = None, split_special_tokens: bool = False,
+                 padding_side: str = "right", truncation_side: str = "right", **kwargs):
         if not do_basic_tokenize:
             raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
+        if truncation_side != "right":
+            raise NotImplementedError(f"truncation_side={truncation_side!r}: only 'right' is supported")
+        self.padding_side, self.truncation_side = padding_side, truncation_side
+        self.split_special_tokens = bool(split_special_tokens)
         self.vocab_file = str(vocab_file)
         self._tokens = load_vocab(vocab_file)
         self.do_lower_case = bool(do_lower_case)
@@ -135,14 +148,15 @@ class BertTokenizer:
         specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token) if t]
         matched = list(dict.fromkeys(specials + self.never_split))
         strip = self.do_lower_case if strip_accents is None else bool(strip_accents)
+        self._core_args = dict(clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
+                               strip_accents=strip, lowercase=self.do_lower_case,
+                               max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
+                               continuing_subword_prefix="##")
         try:
-            self._tok = _core().Tokenizer(
-                self._tokens, clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
-                strip_accents=strip, lowercase=self.do_lower_case,
-                max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
-                continuing_subword_prefix="##", never_split=matched)
+            self._tok = _core().Tokenizer(self._tokens, never_split=matched, **self._core_args)
         except ValueError as e:
             raise ValueError(f"cannot build a tokenizer from {self.vocab_file}: {e}") from None
+        self._tok_plain = None
         self._vocab = None
 
     # ---- construction ------------------------------------------------------------------------------
@@ -171,7 +185,8 @@ class BertTokenizer:
                 except (ValueError, UnicodeDecodeError) as e:
                     raise ValueError(f"{f} is not valid JSON: {e}") from None
         allowed = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
-                   "strip_accents", "model_max_length", *_SPECIAL_ATTRS}
+                   "strip_accents", "model_max_length", "padding_side", "truncation_side",
+                   "split_special_tokens", *_SPECIAL_ATTRS}
         args = {k: v for k, v in config.items() if k in allowed}
         if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
             args["model_max_length"] = None
@@ -264,7 +279,7 @@ class BertTokenizer:
 
     def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
              truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
-             arrays=("token_type_ids", "attention_mask", "special_tokens_mask")):
+             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False):
         if isinstance(padding, bool):
             padding = "longest" if padding else "do_not_pad"
         padding = getattr(padding, "value", padding)
@@ -290,7 +305,8 @@ class BertTokenizer:
         if padding != "do_not_pad" and self.pad_token_id is None:
             raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
         threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
-        return self._tok.encode_batch(
+        core = self._plain_core() if split_special_tokens else self._tok
+        return core.encode_batch(
             texts, pairs, add_special_tokens=add_special_tokens,
             max_length=-1 if max_length is None else int(max_length), truncation=_TRUNCATION[truncation],
             padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
@@ -300,20 +316,85 @@ class BertTokenizer:
             type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
             special_tokens_mask="special_tokens_mask" in arrays)
 
-    def __call__(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
-                 max_length: Optional[int] = None, stride: int = 0, pad_to_multiple_of: Optional[int] = None,
-                 return_tensors: Optional[str] = None, return_token_type_ids: Optional[bool] = None,
-                 return_attention_mask: Optional[bool] = None, return_overflowing_tokens: bool = False,
-                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
-                 return_length: bool = False, verbose: bool = True, device=None,
-                 num_threads: Optional[int] = None, **kwargs) -> BatchEncoding:
-        """Encode one text (or pair) or a batch, like HF's tokenizer ``__call__``."""
-        if kwargs.get("is_split_into_words"):
-            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer")
+    def _plain_core(self):
+        """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
+        if self._tok_plain is None:
+            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split), **self._core_args)
+        return self._tok_plain
+
+    def _pad_left(self, r, keys, lengths):
+        """Moves right-padded rows of r to the right end (HF's padding_side='left')."""
+        width = r["input_ids"].shape[1]
+        src = np.arange(width)[None, :] - (width - lengths)[:, None]  # (rows, width): source column or < 0
+        valid = src >= 0
+        src = np.maximum(src, 0)
+        fill = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "attention_mask": 0,
+                "special_tokens_mask": 1, "offset_mapping": 0}
+        for k in keys:
+            a = r[k]
+            if a.ndim == 3:
+                moved = np.take_along_axis(a, src[:, :, None], axis=1)
+                r[k] = np.where(valid[:, :, None], moved, fill[k])
+            else:
+                r[k] = np.where(valid, np.take_along_axis(a, src, axis=1), fill[k]).astype(a.dtype)
+
+    def __call__(self, text=None, text_pair=None, text_target=None, text_pair_target=None,
+                 add_special_tokens: bool = True, padding=False, truncation=None, max_length: Optional[int] = None,
+                 stride: int = 0, is_split_into_words: bool = False, pad_to_multiple_of: Optional[int] = None,
+                 padding_side: Optional[str] = None, return_tensors: Optional[str] = None,
+                 return_token_type_ids: Optional[bool] = None, return_attention_mask: Optional[bool] = None,
+                 return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
+                 return_offsets_mapping: bool = False, return_length: bool = False, verbose: bool = True,
+                 tokenizer_kwargs: Optional[Dict[str, Any]] = None, **kwargs) -> BatchEncoding:
+        """Encode one text (or pair) or a batch, like HF's tokenizer ``__call__``.
+
+        Every keyword HF's ``BertTokenizerFast.__call__`` takes is either honoured with HF's output or
+        raises NotImplementedError naming it; an unknown keyword raises TypeError (HF would warn and drop it).
+        """
+        args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                    max_length=max_length, stride=stride, is_split_into_words=is_split_into_words,
+                    pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side, return_tensors=return_tensors,
+                    return_token_type_ids=return_token_type_ids, return_attention_mask=return_attention_mask,
+                    return_overflowing_tokens=return_overflowing_tokens,
+                    return_special_tokens_mask=return_special_tokens_mask,
+                    return_offsets_mapping=return_offsets_mapping, return_length=return_length, verbose=verbose,
+                    split_special_tokens=kwargs.pop("split_special_tokens", self.split_special_tokens))
+        max_target_length = kwargs.pop("max_target_length", None)
+        if tokenizer_kwargs:  # as HF: tokenizer_kwargs override the keywords above, **kwargs override both
+            args.update(tokenizer_kwargs)
+        args.update(kwargs)
+        unknown = sorted(set(args) - _CALL_KEYWORDS)
+        if unknown:
+            raise TypeError(f"fastbert.BertTokenizer.__call__ got unexpected keyword argument(s) {unknown}")
+        if text is None and text_target is None:
+            raise ValueError("You need to specify either `text` or `text_target`.")
+        enc = self._encode_call(text, text_pair, **args) if text is not None else None
+        if text_target is None:
+            return enc
+        if max_target_length is not None:
+            args["max_length"] = max_target_length
+        target = self._encode_call(text_target, text_pair_target, **args)
+        if enc is None:
+            return target
+        enc["labels"] = target["input_ids"]
+        return enc
+
+    def _encode_call(self, text, text_pair, *, add_special_tokens, padding, truncation, max_length, stride,
+                     is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
+                     return_attention_mask, return_overflowing_tokens, return_special_tokens_mask,
+                     return_offsets_mapping, return_length, verbose, split_special_tokens, device=None,
+                     num_threads=None) -> BatchEncoding:
+        if is_split_into_words:
+            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer yet: "
+                                      "join the words with spaces, or use transformers' tokenizer")
         if return_overflowing_tokens or stride:
-            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer")
-        if getattr(self, "padding_side", "right") != "right":
-            raise NotImplementedError("only padding_side='right' is supported")
+            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer "
+                                      "yet: use transformers' tokenizer for sliding windows")
+        padding_side = self.padding_side if padding_side is None else padding_side
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
+        if self.truncation_side != "right":
+            raise NotImplementedError(f"truncation_side={self.truncation_side!r}: only 'right' is supported")
         keys = ["input_ids"]
         if return_token_type_ids is None or return_token_type_ids:
             keys.append("token_type_ids")
@@ -333,8 +414,10 @@ class BertTokenizer:
                 raise TypeError("text and text_pair must both be a str or both be a list of str")
         r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                       max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, offsets=return_offsets_mapping,
-                      num_threads=num_threads, arrays=keys)
+                      num_threads=num_threads, arrays=keys, split_special_tokens=split_special_tokens)
         lengths = r["lengths"]
+        if r["padded"] and padding_side == "left":
+            self._pad_left(r, keys, lengths)
         # HF's "length" counts padding too
         out_lengths = np.full_like(lengths, r["input_ids"].shape[1]) if r["padded"] else lengths
         if return_tensors is None:
