@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UCD = ROOT / "csrc" / "unicode" / "ucd-8.0.0.txt"
 
-REMOVE, SPACE, PUNCT, CJK, MN, LOWER, DECOMP = 1, 2, 4, 8, 16, 32, 64
+REMOVE, SPACE, PUNCT, CJK, MN, LOWER, DECOMP, CCC = 1, 2, 4, 8, 16, 32, 64, 128
 CJK_RANGES = [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF),
               (0x2A700, 0x2B81F), (0x2B920, 0x2CEAF), (0x2F800, 0x2FA1F)]
 N = 0x110000
@@ -72,7 +72,7 @@ def build():
     assigned = bytearray(N)
     mark(assigned, props["Assigned"], 1)
 
-    lower, strip = {}, {}
+    lower, strip, nfd, ccc = {}, {}, {}, {}
     for cp in range(N):
         if is_surrogate(cp):
             continue
@@ -86,11 +86,15 @@ def build():
             if d != c:
                 flags[cp] |= DECOMP
                 strip[cp] = [ord(x) for x in d if not mn[ord(x)]]   # NFD, then nonspacing marks dropped
-    return flags, lower, strip
+                nfd[cp] = [ord(x) for x in d]
+            if unicodedata.combining(c):
+                flags[cp] |= CCC
+                ccc[cp] = [unicodedata.combining(c)]
+    return flags, lower, strip, nfd, ccc
 
 
 def emit(out: Path):
-    flags, lower, strip = build()
+    flags, lower, strip, nfd, ccc = build()
     blocks, stage1 = {}, []
     for hi in range(N >> 8):
         blk = bytes(flags[hi << 8:(hi + 1) << 8])
@@ -125,7 +129,7 @@ namespace unicode {{
 inline constexpr const char* kClassesVersion = "8.0.0";
 inline constexpr const char* kMappingsVersion = "{unicodedata.unidata_version}";
 
-enum : uint8_t {{ kRemove = {REMOVE}, kSpace = {SPACE}, kPunct = {PUNCT}, kCjk = {CJK}, kMn = {MN}, kLower = {LOWER}, kDecomp = {DECOMP} }};
+enum : uint8_t {{ kRemove = {REMOVE}, kSpace = {SPACE}, kPunct = {PUNCT}, kCjk = {CJK}, kMn = {MN}, kLower = {LOWER}, kDecomp = {DECOMP}, kCcc = {CCC} }};
 
 // flags(cp) = kStage2[kStage1[cp >> 8] * 256 + (cp & 255)]
 inline constexpr uint16_t kStage1[{len(stage1)}] = {{
@@ -139,6 +143,10 @@ inline constexpr uint8_t kStage2[{len(stage2)}] = {{
 {mapping("Lower", lower)}
 // Canonical decomposition with nonspacing marks removed (what accent stripping leaves of a character).
 {mapping("Strip", strip)}
+// Full canonical decomposition (NFD of one character), and the canonical combining class of the
+// characters whose class is not 0 (NFD's canonical reordering sorts runs of them by class).
+{mapping("Nfd", nfd)}
+{mapping("Ccc", ccc)}
 }}  // namespace unicode
 }}  // namespace fastbert
 """
