@@ -133,8 +133,10 @@ class BertTokenizer:
             raise NotImplementedError(f"truncation_side={truncation_side!r}: only 'right' is supported")
         self.padding_side, self.truncation_side = padding_side, truncation_side
         self.split_special_tokens = bool(split_special_tokens)
-        self.vocab_file = str(vocab_file)
-        self._tokens = load_vocab(vocab_file)
+        if isinstance(vocab_file, (list, tuple)):  # the tokens themselves (tokenizer.json's vocab)
+            self.vocab_file, self._tokens = None, [str(t) for t in vocab_file]
+        else:
+            self.vocab_file, self._tokens = str(vocab_file), load_vocab(vocab_file)
         self.do_lower_case = bool(do_lower_case)
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
@@ -146,7 +148,7 @@ class BertTokenizer:
             _token_str(t) for t in (unk_token, sep_token, pad_token, cls_token, mask_token))
         self.never_split = [s for s in (never_split or []) if s]
         specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token) if t]
-        matched = list(dict.fromkeys(specials + self.never_split))
+        matched = self._matched = list(dict.fromkeys(specials + self.never_split))
         strip = self.do_lower_case if strip_accents is None else bool(strip_accents)
         self._core_args = dict(clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
                                strip_accents=strip, lowercase=self.do_lower_case,
@@ -159,6 +161,17 @@ class BertTokenizer:
         self._tok_plain = None
         self._vocab = None
 
+    is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
+
+    def __getstate__(self):  # the C++ core is rebuilt from the vocabulary on unpickling (DataLoader workers)
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_tok", "_tok_plain", "_device_tries")}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, **self._core_args)
+        self._tok_plain = None
+
     # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
@@ -170,8 +183,11 @@ class BertTokenizer:
             vocab, cfg_dir = p, p.parent
         elif p.is_dir():
             vocab, cfg_dir = p / "vocab.txt", p
-            if not vocab.is_file():
-                raise FileNotFoundError(f"{p} has no vocab.txt: fastbert.BertTokenizer needs a BERT WordPiece vocab")
+            if not vocab.is_file() and (p / "tokenizer.json").is_file():
+                vocab, kwargs = _from_tokenizer_json(p / "tokenizer.json", kwargs)  # what transformers 5 writes
+            elif not vocab.is_file():
+                raise FileNotFoundError(f"{p} has no vocab.txt or tokenizer.json: fastbert.BertTokenizer needs a "
+                                        "BERT WordPiece vocab")
         else:
             raise FileNotFoundError(
                 f"{path} is not a local directory or vocab file (fastbert loads tokenizers from disk only; "
@@ -192,6 +208,29 @@ class BertTokenizer:
             args["model_max_length"] = None
         args.update(kwargs)
         return cls(vocab, **args)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> tuple:
+        """Writes vocab.txt, tokenizer_config.json and special_tokens_map.json: the files
+        ``transformers.AutoTokenizer`` / ``BertTokenizerFast.from_pretrained`` and fastbert load."""
+        if kwargs:
+            raise NotImplementedError(f"save_pretrained({sorted(kwargs)}): fastbert saves to a local directory only")
+        d = Path(save_directory)
+        if d.is_file():
+            raise ValueError(f"{d} is a file: save_pretrained needs a directory")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vocab.txt").write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
+                  "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.tokenize_chinese_chars,
+                  "clean_up_tokenization_spaces": True, "padding_side": self.padding_side,
+                  "truncation_side": self.truncation_side, "split_special_tokens": self.split_special_tokens,
+                  "model_max_length": self.model_max_length, **self.special_tokens_map}
+        if self.never_split:
+            config["never_split"] = self.never_split
+        files = (d / "tokenizer_config.json", d / "special_tokens_map.json", d / "vocab.txt")
+        files[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        files[1].write_text(json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
+        return tuple(str(f) for f in files)
 
     # ---- vocabulary --------------------------------------------------------------------------------
 
@@ -404,6 +443,9 @@ class BertTokenizer:
             keys.append("special_tokens_mask")
         if return_offsets_mapping:
             keys.append("offset_mapping")
+        if (text_pair is None and isinstance(text, (list, tuple)) and text
+                and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
+            text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
         texts, batched = self._as_batch(text, "text")
         pairs = None
         if not batched and isinstance(text_pair, str) and not text_pair:
@@ -453,6 +495,38 @@ class BertTokenizer:
             if device is not None:
                 out = out.to(device)
         return out
+
+    def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
+        """One text (or pair), like HF's ``encode_plus`` (the same as ``__call__`` on one text)."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"encode_plus() takes one text (str), not {type(text).__name__}; use batch_encode_plus")
+        return self(text, text_pair, **kwargs)
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
+        """A list of texts or of (text, pair) tuples, like HF's ``batch_encode_plus``."""
+        if isinstance(batch_text_or_text_pairs, (str, bytes, bytearray)):
+            raise TypeError("batch_encode_plus() takes a list of texts or (text, pair) tuples, not one str")
+        return self(list(batch_text_or_text_pairs), **kwargs)
+
+    def build_inputs_with_special_tokens(self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None):
+        """[CLS] A [SEP] (B [SEP])."""
+        out = [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
+        return out if token_ids_1 is None else out + list(token_ids_1) + [self.sep_token_id]
+
+    def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> List[int]:
+        n0 = len(token_ids_0) + 2
+        return [0] * n0 if token_ids_1 is None else [0] * n0 + [1] * (len(token_ids_1) + 1)
+
+    def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens: bool = False):
+        """1 where build_inputs_with_special_tokens puts a special token (or, already_has_special_tokens,
+        where an id is one of all_special_ids)."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("with already_has_special_tokens=True pass one sequence (token_ids_1=None)")
+            special = set(self.all_special_ids)
+            return [1 if i in special else 0 for i in token_ids_0]
+        out = [1] + [0] * len(token_ids_0) + [1]
+        return out if token_ids_1 is None else out + [0] * len(token_ids_1) + [1]
 
     def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
                max_length: Optional[int] = None, return_tensors: Optional[str] = None, **kwargs):
@@ -591,6 +665,31 @@ class BertTokenizer:
         return (f"fastbert.BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
                 f"model_max_length={self.model_max_length})")
+
+
+def _from_tokenizer_json(path: Path, kwargs: Dict[str, Any]):
+    """Tokens and options of a HF `tokenizers` tokenizer.json holding a BERT WordPiece pipeline."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    model, norm = data.get("model") or {}, data.get("normalizer") or {}
+    if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
+        raise ValueError(f"{path} is not a BERT WordPiece tokenizer (model type {model.get('type')!r}): "
+                         "fastbert.BertTokenizer reads WordPiece vocabularies with the '##' prefix only")
+    if norm.get("type") != "BertNormalizer":
+        raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not BertNormalizer; fastbert runs BERT's only")
+    vocab = model["vocab"]
+    tokens = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    opts = {"do_lower_case": norm.get("lowercase", True), "strip_accents": norm.get("strip_accents"),
+            "tokenize_chinese_chars": norm.get("handle_chinese_chars", True),
+            "clean_text": norm.get("clean_text", True),
+            "max_input_chars_per_word": model.get("max_input_chars_per_word", 100),
+            "unk_token": model.get("unk_token", "[UNK]")}
+    opts.update(kwargs)
+    return tokens, opts
 
 
 def cuda_wordpiece_available() -> bool:

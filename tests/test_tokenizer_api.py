@@ -1,0 +1,92 @@
+"""HF fast-tokenizer API items of fastbert.BertTokenizer, each against transformers' BertTokenizer(Fast) on
+fresh random texts (the fuzzer's awkward Unicode): pairs as tuples, encode_plus / batch_encode_plus,
+build_inputs_with_special_tokens / get_special_tokens_mask, is_fast, pickling, save_pretrained (loaded by
+transformers), and a directory with only tokenizer.json (what transformers 5 writes)."""
+import importlib.util
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from fastbert.tokenization_bert import BertTokenizer  # noqa: E402
+
+_SPEC = importlib.util.spec_from_file_location("fuzz_tokenizer",
+                                               Path(__file__).resolve().parent.parent / "scripts" / "fuzz_tokenizer.py")
+_fuzz = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_fuzz)
+
+
+def _texts(seed, n=40):
+    rng = random.Random(seed)
+    return [_fuzz.random_text(rng) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pair(minilm_dir):
+    return transformers.BertTokenizerFast.from_pretrained(minilm_dir), BertTokenizer.from_pretrained(minilm_dir)
+
+
+def test_pairs_as_tuples_and_plus_methods(pair):
+    hf, fast = pair
+    a, b = _texts(1), _texts(2)
+    tuples = list(zip(a, b))
+    kw = dict(truncation=True, max_length=24, padding=True, return_offsets_mapping=True,
+              return_special_tokens_mask=True)
+    ref = dict(hf(tuples, **kw))
+    assert ref == dict(hf(a, b, **kw))  # HF's two spellings agree
+    assert dict(fast(tuples, **kw)) == ref
+    assert dict(fast.batch_encode_plus(tuples, **kw)) == ref
+    assert dict(fast.batch_encode_plus(a, **kw)) == dict(hf(a, **kw))
+    assert dict(fast.encode_plus(a[3], b[3], **kw)) == dict(hf(a[3], b[3], **kw))
+    with pytest.raises(TypeError, match="batch_encode_plus"):
+        fast.encode_plus(a)
+
+
+def test_special_token_helpers_match_hf_encoding(pair):
+    hf, fast = pair
+    for x, y in zip(_texts(3, 10), _texts(4, 10)):
+        y = y or "y"  # HF reads an empty pair text as no pair
+        ids0 = hf(x, add_special_tokens=False)["input_ids"]
+        ids1 = hf(y, add_special_tokens=False)["input_ids"]
+        ref = hf(x, y, return_special_tokens_mask=True)
+        assert fast.build_inputs_with_special_tokens(ids0, ids1) == ref["input_ids"]
+        assert fast.create_token_type_ids_from_sequences(ids0, ids1) == ref["token_type_ids"]
+        assert fast.get_special_tokens_mask(ids0, ids1) == ref["special_tokens_mask"]
+        assert fast.build_inputs_with_special_tokens(ids0) == hf(x)["input_ids"]
+        assert (fast.get_special_tokens_mask(ref["input_ids"], already_has_special_tokens=True)
+                == hf.get_special_tokens_mask(ref["input_ids"], already_has_special_tokens=True))
+
+
+def test_is_fast_and_pickle(pair):
+    hf, fast = pair
+    assert fast.is_fast is True and hf.is_fast is True
+    texts = _texts(5)
+    back = pickle.loads(pickle.dumps(fast))
+    assert dict(back(texts, return_offsets_mapping=True)) == dict(hf(texts, return_offsets_mapping=True))
+
+
+def test_save_pretrained_loads_in_transformers(tmp_path, minilm_dir):
+    fast = BertTokenizer.from_pretrained(minilm_dir, model_max_length=77, padding_side="left")
+    files = fast.save_pretrained(tmp_path)
+    assert all(Path(f).is_file() for f in files)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.model_max_length == 77 and hf.padding_side == "left"
+    texts = _texts(6)
+    kw = dict(padding=True, truncation=True, return_offsets_mapping=True)
+    assert dict(hf(texts, **kw)) == dict(fast(texts, **kw))
+    again = BertTokenizer.from_pretrained(tmp_path)
+    assert dict(again(texts, **kw)) == dict(fast(texts, **kw))
+
+
+def test_directory_with_only_tokenizer_json(tmp_path, pair):
+    hf, _ = pair
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").unlink(missing_ok=True)
+    assert (tmp_path / "tokenizer.json").is_file()
+    fast = BertTokenizer.from_pretrained(tmp_path)
+    assert len(fast) == len(hf) and fast.get_vocab() == hf.get_vocab()
+    texts = _texts(7)
+    assert dict(fast(texts, return_offsets_mapping=True)) == dict(hf(texts, return_offsets_mapping=True))
