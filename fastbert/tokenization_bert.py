@@ -496,6 +496,74 @@ class BertTokenizer:
                 out = out.to(device)
         return out
 
+    def pad(self, encoded_inputs, padding=True, max_length: Optional[int] = None,
+            pad_to_multiple_of: Optional[int] = None, padding_side: Optional[str] = None,
+            return_attention_mask: Optional[bool] = None, return_tensors: Optional[str] = None,
+            verbose: bool = True) -> BatchEncoding:
+        """Pads encodings (one dict of lists, or a list of dicts as DataCollatorWithPadding passes), like HF:
+        input_ids, token_type_ids, attention_mask (made if missing) and special_tokens_mask are padded;
+        other keys pass through unchanged."""
+        if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and hasattr(encoded_inputs[0], "keys"):
+            encoded_inputs = {k: [ex[k] for ex in encoded_inputs] for k in encoded_inputs[0].keys()}
+        if not hasattr(encoded_inputs, "keys") or "input_ids" not in encoded_inputs:
+            raise ValueError("pad() needs a dict (or a list of dicts) with 'input_ids', as the tokenizer returns")
+        tolist = lambda v: v.tolist() if hasattr(v, "tolist") else v  # noqa: E731
+        data = {k: tolist(v) for k, v in encoded_inputs.items()}
+        single = not data["input_ids"] or not isinstance(data["input_ids"][0], (list, tuple))
+        if single:
+            data = {k: [v] for k, v in data.items()}
+        if isinstance(padding, bool):
+            padding = "longest" if padding else "do_not_pad"
+        padding = getattr(padding, "value", padding)
+        if padding not in _PADDING:
+            raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
+        side = self.padding_side if padding_side is None else padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side={side!r}: use 'right' or 'left'")
+        rows = data["input_ids"]
+        if return_attention_mask is None or return_attention_mask:
+            if "attention_mask" not in data:
+                data["attention_mask"] = [[1] * len(r) for r in rows]
+        else:
+            data.pop("attention_mask", None)
+        if padding == "max_length" and max_length is None:
+            if self.model_max_length >= VERY_LARGE_INTEGER:
+                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
+            max_length = self.model_max_length
+        width = max((len(r) for r in rows), default=0) if padding == "longest" else max_length
+        if padding != "do_not_pad":
+            if pad_to_multiple_of and width % pad_to_multiple_of:
+                width += pad_to_multiple_of - width % pad_to_multiple_of
+            if self.pad_token_id is None:
+                raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
+            fill = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "attention_mask": 0,
+                    "special_tokens_mask": 1}
+            for k, value in fill.items():
+                if k not in data:
+                    continue
+                out = []
+                for r in data[k]:
+                    r = list(r)
+                    gap = [value] * max(0, width - len(r))
+                    out.append(gap + r if side == "left" else r + gap)
+                data[k] = out
+        if single:
+            data = {k: v[0] for k, v in data.items()}
+        if return_tensors is None:
+            return BatchEncoding(data)
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
+        try:
+            arrays = {k: np.asarray(v) for k, v in data.items()}
+        except ValueError:
+            raise ValueError("the rows have different lengths: pass padding=True to pad() to get tensors") from None
+        if any(a.dtype == object for a in arrays.values()):
+            raise ValueError("the rows have different lengths: pass padding=True to pad() to get tensors")
+        if return_tensors == "pt":
+            import torch
+            return BatchEncoding({k: torch.as_tensor(v) for k, v in arrays.items()})
+        return BatchEncoding(arrays)
+
     def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
         """One text (or pair), like HF's ``encode_plus`` (the same as ``__call__`` on one text)."""
         if not isinstance(text, (str, bytes, bytearray)):

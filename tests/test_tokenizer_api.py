@@ -90,3 +90,29 @@ def test_directory_with_only_tokenizer_json(tmp_path, pair):
     assert len(fast) == len(hf) and fast.get_vocab() == hf.get_vocab()
     texts = _texts(7)
     assert dict(fast(texts, return_offsets_mapping=True)) == dict(hf(texts, return_offsets_mapping=True))
+
+
+@pytest.mark.parametrize("kw", [{}, {"pad_to_multiple_of": 8}, {"padding": "max_length", "max_length": 40}])
+def test_pad_through_data_collator(pair, kw):
+    torch = pytest.importorskip("torch")
+    hf, fast = pair
+    feats = [dict(fast(t, truncation=True, max_length=40), labels=i) for i, t in enumerate(_texts(8, 12))]
+    ref = transformers.DataCollatorWithPadding(hf, **kw)(feats)
+    got = transformers.DataCollatorWithPadding(fast, **kw)(feats)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_dict_of_lists(pair, side):
+    hf, fast = pair
+    a, b = _texts(9, 7), _texts(10, 7)
+    enc = dict(hf(a, b, return_special_tokens_mask=True))
+    kw = dict(padding=True, pad_to_multiple_of=4, padding_side=side)
+    assert dict(fast.pad(enc, **kw)) == dict(hf.pad(enc, **kw))
+    one = dict(hf(a[0]))
+    assert dict(fast.pad(one, padding="max_length", max_length=50)) == dict(hf.pad(one, padding="max_length",
+                                                                                    max_length=50))
+    with pytest.raises(ValueError, match="different lengths"):
+        fast.pad(enc, padding=False, return_tensors="np")
