@@ -116,3 +116,31 @@ def test_pad_dict_of_lists(pair, side):
                                                                                     max_length=50))
     with pytest.raises(ValueError, match="different lengths"):
         fast.pad(enc, padding=False, return_tensors="np")
+
+
+@pytest.mark.parametrize("kw", [{}, {"padding": True, "padding_side": "left", "truncation": True, "max_length": 30},
+                                {"split_special_tokens": True}])
+def test_alignment_methods_match_hf(pair, kw):
+    hf, fast = pair
+    a, b = _texts(11, 25), _texts(12, 25)
+    for args in ((a,), (a, b)):
+        ref, got = hf(*args, **kw), fast(*args, **kw)
+        assert dict(ref) == dict(got)
+        for i in range(len(a)):
+            assert got.word_ids(i) == ref.word_ids(i), (i, args[0][i])
+            assert got.sequence_ids(i) == ref.sequence_ids(i)
+            n = len(ref["input_ids"][i])
+            assert [got.token_to_word(i, t) for t in range(n)] == [ref.token_to_word(i, t) for t in range(n)]
+            assert ([got.token_to_chars(i, t) for t in range(n)]
+                    == [None if c is None else tuple(c) for c in (ref.token_to_chars(i, t) for t in range(n))])
+            for s, texts in enumerate(args):
+                chars = range(len(texts[i]) + 1)
+                assert ([got.char_to_token(i, c, s) for c in chars] == [ref.char_to_token(i, c, s) for c in chars])
+                words = range(max((w for w in ref.word_ids(i) if w is not None), default=-1) + 2)
+                assert ([got.word_to_tokens(i, w, s) for w in words]
+                        == [None if x is None else tuple(x) for x in (ref.word_to_tokens(i, w, s) for w in words)])
+    one = fast(a[0])
+    assert one.word_ids() == hf(a[0]).word_ids()
+    assert not hasattr(one, "encodings")  # no tokenizers.Encoding objects, said clearly
+    with pytest.raises(NotImplementedError, match="word_ids"):
+        one.encodings
