@@ -28,6 +28,14 @@ REMOVE, SPACE, PUNCT, CJK, MN, LOWER, DECOMP, CCC = 1, 2, 4, 8, 16, 32, 64, 128
 CJK_RANGES = [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF),
               (0x2A700, 0x2B81F), (0x2B920, 0x2CEAF), (0x2F800, 0x2FA1F)]
 N = 0x110000
+# HF tokenizers' NFD (the unicode-normalization crate it uses) reorders by the combining classes of
+# Unicode 9.0: those of 8.0 characters plus the combining characters 9.0 added (UCD 9.0 DerivedAge:
+# Arabic U+08D4..08E1, U+1DFB, Newa, Bhaiksuki, Glagolitic Supplement, Adlam). Characters added later
+# (U+07FD in 11.0, U+16FF0 in 13.0...) are starters for it. Checked on every such code point against
+# tokenizers 0.23.3 by scripts/fuzz_tokenizer.py and tests/test_tokenizer_fuzz.py.
+CCC_9_0_ADDED = [(0x8D4, 0x8E1), (0x1DFB, 0x1DFB), (0x11442, 0x11442), (0x11446, 0x11446), (0x11C3F, 0x11C3F),
+                 (0x1E000, 0x1E006), (0x1E008, 0x1E018), (0x1E01B, 0x1E021), (0x1E023, 0x1E024),
+                 (0x1E026, 0x1E02A), (0x1E944, 0x1E94A)]
 
 
 def load_ucd():
@@ -87,9 +95,9 @@ def build():
                 flags[cp] |= DECOMP
                 strip[cp] = [ord(x) for x in d if not mn[ord(x)]]   # NFD, then nonspacing marks dropped
                 nfd[cp] = [ord(x) for x in d]
-            if unicodedata.combining(c):
-                flags[cp] |= CCC
-                ccc[cp] = [unicodedata.combining(c)]
+        if unicodedata.combining(c) and (assigned[cp] or any(a <= cp <= b for a, b in CCC_9_0_ADDED)):
+            flags[cp] |= CCC
+            ccc[cp] = [unicodedata.combining(c)]
     return flags, lower, strip, nfd, ccc
 
 

@@ -28,3 +28,22 @@ def test_canonical_reordering_offsets(minilm_dir):
     tok = BertTokenizer.from_pretrained(minilm_dir)
     assert tok("x\u302f\u302d.", add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"] == [
         (0, 3), (3, 4)]
+
+
+def test_combining_classes_hf_knows(minilm_dir):
+    """Every code point with a combining class (for the building Python), after U+0345 (class 240): HF
+    reorders it when its NFD knows the class (Unicode 9.0), else it is a starter. Offsets must agree."""
+    import sys
+    import unicodedata
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from fastbert.tokenization_bert import BertTokenizer
+
+    cps = [cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and unicodedata.combining(chr(cp))]
+    texts = ["x\u0345" + chr(cp) + " y\u302f" + chr(cp) + "\u0316" for cp in cps]
+    vocab = str(minilm_dir / "vocab.txt")
+    ref = tokenizers.BertWordPieceTokenizer(vocab).encode_batch(texts)
+    got = BertTokenizer(vocab)(texts, return_offsets_mapping=True)
+    bad = [hex(cp) for cp, r, ids, offs in zip(cps, ref, got["input_ids"], got["offset_mapping"])
+           if (r.ids, [tuple(o) for o in r.offsets]) != (ids, offs)]
+    assert not bad, bad
