@@ -358,9 +358,11 @@ void Tokenizer::flush(Word& w, const Sink& sink) const {
   w.clear();
 }
 
-void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
-                         std::vector<int64_t>* offsets) const {
-  scan(text, Sink{&ids, offsets});
+void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids, std::vector<int64_t>* offsets,
+                         size_t limit) const {
+  Sink sink{&ids, offsets};
+  sink.limit = limit;
+  scan(text, sink);
 }
 
 void Tokenizer::split_words(std::string_view text, std::string& bytes, std::vector<int64_t>& starts,
@@ -450,7 +452,9 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
       }
     }
   };
+  const size_t limit = sink.limit;
   for (size_t pos = 0; pos < text.size();) {
+    if (ids.size() >= limit) break;  // truncation: enough tokens are out
     const unsigned char b = static_cast<unsigned char>(text[pos]);
     if (have_specials && special_first_byte_[b]) {
       int32_t sid;
@@ -590,9 +594,15 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
   r.b.clear();
   r.oa.clear();
   r.ob.clear();
-  tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr);
-  if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
   const int64_t specials = o.add_special_tokens ? (b ? 3 : 2) : 0;
+  // A single text truncated to max_length: read only until target + 1 tokens are out (one more than
+  // kept, so truncate() sees that it must cut and raises where it would have): a 1 MB document cut to
+  // 512 tokens costs what 512 tokens cost.
+  size_t limit = SIZE_MAX;
+  if (!b && o.truncation != Truncation::kNone && o.max_length >= specials)
+    limit = static_cast<size_t>(o.max_length - specials) + 1;
+  tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr, limit);
+  if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
   if (o.truncation != Truncation::kNone && o.max_length >= 0) {
     const int64_t target = o.max_length - specials;
     if (target < 0)

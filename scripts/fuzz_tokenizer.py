@@ -5,7 +5,7 @@ Unicode assigns: the lower-case mapping of a character Python does not know is a
 combining marks stacked in every order (canonical reordering), controls, odd spaces, CJK, Hangul, long
 words, and special-token look-alikes ("[CLS]", "[unused1]", "[cls]", "[[SEP]"). Each batch runs through
 four tokenizers: the MiniLM vocab and the Chinese (cn-clip) vocab, uncased (lower-case + strip accents)
-and cased; single texts without truncation and pairs truncated longest-first to a random max_length.
+and cased; single texts without truncation, single texts and pairs truncated to a random max_length.
 
     python scripts/fuzz_tokenizer.py --n 1000000            # on demand: 0 mismatches expected
     python scripts/fuzz_tokenizer.py --n 2000 --seed 1      # the CI slice (tests/test_tokenizer_fuzz.py)
@@ -100,11 +100,17 @@ def tokenizer_pairs():
 
 
 def _compare(ours, ref, texts, pairs, max_length):
-    """Texts (or pairs) whose ids or offsets differ: [(index, ours, reference)]."""
+    """Texts (or pairs) whose ids or offsets differ: [(index, ours, reference)]. pairs None: single texts
+    untruncated; pairs False: single texts truncated to max_length."""
     if pairs is None:
         ref.no_truncation()
         refs = ref.encode_batch(texts)
         got = ours(texts, return_offsets_mapping=True, return_attention_mask=False)
+    elif pairs is False:
+        ref.enable_truncation(max_length)
+        refs = ref.encode_batch(texts)
+        got = ours(texts, truncation=True, max_length=max_length, return_offsets_mapping=True,
+                   return_attention_mask=False)
     else:
         ref.enable_truncation(max_length, strategy="longest_first")
         refs = ref.encode_batch(list(zip(texts, pairs)))
@@ -131,22 +137,22 @@ def fuzz(n: int, seed: int = 0, batch: int = 500, time_limit: float = None, show
         pairs = [random_text(rng) for _ in range(m)]
         max_length = rng.choice([3, 5, 8, 17, 64, 128])
         for name, ours, ref in toks:
-            for what, p in (("single", None), ("pair", pairs)):
+            for what, p in (("single", None), ("single-truncated", False), ("pair", pairs)):
                 for i, mine, theirs in _compare(ours, ref, texts, p, max_length):
                     mismatches += 1
                     if len(examples) < show:
                         examples.append(dict(tokenizer=name, kind=what, max_length=max_length, text=texts[i],
-                                             pair=None if p is None else p[i], ours=mine, hf=theirs))
+                                             pair=p[i] if p else None, ours=mine, hf=theirs))
         done += m
         if log and (done // batch) % 20 == 0:
             log(f"{done} texts, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
-    return dict(texts=done, checks=done * len(toks) * 2, mismatches=mismatches, examples=examples,
+    return dict(texts=done, checks=done * len(toks) * 3, mismatches=mismatches, examples=examples,
                 seconds=time.perf_counter() - t0, tokenizers=[t[0] for t in toks])
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=10000, help="texts to draw (each checked in 4 tokenizers x 2 modes)")
+    ap.add_argument("--n", type=int, default=10000, help="texts to draw (each checked in 4 tokenizers x 3 modes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
