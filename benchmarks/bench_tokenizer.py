@@ -1,6 +1,7 @@
 """Tokenizer throughput: fastbert's C++ WordPiece vs Hugging Face `tokenizers`, same corpus, same run.
 
     python benchmarks/bench_tokenizer.py [corpus.jsonl | text file] [--limit-mb N]
+    python benchmarks/bench_tokenizer.py --cuda [--limit-mb N]   # the CUDA batch path (run_cuda), GPU only
 
 ``run(corpus_path_or_texts)`` returns MB/s (UTF-8 megabytes of input per second, wall clock) for:
   * ``hf_single``: tokenizers' BertWordPieceTokenizer.encode_batch with TOKENIZERS_PARALLELISM=false
@@ -106,12 +107,70 @@ def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
         "fastbert_batch_mb_s": mb / t_batch,
         "fastbert_packed_single_mb_s": mb / t_packed,
     }
+    # One 1 MB document truncated to 512 tokens vs one text of about 512 tokens: tokenization stops once
+    # max_length tokens are out, so what is left is reading the str in (UTF-8 conversion).
+    doc = (" ".join(texts) * (1 + 1_000_000 // max(1, sum(map(len, texts)))))[:1_000_000]
+    short = " ".join(doc.split()[:400])
+    for name, x in (("truncate_1mb_doc_to_512_ms", doc), ("truncate_512_token_text_ms", short)):
+        res[name] = 1e3 * _best(lambda: fast(x, truncation=True, max_length=512, num_threads=1), max(repeat, 5))
     res["speedup_single"] = res["fastbert_single_mb_s"] / res["hf_single_mb_s"]
     res["speedup_batch"] = res["fastbert_batch_mb_s"] / res["hf_batch_mb_s"]
     res["meta"] = {"tokenizers": tokenizers.__version__, "python": sys.version.split()[0],
                    "machine": platform.machine(), "processor": platform.processor(), "vocab": vocab,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return res
+
+
+def run_cuda(corpus_path_or_texts=None, vocab=None, batch=4096, max_length=512, limit_mb=None, repeat=3) -> dict:
+    """The CUDA batch path (``encode_packed(..., device="cuda")``: word split on the CPU, LinMaxMatch in
+    csrc/cuda/wordpiece.cu) against HF tokenizers' ``encode_batch`` and fastbert's C++ ``encode_packed``,
+    batches of ``batch`` (>= 1000) texts of the same corpus, truncated to ``max_length``.
+
+    Ids are compared with HF's on every text (the CUDA path returns ids, token types and cu_seqlens; it has
+    no offsets: offsets come from the C++ path, checked against HF by the fuzzer). Raises RuntimeError when
+    the CUDA path is not available, so a GPU check never passes without running it. CLI: ``--cuda``.
+    """
+    import tokenizers
+
+    from fastbert.assets import default_model_dir
+    from fastbert.tokenization_bert import BertTokenizer, cuda_wordpiece_available
+
+    if not cuda_wordpiece_available():
+        raise RuntimeError("the CUDA tokenizer path is not available (fastbert._C_cuda not built, or no GPU)")
+    if batch < 1000:
+        raise ValueError(f"batch={batch}: the CUDA path is measured at batch >= 1000")
+    texts = _load_corpus(corpus_path_or_texts, limit_mb)
+    vocab = str(vocab or (default_model_dir() / "vocab.txt"))
+    hf = tokenizers.BertWordPieceTokenizer(vocab, lowercase=True)
+    hf.enable_truncation(max_length)
+    fast = BertTokenizer(vocab)
+    batches = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    mismatches, checked = 0, 0
+    for b in batches:  # correctness first (and warm-up: trie upload, CUDA context)
+        got = fast.encode_packed(b, max_length=max_length, device="cuda")
+        cpu = fast.encode_packed(b, max_length=max_length)
+        ids, cu = got["input_ids"].cpu().tolist(), got["cu_seqlens"].cpu().tolist()
+        for i, e in enumerate(hf.encode_batch(b)):
+            checked += 1
+            mismatches += ids[cu[i]:cu[i + 1]] != e.ids
+        mismatches += 0 if torch.equal(got["input_ids"].cpu(), cpu["input_ids"]) else 1
+    if mismatches:
+        raise AssertionError(f"CUDA tokenizer: {mismatches} of {checked} texts differ from HF tokenizers")
+
+    def cuda_all():
+        for b in batches:
+            fast.encode_packed(b, max_length=max_length, device="cuda")
+        torch.cuda.synchronize()
+
+    t_cuda = _best(cuda_all, repeat)
+    t_cpp1 = _best(lambda: [fast.encode_packed(b, max_length=max_length, num_threads=1) for b in batches], repeat)
+    t_cpp = _best(lambda: [fast.encode_packed(b, max_length=max_length) for b in batches], repeat)
+    t_hf = _best(lambda: [hf.encode_batch(b) for b in batches], repeat)
+    return {"corpus_mb": round(mb, 2), "texts": len(texts), "batch": batch, "max_length": max_length,
+            "texts_checked_vs_hf": checked, "mismatches": mismatches, "device": torch.cuda.get_device_name(),
+            "cuda_mb_s": mb / t_cuda, "cpp_packed_single_mb_s": mb / t_cpp1, "cpp_packed_all_cores_mb_s": mb / t_cpp,
+            "hf_batch_mb_s": mb / t_hf, "cuda_vs_hf": t_hf / t_cuda, "cuda_vs_cpp_all_cores": t_cpp / t_cuda}
 
 
 # ---- pytest-benchmark (skipped unless --benchmark-enable) ------------------------------------------------
@@ -165,6 +224,10 @@ if __name__ == "__main__":
         i = args.index("--limit-mb")
         limit = float(args[i + 1])
         del args[i:i + 2]
+    if "--cuda" in args:  # what scripts/gpu_check.sh's tokenizer section runs
+        args.remove("--cuda")
+        print(json.dumps(run_cuda(args[0] if args else None, limit_mb=limit), indent=2))
+        sys.exit(0)
     result = run(args[0] if args else None, limit_mb=limit)
     try:  # the same environment record as the runner's results (commit, versions, CPU, load)
         sys.path.insert(0, str(ROOT))

@@ -358,9 +358,11 @@ void Tokenizer::flush(Word& w, const Sink& sink) const {
   w.clear();
 }
 
-void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids,
-                         std::vector<int64_t>* offsets) const {
-  scan(text, Sink{&ids, offsets});
+void Tokenizer::tokenize(std::string_view text, std::vector<int32_t>& ids, std::vector<int64_t>* offsets,
+                         size_t limit) const {
+  Sink sink{&ids, offsets};
+  sink.limit = limit;
+  scan(text, sink);
 }
 
 void Tokenizer::split_words(std::string_view text, std::string& bytes, std::vector<int64_t>& starts,
@@ -399,12 +401,66 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
       emit(c, orig);
     }
   };
+  // Accent stripping is NFD then dropping Mn. NFD's canonical reordering sorts each run of combining
+  // characters (class != 0) by class; HF's alignments stay positional: the k-th character of the run
+  // that is not an insertion of a decomposition takes the k-th original position, an inserted one
+  // takes the alignment of the character before it. `run` holds such a run until a starter ends it.
+  struct Pending {
+    uint32_t cp;
+    uint32_t ccc;
+    bool inserted;
+  };
+  thread_local std::vector<Pending> run;
+  thread_local std::vector<int64_t> run_orig;
+  run.clear();
+  run_orig.clear();
+  int64_t last_align = 0;
+  auto out_char = [&](uint32_t c, int64_t align) {
+    last_align = align;
+    if (!(char_flags(c) & kMn)) emit_lower(c, align);
+  };
+  auto flush_run = [&]() {
+    if (run.empty()) return;
+    std::stable_sort(run.begin(), run.end(), [](const Pending& x, const Pending& y) { return x.ccc < y.ccc; });
+    size_t k = 0;
+    for (const Pending& p : run) out_char(p.cp, p.inserted ? last_align : run_orig[k++]);
+    run.clear();
+    run_orig.clear();
+  };
+  auto ccc_of = [](uint32_t c) { return lookup(kCccKeys, kCccOffsets, kCccPool, kCccCount, c).first[0]; };
+  // One character of (cleaned) input through NFD: starters go out at once, combining ones wait in `run`.
+  auto nfd_char = [&](uint32_t c, uint8_t f, int64_t orig) {
+    if (!(f & kDecomp)) {
+      if (f & kCcc) {
+        run.push_back(Pending{c, ccc_of(c), false});
+        run_orig.push_back(orig);
+      } else {
+        flush_run();
+        out_char(c, orig);
+      }
+      return;
+    }
+    auto m = lookup(kNfdKeys, kNfdOffsets, kNfdPool, kNfdCount, c);
+    for (uint32_t i = 0; i < m.second; ++i) {
+      const uint32_t e = m.first[i];
+      if (char_flags(e) & kCcc) {
+        run.push_back(Pending{e, ccc_of(e), i > 0});
+        if (i == 0) run_orig.push_back(orig);
+      } else {
+        flush_run();
+        out_char(e, i == 0 ? orig : last_align);
+      }
+    }
+  };
+  const size_t limit = sink.limit;
   for (size_t pos = 0; pos < text.size();) {
+    if (ids.size() >= limit) break;  // truncation: enough tokens are out
     const unsigned char b = static_cast<unsigned char>(text[pos]);
     if (have_specials && special_first_byte_[b]) {
       int32_t sid;
       size_t n = match_special(text, pos, &sid);
       if (n) {
+        flush_run();
         flush(w, sink);
         int64_t chars = 0;
         for (size_t p = pos; p < pos + n; ++p) chars += (static_cast<unsigned char>(text[p]) & 0xC0) != 0x80;
@@ -423,8 +479,9 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
       const int64_t orig = ci++;
       ++pos;
       const uint8_t f = char_flags(b);
+      if (clean && (f & kRemove)) continue;
+      if (!run.empty()) flush_run();
       if (f & (kRemove | kSpace | kPunct)) {
-        if (clean && (f & kRemove)) continue;
         flush(w, sink);
         if (f & kPunct) {
           w.push_ascii(static_cast<char>(b), orig);
@@ -443,21 +500,23 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
     const uint8_t f = char_flags(cp);
     if (clean && (f & kRemove)) continue;
     if (f & kSpace) {
+      flush_run();
       flush(w, sink);
       continue;
     }
     const bool is_cjk = cjk && (f & kCjk);
-    if (is_cjk) flush(w, sink);
-    if (strip && (f & (kMn | kDecomp))) {
-      if (f & kDecomp) {
-        auto m = lookup(kStripKeys, kStripOffsets, kStripPool, kStripCount, cp);
-        for (uint32_t i = 0; i < m.second; ++i) emit_lower(m.first[i], orig);
-      }  // else: a nonspacing mark, dropped
+    if (is_cjk) {
+      flush_run();
+      flush(w, sink);
+    }
+    if (strip) {
+      nfd_char(cp, f, orig);
     } else {
       emit_lower(cp, orig);
     }
     if (is_cjk) flush(w, sink);
   }
+  flush_run();
   flush(w, sink);
 }
 
@@ -535,9 +594,15 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
   r.b.clear();
   r.oa.clear();
   r.ob.clear();
-  tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr);
-  if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
   const int64_t specials = o.add_special_tokens ? (b ? 3 : 2) : 0;
+  // A single text truncated to max_length: read only until target + 1 tokens are out (one more than
+  // kept, so truncate() sees that it must cut and raises where it would have): a 1 MB document cut to
+  // 512 tokens costs what 512 tokens cost.
+  size_t limit = SIZE_MAX;
+  if (!b && o.truncation != Truncation::kNone && o.max_length >= specials)
+    limit = static_cast<size_t>(o.max_length - specials) + 1;
+  tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr, limit);
+  if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
   if (o.truncation != Truncation::kNone && o.max_length >= 0) {
     const int64_t target = o.max_length - specials;
     if (target < 0)

@@ -98,7 +98,10 @@ class Tokenizer {
 
   // Appends the word-piece ids of `text` (UTF-8) and, when offsets != nullptr, their [begin, end) code
   // point offsets (2 values per token). Throws std::invalid_argument on invalid UTF-8.
-  void tokenize(std::string_view text, std::vector<int32_t>& ids, std::vector<int64_t>* offsets) const;
+  // Stops reading `text` once `limit` ids are out (truncation: the rest cannot change them); the word
+  // being read is still finished, so `ids` may hold a few more.
+  void tokenize(std::string_view text, std::vector<int32_t>& ids, std::vector<int64_t>* offsets,
+                size_t limit = SIZE_MAX) const;
 
   int32_t token_to_id(std::string_view token) const;  // -1 when absent
   const std::string& id_to_token(int32_t id) const;   // throws std::out_of_range
@@ -121,6 +124,7 @@ class Tokenizer {
     std::vector<int64_t>* offsets;
     std::string* words = nullptr;  // split_words mode
     std::vector<int64_t>* starts = nullptr;
+    size_t limit = SIZE_MAX;
   };
   void scan(std::string_view text, const Sink& sink) const;
   void flush(Word& w, const Sink& sink) const;

@@ -25,6 +25,12 @@ import numpy as np
 VERY_LARGE_INTEGER = int(1e30)  # HF's "no model_max_length"
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
+# the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
+_CALL_KEYWORDS = frozenset({
+    "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
+    "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids", "return_attention_mask",
+    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
+    "verbose", "split_special_tokens", "device", "num_threads"})
 _SPECIAL_ATTRS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -82,6 +88,8 @@ class BatchEncoding(dict):
     """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
 
     def __getattr__(self, name):
+        if name == "encodings":  # HF fast tokenizers' tokenizers.Encoding list: not built, say so
+            self._no_encodings()
         try:
             return self[name]
         except KeyError:
@@ -96,6 +104,114 @@ class BatchEncoding(dict):
     @property
     def data(self):
         return dict(self)
+
+    # ---- alignment (HF's fast-tokenizer BatchEncoding methods) --------------------------------------
+    # Computed on first use by re-running the C++ core on the same texts with offsets (the hot path
+    # pays nothing): _origin is set by BertTokenizer.__call__.
+    _origin = None
+    is_fast = True
+
+    def _no_encodings(self):
+        raise _NoEncodings("fastbert builds no tokenizers.Encoding objects: use the BatchEncoding methods "
+                           "word_ids(i), sequence_ids(i), token_to_word, char_to_token, token_to_chars")
+
+    def _row(self, i: int):
+        if self._origin is None:
+            raise ValueError("this BatchEncoding was not made by fastbert.BertTokenizer.__call__ on texts "
+                             "(pad() output has no alignment): word_ids / char_to_token are not available")
+        return self._origin.row(i)
+
+    @staticmethod
+    def _split(batch_or_index, index):
+        return (0, batch_or_index) if index is None else (batch_or_index, index)
+
+    def sequence_ids(self, batch_index: int = 0) -> List[Optional[int]]:
+        return list(self._row(batch_index)[0])
+
+    def word_ids(self, batch_index: int = 0) -> List[Optional[int]]:
+        return list(self._row(batch_index)[1])
+
+    words = word_ids
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: Optional[int] = None):
+        b, t = self._split(batch_or_token_index, token_index)
+        return self._row(b)[0][t]
+
+    def token_to_word(self, batch_or_token_index: int, token_index: Optional[int] = None):
+        b, t = self._split(batch_or_token_index, token_index)
+        return self._row(b)[1][t]
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: Optional[int] = None):
+        """(start, end) code point offsets of a token, None for special tokens and padding."""
+        b, t = self._split(batch_or_token_index, token_index)
+        seq, _, offs = self._row(b)
+        return None if seq[t] is None else offs[t]
+
+    def char_to_token(self, batch_or_char_index: int, char_index: Optional[int] = None,
+                      sequence_index: int = 0) -> Optional[int]:
+        """Index of the token holding character `char_index` of sequence `sequence_index`, or None."""
+        b, c = self._split(batch_or_char_index, char_index)
+        seq, _, offs = self._row(b)
+        for t, (s, o) in enumerate(zip(seq, offs)):
+            if s == sequence_index and o[0] <= c < o[1]:
+                return t
+        return None
+
+    def word_to_tokens(self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0):
+        """(start, end) token span of a word, or None."""
+        b, w = self._split(batch_or_word_index, word_index)
+        seq, words, _ = self._row(b)
+        hits = [t for t, (s, x) in enumerate(zip(seq, words)) if s == sequence_index and x == w]
+        return (hits[0], hits[-1] + 1) if hits else None
+
+
+class _NoEncodings(AttributeError, NotImplementedError):
+    """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
+
+
+class _Alignment:
+    """Sequence ids, word ids and offsets of the rows of one __call__, computed on first use."""
+
+    def __init__(self, tok, texts, pairs, run_args, padding_side):
+        self.tok, self.texts, self.pairs, self.run_args, self.side = tok, texts, pairs, run_args, padding_side
+        self.rows = None
+
+    def row(self, i: int):
+        if self.rows is None:
+            self.rows = self._compute()
+        if not -len(self.rows) <= i < len(self.rows):
+            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
+        return self.rows[i]
+
+    def _compute(self):
+        tok = self.tok
+        keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
+        r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
+        lengths = r["lengths"]
+        if r["padded"] and self.side == "left":
+            tok._pad_left(r, keys, lengths)
+        if r["padded"]:
+            rows = [[r[k][i] for k in keys] for i in range(len(lengths))]
+        else:
+            cut = np.cumsum(lengths)[:-1]
+            rows = list(zip(*(np.split(r[k], cut) for k in keys))) if len(lengths) else []
+        matched = {tok._tok.token_to_id(t) for t in tok._matched} - {-1}
+        tokens = tok._tokens
+        out = []
+        for ids, types, special, offs in rows:
+            seq = [None if m else int(t) for t, m in zip(types.tolist(), special.tolist())]
+            words, w, last = [], -1, None
+            for s, i in zip(seq, ids.tolist()):
+                if s is None:
+                    words.append(None)
+                    continue
+                if s != last:
+                    w, last = -1, s
+                if i in matched or i >= len(tokens) or not tokens[i].startswith("##") or w < 0:
+                    w += 1  # a continuation piece ("##...") stays in its word; anything else starts one
+                words.append(w)
+            out.append((seq, words, [tuple(o) for o in offs.tolist()]))
+        return out
 
 
 class BertTokenizer:
@@ -117,11 +233,20 @@ class BertTokenizer:
                  pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", tokenize_chinese_chars: bool = True,
                  strip_accents: Optional[bool] = None, model_max_length: Optional[int] = None,
                  max_input_chars_per_word: int = 100, clean_text: bool = True,
-                 num_threads: Optional[int] = None, **kwargs):
+                 num_threads: Optional[int] = None, split_special_tokens: bool = False,
+                 padding_side: str = "right", truncation_side: str = "right", **kwargs):
         if not do_basic_tokenize:
             raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
-        self.vocab_file = str(vocab_file)
-        self._tokens = load_vocab(vocab_file)
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
+        if truncation_side != "right":
+            raise NotImplementedError(f"truncation_side={truncation_side!r}: only 'right' is supported")
+        self.padding_side, self.truncation_side = padding_side, truncation_side
+        self.split_special_tokens = bool(split_special_tokens)
+        if isinstance(vocab_file, (list, tuple)):  # the tokens themselves (tokenizer.json's vocab)
+            self.vocab_file, self._tokens = None, [str(t) for t in vocab_file]
+        else:
+            self.vocab_file, self._tokens = str(vocab_file), load_vocab(vocab_file)
         self.do_lower_case = bool(do_lower_case)
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
@@ -133,17 +258,29 @@ class BertTokenizer:
             _token_str(t) for t in (unk_token, sep_token, pad_token, cls_token, mask_token))
         self.never_split = [s for s in (never_split or []) if s]
         specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token) if t]
-        matched = list(dict.fromkeys(specials + self.never_split))
+        matched = self._matched = list(dict.fromkeys(specials + self.never_split))
         strip = self.do_lower_case if strip_accents is None else bool(strip_accents)
+        self._core_args = dict(clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
+                               strip_accents=strip, lowercase=self.do_lower_case,
+                               max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
+                               continuing_subword_prefix="##")
         try:
-            self._tok = _core().Tokenizer(
-                self._tokens, clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
-                strip_accents=strip, lowercase=self.do_lower_case,
-                max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
-                continuing_subword_prefix="##", never_split=matched)
+            self._tok = _core().Tokenizer(self._tokens, never_split=matched, **self._core_args)
         except ValueError as e:
             raise ValueError(f"cannot build a tokenizer from {self.vocab_file}: {e}") from None
+        self._tok_plain = None
         self._vocab = None
+
+    is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
+
+    def __getstate__(self):  # the C++ core is rebuilt from the vocabulary on unpickling (DataLoader workers)
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_tok", "_tok_plain", "_device_tries")}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, **self._core_args)
+        self._tok_plain = None
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -156,8 +293,11 @@ class BertTokenizer:
             vocab, cfg_dir = p, p.parent
         elif p.is_dir():
             vocab, cfg_dir = p / "vocab.txt", p
-            if not vocab.is_file():
-                raise FileNotFoundError(f"{p} has no vocab.txt: fastbert.BertTokenizer needs a BERT WordPiece vocab")
+            if not vocab.is_file() and (p / "tokenizer.json").is_file():
+                vocab, kwargs = _from_tokenizer_json(p / "tokenizer.json", kwargs)  # what transformers 5 writes
+            elif not vocab.is_file():
+                raise FileNotFoundError(f"{p} has no vocab.txt or tokenizer.json: fastbert.BertTokenizer needs a "
+                                        "BERT WordPiece vocab")
         else:
             raise FileNotFoundError(
                 f"{path} is not a local directory or vocab file (fastbert loads tokenizers from disk only; "
@@ -171,12 +311,36 @@ class BertTokenizer:
                 except (ValueError, UnicodeDecodeError) as e:
                     raise ValueError(f"{f} is not valid JSON: {e}") from None
         allowed = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
-                   "strip_accents", "model_max_length", *_SPECIAL_ATTRS}
+                   "strip_accents", "model_max_length", "padding_side", "truncation_side",
+                   "split_special_tokens", *_SPECIAL_ATTRS}
         args = {k: v for k, v in config.items() if k in allowed}
         if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
             args["model_max_length"] = None
         args.update(kwargs)
         return cls(vocab, **args)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> tuple:
+        """Writes vocab.txt, tokenizer_config.json and special_tokens_map.json: the files
+        ``transformers.AutoTokenizer`` / ``BertTokenizerFast.from_pretrained`` and fastbert load."""
+        if kwargs:
+            raise NotImplementedError(f"save_pretrained({sorted(kwargs)}): fastbert saves to a local directory only")
+        d = Path(save_directory)
+        if d.is_file():
+            raise ValueError(f"{d} is a file: save_pretrained needs a directory")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vocab.txt").write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
+                  "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.tokenize_chinese_chars,
+                  "clean_up_tokenization_spaces": True, "padding_side": self.padding_side,
+                  "truncation_side": self.truncation_side, "split_special_tokens": self.split_special_tokens,
+                  "model_max_length": self.model_max_length, **self.special_tokens_map}
+        if self.never_split:
+            config["never_split"] = self.never_split
+        files = (d / "tokenizer_config.json", d / "special_tokens_map.json", d / "vocab.txt")
+        files[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        files[1].write_text(json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
+        return tuple(str(f) for f in files)
 
     # ---- vocabulary --------------------------------------------------------------------------------
 
@@ -264,7 +428,7 @@ class BertTokenizer:
 
     def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
              truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
-             arrays=("token_type_ids", "attention_mask", "special_tokens_mask")):
+             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False):
         if isinstance(padding, bool):
             padding = "longest" if padding else "do_not_pad"
         padding = getattr(padding, "value", padding)
@@ -290,7 +454,8 @@ class BertTokenizer:
         if padding != "do_not_pad" and self.pad_token_id is None:
             raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
         threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
-        return self._tok.encode_batch(
+        core = self._plain_core() if split_special_tokens else self._tok
+        return core.encode_batch(
             texts, pairs, add_special_tokens=add_special_tokens,
             max_length=-1 if max_length is None else int(max_length), truncation=_TRUNCATION[truncation],
             padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
@@ -300,20 +465,85 @@ class BertTokenizer:
             type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
             special_tokens_mask="special_tokens_mask" in arrays)
 
-    def __call__(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
-                 max_length: Optional[int] = None, stride: int = 0, pad_to_multiple_of: Optional[int] = None,
-                 return_tensors: Optional[str] = None, return_token_type_ids: Optional[bool] = None,
-                 return_attention_mask: Optional[bool] = None, return_overflowing_tokens: bool = False,
-                 return_special_tokens_mask: bool = False, return_offsets_mapping: bool = False,
-                 return_length: bool = False, verbose: bool = True, device=None,
-                 num_threads: Optional[int] = None, **kwargs) -> BatchEncoding:
-        """Encode one text (or pair) or a batch, like HF's tokenizer ``__call__``."""
-        if kwargs.get("is_split_into_words"):
-            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer")
+    def _plain_core(self):
+        """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
+        if self._tok_plain is None:
+            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split), **self._core_args)
+        return self._tok_plain
+
+    def _pad_left(self, r, keys, lengths):
+        """Moves right-padded rows of r to the right end (HF's padding_side='left')."""
+        width = r["input_ids"].shape[1]
+        src = np.arange(width)[None, :] - (width - lengths)[:, None]  # (rows, width): source column or < 0
+        valid = src >= 0
+        src = np.maximum(src, 0)
+        fill = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "attention_mask": 0,
+                "special_tokens_mask": 1, "offset_mapping": 0}
+        for k in keys:
+            a = r[k]
+            if a.ndim == 3:
+                moved = np.take_along_axis(a, src[:, :, None], axis=1)
+                r[k] = np.where(valid[:, :, None], moved, fill[k])
+            else:
+                r[k] = np.where(valid, np.take_along_axis(a, src, axis=1), fill[k]).astype(a.dtype)
+
+    def __call__(self, text=None, text_pair=None, text_target=None, text_pair_target=None,
+                 add_special_tokens: bool = True, padding=False, truncation=None, max_length: Optional[int] = None,
+                 stride: int = 0, is_split_into_words: bool = False, pad_to_multiple_of: Optional[int] = None,
+                 padding_side: Optional[str] = None, return_tensors: Optional[str] = None,
+                 return_token_type_ids: Optional[bool] = None, return_attention_mask: Optional[bool] = None,
+                 return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
+                 return_offsets_mapping: bool = False, return_length: bool = False, verbose: bool = True,
+                 tokenizer_kwargs: Optional[Dict[str, Any]] = None, **kwargs) -> BatchEncoding:
+        """Encode one text (or pair) or a batch, like HF's tokenizer ``__call__``.
+
+        Every keyword HF's ``BertTokenizerFast.__call__`` takes is either honoured with HF's output or
+        raises NotImplementedError naming it; an unknown keyword raises TypeError (HF would warn and drop it).
+        """
+        args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                    max_length=max_length, stride=stride, is_split_into_words=is_split_into_words,
+                    pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side, return_tensors=return_tensors,
+                    return_token_type_ids=return_token_type_ids, return_attention_mask=return_attention_mask,
+                    return_overflowing_tokens=return_overflowing_tokens,
+                    return_special_tokens_mask=return_special_tokens_mask,
+                    return_offsets_mapping=return_offsets_mapping, return_length=return_length, verbose=verbose,
+                    split_special_tokens=kwargs.pop("split_special_tokens", self.split_special_tokens))
+        max_target_length = kwargs.pop("max_target_length", None)
+        if tokenizer_kwargs:  # as HF: tokenizer_kwargs override the keywords above, **kwargs override both
+            args.update(tokenizer_kwargs)
+        args.update(kwargs)
+        unknown = sorted(set(args) - _CALL_KEYWORDS)
+        if unknown:
+            raise TypeError(f"fastbert.BertTokenizer.__call__ got unexpected keyword argument(s) {unknown}")
+        if text is None and text_target is None:
+            raise ValueError("You need to specify either `text` or `text_target`.")
+        enc = self._encode_call(text, text_pair, **args) if text is not None else None
+        if text_target is None:
+            return enc
+        if max_target_length is not None:
+            args["max_length"] = max_target_length
+        target = self._encode_call(text_target, text_pair_target, **args)
+        if enc is None:
+            return target
+        enc["labels"] = target["input_ids"]
+        return enc
+
+    def _encode_call(self, text, text_pair, *, add_special_tokens, padding, truncation, max_length, stride,
+                     is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
+                     return_attention_mask, return_overflowing_tokens, return_special_tokens_mask,
+                     return_offsets_mapping, return_length, verbose, split_special_tokens, device=None,
+                     num_threads=None) -> BatchEncoding:
+        if is_split_into_words:
+            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer yet: "
+                                      "join the words with spaces, or use transformers' tokenizer")
         if return_overflowing_tokens or stride:
-            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer")
-        if getattr(self, "padding_side", "right") != "right":
-            raise NotImplementedError("only padding_side='right' is supported")
+            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer "
+                                      "yet: use transformers' tokenizer for sliding windows")
+        padding_side = self.padding_side if padding_side is None else padding_side
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
+        if self.truncation_side != "right":
+            raise NotImplementedError(f"truncation_side={self.truncation_side!r}: only 'right' is supported")
         keys = ["input_ids"]
         if return_token_type_ids is None or return_token_type_ids:
             keys.append("token_type_ids")
@@ -323,6 +553,9 @@ class BertTokenizer:
             keys.append("special_tokens_mask")
         if return_offsets_mapping:
             keys.append("offset_mapping")
+        if (text_pair is None and isinstance(text, (list, tuple)) and text
+                and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
+            text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
         texts, batched = self._as_batch(text, "text")
         pairs = None
         if not batched and isinstance(text_pair, str) and not text_pair:
@@ -331,10 +564,14 @@ class BertTokenizer:
             pairs, pair_batched = self._as_batch(text_pair, "text_pair")
             if pair_batched != batched:
                 raise TypeError("text and text_pair must both be a str or both be a list of str")
-        r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                      max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, offsets=return_offsets_mapping,
-                      num_threads=num_threads, arrays=keys)
+        run_args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, num_threads=num_threads,
+                        split_special_tokens=split_special_tokens)
+        r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, **run_args)
+        origin = _Alignment(self, texts, pairs, run_args, padding_side)
         lengths = r["lengths"]
+        if r["padded"] and padding_side == "left":
+            self._pad_left(r, keys, lengths)
         # HF's "length" counts padding too
         out_lengths = np.full_like(lengths, r["input_ids"].shape[1]) if r["padded"] else lengths
         if return_tensors is None:
@@ -350,6 +587,7 @@ class BertTokenizer:
                 out[k] = rows if batched else rows[0]
             if return_length:
                 out["length"] = out_lengths.tolist()  # HF: a list even for one text
+            out._origin = origin
             return out
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
@@ -369,7 +607,108 @@ class BertTokenizer:
             out = BatchEncoding({k: torch.from_numpy(v) for k, v in arrays.items()})
             if device is not None:
                 out = out.to(device)
+        out._origin = origin
         return out
+
+    def pad(self, encoded_inputs, padding=True, max_length: Optional[int] = None,
+            pad_to_multiple_of: Optional[int] = None, padding_side: Optional[str] = None,
+            return_attention_mask: Optional[bool] = None, return_tensors: Optional[str] = None,
+            verbose: bool = True) -> BatchEncoding:
+        """Pads encodings (one dict of lists, or a list of dicts as DataCollatorWithPadding passes), like HF:
+        input_ids, token_type_ids, attention_mask (made if missing) and special_tokens_mask are padded;
+        other keys pass through unchanged."""
+        if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and hasattr(encoded_inputs[0], "keys"):
+            encoded_inputs = {k: [ex[k] for ex in encoded_inputs] for k in encoded_inputs[0].keys()}
+        if not hasattr(encoded_inputs, "keys") or "input_ids" not in encoded_inputs:
+            raise ValueError("pad() needs a dict (or a list of dicts) with 'input_ids', as the tokenizer returns")
+        tolist = lambda v: v.tolist() if hasattr(v, "tolist") else v  # noqa: E731
+        data = {k: tolist(v) for k, v in encoded_inputs.items()}
+        single = not data["input_ids"] or not isinstance(data["input_ids"][0], (list, tuple))
+        if single:
+            data = {k: [v] for k, v in data.items()}
+        if isinstance(padding, bool):
+            padding = "longest" if padding else "do_not_pad"
+        padding = getattr(padding, "value", padding)
+        if padding not in _PADDING:
+            raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
+        side = self.padding_side if padding_side is None else padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side={side!r}: use 'right' or 'left'")
+        rows = data["input_ids"]
+        if return_attention_mask is None or return_attention_mask:
+            if "attention_mask" not in data:
+                data["attention_mask"] = [[1] * len(r) for r in rows]
+        else:
+            data.pop("attention_mask", None)
+        if padding == "max_length" and max_length is None:
+            if self.model_max_length >= VERY_LARGE_INTEGER:
+                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
+            max_length = self.model_max_length
+        width = max((len(r) for r in rows), default=0) if padding == "longest" else max_length
+        if padding != "do_not_pad":
+            if pad_to_multiple_of and width % pad_to_multiple_of:
+                width += pad_to_multiple_of - width % pad_to_multiple_of
+            if self.pad_token_id is None:
+                raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
+            fill = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "attention_mask": 0,
+                    "special_tokens_mask": 1}
+            for k, value in fill.items():
+                if k not in data:
+                    continue
+                out = []
+                for r in data[k]:
+                    r = list(r)
+                    gap = [value] * max(0, width - len(r))
+                    out.append(gap + r if side == "left" else r + gap)
+                data[k] = out
+        if single:
+            data = {k: v[0] for k, v in data.items()}
+        if return_tensors is None:
+            return BatchEncoding(data)
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
+        try:
+            arrays = {k: np.asarray(v) for k, v in data.items()}
+        except ValueError:
+            raise ValueError("the rows have different lengths: pass padding=True to pad() to get tensors") from None
+        if any(a.dtype == object for a in arrays.values()):
+            raise ValueError("the rows have different lengths: pass padding=True to pad() to get tensors")
+        if return_tensors == "pt":
+            import torch
+            return BatchEncoding({k: torch.as_tensor(v) for k, v in arrays.items()})
+        return BatchEncoding(arrays)
+
+    def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
+        """One text (or pair), like HF's ``encode_plus`` (the same as ``__call__`` on one text)."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"encode_plus() takes one text (str), not {type(text).__name__}; use batch_encode_plus")
+        return self(text, text_pair, **kwargs)
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
+        """A list of texts or of (text, pair) tuples, like HF's ``batch_encode_plus``."""
+        if isinstance(batch_text_or_text_pairs, (str, bytes, bytearray)):
+            raise TypeError("batch_encode_plus() takes a list of texts or (text, pair) tuples, not one str")
+        return self(list(batch_text_or_text_pairs), **kwargs)
+
+    def build_inputs_with_special_tokens(self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None):
+        """[CLS] A [SEP] (B [SEP])."""
+        out = [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
+        return out if token_ids_1 is None else out + list(token_ids_1) + [self.sep_token_id]
+
+    def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> List[int]:
+        n0 = len(token_ids_0) + 2
+        return [0] * n0 if token_ids_1 is None else [0] * n0 + [1] * (len(token_ids_1) + 1)
+
+    def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens: bool = False):
+        """1 where build_inputs_with_special_tokens puts a special token (or, already_has_special_tokens,
+        where an id is one of all_special_ids)."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("with already_has_special_tokens=True pass one sequence (token_ids_1=None)")
+            special = set(self.all_special_ids)
+            return [1 if i in special else 0 for i in token_ids_0]
+        out = [1] + [0] * len(token_ids_0) + [1]
+        return out if token_ids_1 is None else out + [0] * len(token_ids_1) + [1]
 
     def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
                max_length: Optional[int] = None, return_tensors: Optional[str] = None, **kwargs):
@@ -508,6 +847,31 @@ class BertTokenizer:
         return (f"fastbert.BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
                 f"model_max_length={self.model_max_length})")
+
+
+def _from_tokenizer_json(path: Path, kwargs: Dict[str, Any]):
+    """Tokens and options of a HF `tokenizers` tokenizer.json holding a BERT WordPiece pipeline."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    model, norm = data.get("model") or {}, data.get("normalizer") or {}
+    if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
+        raise ValueError(f"{path} is not a BERT WordPiece tokenizer (model type {model.get('type')!r}): "
+                         "fastbert.BertTokenizer reads WordPiece vocabularies with the '##' prefix only")
+    if norm.get("type") != "BertNormalizer":
+        raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not BertNormalizer; fastbert runs BERT's only")
+    vocab = model["vocab"]
+    tokens = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    opts = {"do_lower_case": norm.get("lowercase", True), "strip_accents": norm.get("strip_accents"),
+            "tokenize_chinese_chars": norm.get("handle_chinese_chars", True),
+            "clean_text": norm.get("clean_text", True),
+            "max_input_chars_per_word": model.get("max_input_chars_per_word", 100),
+            "unk_token": model.get("unk_token", "[UNK]")}
+    opts.update(kwargs)
+    return tokens, opts
 
 
 def cuda_wordpiece_available() -> bool:

@@ -24,10 +24,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UCD = ROOT / "csrc" / "unicode" / "ucd-8.0.0.txt"
 
-REMOVE, SPACE, PUNCT, CJK, MN, LOWER, DECOMP = 1, 2, 4, 8, 16, 32, 64
+REMOVE, SPACE, PUNCT, CJK, MN, LOWER, DECOMP, CCC = 1, 2, 4, 8, 16, 32, 64, 128
 CJK_RANGES = [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF),
               (0x2A700, 0x2B81F), (0x2B920, 0x2CEAF), (0x2F800, 0x2FA1F)]
 N = 0x110000
+# HF tokenizers' NFD (the unicode-normalization crate it uses) reorders by the combining classes of
+# Unicode 9.0: those of 8.0 characters plus the combining characters 9.0 added (UCD 9.0 DerivedAge:
+# Arabic U+08D4..08E1, U+1DFB, Newa, Bhaiksuki, Glagolitic Supplement, Adlam). Characters added later
+# (U+07FD in 11.0, U+16FF0 in 13.0...) are starters for it. Checked on every such code point against
+# tokenizers 0.23.3 by scripts/fuzz_tokenizer.py and tests/test_tokenizer_fuzz.py.
+CCC_9_0_ADDED = [(0x8D4, 0x8E1), (0x1DFB, 0x1DFB), (0x11442, 0x11442), (0x11446, 0x11446), (0x11C3F, 0x11C3F),
+                 (0x1E000, 0x1E006), (0x1E008, 0x1E018), (0x1E01B, 0x1E021), (0x1E023, 0x1E024),
+                 (0x1E026, 0x1E02A), (0x1E944, 0x1E94A)]
 
 
 def load_ucd():
@@ -72,7 +80,7 @@ def build():
     assigned = bytearray(N)
     mark(assigned, props["Assigned"], 1)
 
-    lower, strip = {}, {}
+    lower, strip, nfd, ccc = {}, {}, {}, {}
     for cp in range(N):
         if is_surrogate(cp):
             continue
@@ -86,11 +94,15 @@ def build():
             if d != c:
                 flags[cp] |= DECOMP
                 strip[cp] = [ord(x) for x in d if not mn[ord(x)]]   # NFD, then nonspacing marks dropped
-    return flags, lower, strip
+                nfd[cp] = [ord(x) for x in d]
+        if unicodedata.combining(c) and (assigned[cp] or any(a <= cp <= b for a, b in CCC_9_0_ADDED)):
+            flags[cp] |= CCC
+            ccc[cp] = [unicodedata.combining(c)]
+    return flags, lower, strip, nfd, ccc
 
 
 def emit(out: Path):
-    flags, lower, strip = build()
+    flags, lower, strip, nfd, ccc = build()
     blocks, stage1 = {}, []
     for hi in range(N >> 8):
         blk = bytes(flags[hi << 8:(hi + 1) << 8])
@@ -125,7 +137,7 @@ namespace unicode {{
 inline constexpr const char* kClassesVersion = "8.0.0";
 inline constexpr const char* kMappingsVersion = "{unicodedata.unidata_version}";
 
-enum : uint8_t {{ kRemove = {REMOVE}, kSpace = {SPACE}, kPunct = {PUNCT}, kCjk = {CJK}, kMn = {MN}, kLower = {LOWER}, kDecomp = {DECOMP} }};
+enum : uint8_t {{ kRemove = {REMOVE}, kSpace = {SPACE}, kPunct = {PUNCT}, kCjk = {CJK}, kMn = {MN}, kLower = {LOWER}, kDecomp = {DECOMP}, kCcc = {CCC} }};
 
 // flags(cp) = kStage2[kStage1[cp >> 8] * 256 + (cp & 255)]
 inline constexpr uint16_t kStage1[{len(stage1)}] = {{
@@ -139,6 +151,10 @@ inline constexpr uint8_t kStage2[{len(stage2)}] = {{
 {mapping("Lower", lower)}
 // Canonical decomposition with nonspacing marks removed (what accent stripping leaves of a character).
 {mapping("Strip", strip)}
+// Full canonical decomposition (NFD of one character), and the canonical combining class of the
+// characters whose class is not 0 (NFD's canonical reordering sorts runs of them by class).
+{mapping("Nfd", nfd)}
+{mapping("Ccc", ccc)}
 }}  // namespace unicode
 }}  // namespace fastbert
 """

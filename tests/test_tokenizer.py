@@ -192,7 +192,7 @@ def test_from_pretrained_config(tmp_path, minilm_dir):
 
 
 def test_bad_input(fast):
-    with pytest.raises(TypeError, match="None"):
+    with pytest.raises(ValueError, match="`text` or `text_target`"):  # as HF
         fast(None)
     with pytest.raises(TypeError, match=r"text\[1\] is NoneType"):
         fast(["ok", None])

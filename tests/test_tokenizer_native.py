@@ -115,6 +115,38 @@ def test_cuda_wordpiece_matches_cpu(minilm_dir):
     assert torch.equal(gpu["cu_seqlens"].cpu(), cpu["cu_seqlens"])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("max_length", [None, 7, 128])
+def test_cuda_tokenizer_matches_cpp_on_fuzz_texts(minilm_dir, max_length):
+    """The CUDA path against the C++ one on 2000 fuzzer texts (awkward Unicode, look-alikes, long words),
+    truncated or not; pairs (which the CUDA path hands to the C++ core) must match too."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if importlib.util.find_spec("fastbert._C_cuda") is None:
+        pytest.skip("fastbert._C_cuda was not built (install with nvcc and a CUDA build of torch)")
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from fuzz_tokenizer import random_text
+
+    from fastbert.tokenization_bert import BertTokenizer
+
+    rng = random.Random(max_length or 0)
+    texts = [random_text(rng) for _ in range(2000)]
+    pairs = [random_text(rng) for _ in range(2000)]
+    tok = BertTokenizer.from_pretrained(minilm_dir)
+    ml = max_length or 10**6
+    for a, b in ((texts, None), (texts, pairs)):
+        cpu = tok.encode_packed(a, b, max_length=ml)
+        gpu = tok.encode_packed(a, b, max_length=ml, device="cuda")
+        for k in ("input_ids", "token_type_ids", "cu_seqlens"):
+            assert torch.equal(gpu[k].cpu(), cpu[k]), k
+        assert gpu["max_seqlen"] == cpu["max_seqlen"]
+
+
 def _launch_python(tok, device, raw, starts, fixed, out_start, out_ids, out_count):
     """A line-by-line Python port of csrc/cuda/wordpiece.cu's kernel over the exported trie arrays."""
     t = tok._tok.trie_arrays()

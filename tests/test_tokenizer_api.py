@@ -1,0 +1,146 @@
+"""HF fast-tokenizer API items of fastbert.BertTokenizer, each against transformers' BertTokenizer(Fast) on
+fresh random texts (the fuzzer's awkward Unicode): pairs as tuples, encode_plus / batch_encode_plus,
+build_inputs_with_special_tokens / get_special_tokens_mask, is_fast, pickling, save_pretrained (loaded by
+transformers), and a directory with only tokenizer.json (what transformers 5 writes)."""
+import importlib.util
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from fastbert.tokenization_bert import BertTokenizer  # noqa: E402
+
+_SPEC = importlib.util.spec_from_file_location("fuzz_tokenizer",
+                                               Path(__file__).resolve().parent.parent / "scripts" / "fuzz_tokenizer.py")
+_fuzz = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_fuzz)
+
+
+def _texts(seed, n=40):
+    rng = random.Random(seed)
+    return [_fuzz.random_text(rng) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pair(minilm_dir):
+    return transformers.BertTokenizerFast.from_pretrained(minilm_dir), BertTokenizer.from_pretrained(minilm_dir)
+
+
+def test_pairs_as_tuples_and_plus_methods(pair):
+    hf, fast = pair
+    a, b = _texts(1), _texts(2)
+    tuples = list(zip(a, b))
+    kw = dict(truncation=True, max_length=24, padding=True, return_offsets_mapping=True,
+              return_special_tokens_mask=True)
+    ref = dict(hf(tuples, **kw))
+    assert ref == dict(hf(a, b, **kw))  # HF's two spellings agree
+    assert dict(fast(tuples, **kw)) == ref
+    assert dict(fast.batch_encode_plus(tuples, **kw)) == ref
+    assert dict(fast.batch_encode_plus(a, **kw)) == dict(hf(a, **kw))
+    assert dict(fast.encode_plus(a[3], b[3], **kw)) == dict(hf(a[3], b[3], **kw))
+    with pytest.raises(TypeError, match="batch_encode_plus"):
+        fast.encode_plus(a)
+
+
+def test_special_token_helpers_match_hf_encoding(pair):
+    hf, fast = pair
+    for x, y in zip(_texts(3, 10), _texts(4, 10)):
+        y = y or "y"  # HF reads an empty pair text as no pair
+        ids0 = hf(x, add_special_tokens=False)["input_ids"]
+        ids1 = hf(y, add_special_tokens=False)["input_ids"]
+        ref = hf(x, y, return_special_tokens_mask=True)
+        assert fast.build_inputs_with_special_tokens(ids0, ids1) == ref["input_ids"]
+        assert fast.create_token_type_ids_from_sequences(ids0, ids1) == ref["token_type_ids"]
+        assert fast.get_special_tokens_mask(ids0, ids1) == ref["special_tokens_mask"]
+        assert fast.build_inputs_with_special_tokens(ids0) == hf(x)["input_ids"]
+        assert (fast.get_special_tokens_mask(ref["input_ids"], already_has_special_tokens=True)
+                == hf.get_special_tokens_mask(ref["input_ids"], already_has_special_tokens=True))
+
+
+def test_is_fast_and_pickle(pair):
+    hf, fast = pair
+    assert fast.is_fast is True and hf.is_fast is True
+    texts = _texts(5)
+    back = pickle.loads(pickle.dumps(fast))
+    assert dict(back(texts, return_offsets_mapping=True)) == dict(hf(texts, return_offsets_mapping=True))
+
+
+def test_save_pretrained_loads_in_transformers(tmp_path, minilm_dir):
+    fast = BertTokenizer.from_pretrained(minilm_dir, model_max_length=77, padding_side="left")
+    files = fast.save_pretrained(tmp_path)
+    assert all(Path(f).is_file() for f in files)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.model_max_length == 77 and hf.padding_side == "left"
+    texts = _texts(6)
+    kw = dict(padding=True, truncation=True, return_offsets_mapping=True)
+    assert dict(hf(texts, **kw)) == dict(fast(texts, **kw))
+    again = BertTokenizer.from_pretrained(tmp_path)
+    assert dict(again(texts, **kw)) == dict(fast(texts, **kw))
+
+
+def test_directory_with_only_tokenizer_json(tmp_path, pair):
+    hf, _ = pair
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").unlink(missing_ok=True)
+    assert (tmp_path / "tokenizer.json").is_file()
+    fast = BertTokenizer.from_pretrained(tmp_path)
+    assert len(fast) == len(hf) and fast.get_vocab() == hf.get_vocab()
+    texts = _texts(7)
+    assert dict(fast(texts, return_offsets_mapping=True)) == dict(hf(texts, return_offsets_mapping=True))
+
+
+@pytest.mark.parametrize("kw", [{}, {"pad_to_multiple_of": 8}, {"padding": "max_length", "max_length": 40}])
+def test_pad_through_data_collator(pair, kw):
+    torch = pytest.importorskip("torch")
+    hf, fast = pair
+    feats = [dict(fast(t, truncation=True, max_length=40), labels=i) for i, t in enumerate(_texts(8, 12))]
+    ref = transformers.DataCollatorWithPadding(hf, **kw)(feats)
+    got = transformers.DataCollatorWithPadding(fast, **kw)(feats)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_dict_of_lists(pair, side):
+    hf, fast = pair
+    a, b = _texts(9, 7), _texts(10, 7)
+    enc = dict(hf(a, b, return_special_tokens_mask=True))
+    kw = dict(padding=True, pad_to_multiple_of=4, padding_side=side)
+    assert dict(fast.pad(enc, **kw)) == dict(hf.pad(enc, **kw))
+    one = dict(hf(a[0]))
+    assert dict(fast.pad(one, padding="max_length", max_length=50)) == dict(hf.pad(one, padding="max_length",
+                                                                                    max_length=50))
+    with pytest.raises(ValueError, match="different lengths"):
+        fast.pad(enc, padding=False, return_tensors="np")
+
+
+@pytest.mark.parametrize("kw", [{}, {"padding": True, "padding_side": "left", "truncation": True, "max_length": 30},
+                                {"split_special_tokens": True}])
+def test_alignment_methods_match_hf(pair, kw):
+    hf, fast = pair
+    a, b = _texts(11, 25), _texts(12, 25)
+    for args in ((a,), (a, b)):
+        ref, got = hf(*args, **kw), fast(*args, **kw)
+        assert dict(ref) == dict(got)
+        for i in range(len(a)):
+            assert got.word_ids(i) == ref.word_ids(i), (i, args[0][i])
+            assert got.sequence_ids(i) == ref.sequence_ids(i)
+            n = len(ref["input_ids"][i])
+            assert [got.token_to_word(i, t) for t in range(n)] == [ref.token_to_word(i, t) for t in range(n)]
+            assert ([got.token_to_chars(i, t) for t in range(n)]
+                    == [None if c is None else tuple(c) for c in (ref.token_to_chars(i, t) for t in range(n))])
+            for s, texts in enumerate(args):
+                chars = range(len(texts[i]) + 1)
+                assert ([got.char_to_token(i, c, s) for c in chars] == [ref.char_to_token(i, c, s) for c in chars])
+                words = range(max((w for w in ref.word_ids(i) if w is not None), default=-1) + 2)
+                assert ([got.word_to_tokens(i, w, s) for w in words]
+                        == [None if x is None else tuple(x) for x in (ref.word_to_tokens(i, w, s) for w in words)])
+    one = fast(a[0])
+    assert one.word_ids() == hf(a[0]).word_ids()
+    assert not hasattr(one, "encodings")  # no tokenizers.Encoding objects, said clearly
+    with pytest.raises(NotImplementedError, match="word_ids"):
+        one.encodings
