@@ -288,7 +288,10 @@ def _register_quietly():
 
 def install_import_hook():
     """Called by ``import fastbert``: register now if transformers' modeling is loaded, else on its import."""
-    if importlib.util.find_spec("transformers") is None:
+    try:
+        if importlib.util.find_spec("transformers") is None:
+            return
+    except (ValueError, ImportError):  # sys.modules["transformers"] set to None (blocked) or broken
         return
     if _RegisterOnImport.TARGET in sys.modules:
         _register_quietly()
