@@ -9,6 +9,7 @@ A provider turns the shared fastbert fp32 weights into something a user could ru
     hf-eager                transformers.BertModel, attn_implementation="eager"
     hf-sdpa                 transformers.BertModel, attn_implementation="sdpa"
     hf-compile              torch.compile(hf-sdpa) (inductor, default mode, static shapes)
+    hf-patched              hf-sdpa after fastbert.patch(model) (fused ops in place; PyTorch paths on CPU)
 
 Each provider is checked against Hugging Face eager in fp32 on the valid (non-padded) positions before it
 is timed: its error may be at most 3x the error of Hugging Face eager in the timed dtype (plus a small
@@ -35,7 +36,7 @@ MODEL_SHAPES = {
 }
 
 PROVIDERS = ("fastbert-triton-unpad", "fastbert-triton-padded", "fastbert-triton-graph", "fastbert-torch",
-             "hf-eager", "hf-sdpa", "hf-compile")
+             "hf-eager", "hf-sdpa", "hf-compile", "hf-patched")
 TRITON_CPU_REASON = "Triton kernels need a GPU (the CPU interpreter is no speed measurement)"
 COMPILE_CPU_REASON = "skipped on CPU: compile time (pass --compile-cpu to include it)"
 
@@ -140,6 +141,8 @@ def build_inference(name: str, ref: fastbert.BertModel, device: torch.device, dt
         model = build_hf(ref, "eager")
     elif name in ("hf-sdpa", "hf-compile"):
         model = build_hf(ref, "sdpa")
+    elif name == "hf-patched":
+        return build_hf_patched(ref, device, dtype)
     else:
         raise ValueError(f"unknown provider {name!r}; choose from {PROVIDERS}")
     model = model.to(device=device, dtype=dtype).eval()
@@ -290,3 +293,10 @@ def tolerance(dtype: torch.dtype, baseline_err: float) -> float:
     """A provider passes when its error is at most 3x HF eager's in the same dtype, plus a floor."""
     floor = 2e-4 if dtype == torch.float32 else 2e-2
     return 3.0 * baseline_err + floor
+
+
+def build_hf_patched(ref: fastbert.BertModel, device: torch.device, dtype: torch.dtype) -> Built:
+    """hf-patched: the user's own transformers.BertModel (SDPA), patched in place by fastbert.patch."""
+    model = build_hf(ref, "sdpa").to(device=device, dtype=dtype).eval()
+    fastbert.patch(model)
+    return Built("hf-patched", _encoder_forward(model), model, ["fastbert.patch(transformers.BertModel), padded"])

@@ -18,6 +18,11 @@ from .modeling_bert import (
 )
 from .encode import SentenceEncoder
 from .modeling_utils import CheckpointError
+from .patching import install_import_hook as _install_import_hook
+from .patching import is_patched, patch, unpatch
+
+# attn_implementation="fastbert": registered when transformers' modeling is imported (never imported here).
+_install_import_hook()
 
 __version__ = "0.1.0"
 
@@ -35,5 +40,5 @@ __all__ = [
     "BertConfig", "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
     "BertForSequenceClassification", "BertForMultipleChoice", "BertForTokenClassification",
     "BertForQuestionAnswering", "BertPreTrainedModel", "BertTokenizer", "CheckpointError", "SentenceEncoder",
-    "mean_pooling",
+    "mean_pooling", "patch", "unpatch", "is_patched",
 ]
