@@ -131,6 +131,9 @@ run_section() {
         step tokenizer "$PY" -m benchmarks --suite cpu --quick --only tokenizer --out "$OUT" --no-plots --tag dry
       else
         step tokenizer "$PY" -m benchmarks --suite gpu --only tokenizer --out "$OUT" --no-plots --tag tok
+        # the CUDA batch path vs HF tokenizers and the C++ path, batch >= 1000, ids checked on every text
+        step tokenizer-cuda "$PY" benchmarks/bench_tokenizer.py --cuda
+        step tokenizer-gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_tokenizer_native.py
       fi ;;
     all)
       for s in build tests compile ops e2e tokenizer; do run_section "$s"; done ;;
