@@ -127,6 +127,11 @@ def build_inference(name: str, ref: fastbert.BertModel, device: torch.device, dt
         raise Skip(TRITON_CPU_REASON)
     if name.startswith("fastbert-triton") and device.type != "cuda" and not _interpret_ok(device):
         raise Skip(TRITON_CPU_REASON)
+    if name == "hf-patched" and device.type != "cuda" and not _interpret_ok(device):
+        from fastbert.ops._dispatch import interpret_mode
+
+        if interpret_mode():  # the patched ops would run the Triton interpreter: no speed measurement
+            raise Skip(TRITON_CPU_REASON)
     if name == "hf-compile" and device.type != "cuda" and not compile_cpu:
         raise Skip(COMPILE_CPU_REASON)
     if name == "fastbert-triton-unpad":

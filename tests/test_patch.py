@@ -15,7 +15,7 @@ import fastbert
 transformers = pytest.importorskip("transformers")
 
 LAUNCHERS = {
-    "attention": ("attention_fwd_op", "attention_bwd_op"),
+    "attention": ("attention_fwd", "attention_bwd"),
     "layer_norm": ("layer_norm_fwd", "layer_norm_bwd"),
     "gelu": ("bias_gelu_fwd", "bias_gelu_bwd"),
 }
@@ -81,7 +81,7 @@ def test_bert_model_outputs_in_place(launches, device):
     torch.testing.assert_close(got.last_hidden_state[keep], want.last_hidden_state[keep], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=2e-5, rtol=1e-4)
     layers = model.config.num_hidden_layers
-    assert launches["attention_fwd_op"] == layers
+    assert launches["attention_fwd"] == layers
     assert launches["layer_norm_fwd"] == 2 * layers  # BertSelfOutput and BertOutput (embeddings LN stays HF's)
     assert launches["bias_gelu_fwd"] == layers
     assert seen == [1]  # a hook on a patched module's parent still fires
@@ -116,7 +116,7 @@ def test_sequence_classification_training_grads(launches, device):
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, ref_params[name].grad, atol=5e-5, rtol=1e-3, msg=name)
     layers = cfg.num_hidden_layers
-    assert launches["attention_bwd_op"] == layers
+    assert launches["attention_bwd"] == layers
     assert launches["layer_norm_bwd"] == 2 * layers
     assert launches["bias_gelu_bwd"] == layers
 
@@ -146,7 +146,7 @@ def test_attn_implementation_fastbert(launches, device, tmp_path):
         want = ref(ids, attention_mask=mask).last_hidden_state
     keep = mask.bool()
     torch.testing.assert_close(got[keep], want[keep], atol=2e-5, rtol=1e-4)
-    assert launches["attention_fwd_op"] == model.config.num_hidden_layers
+    assert launches["attention_fwd"] == model.config.num_hidden_layers
 
 
 def test_unsupported_left_alone_and_reported(launches, device):
@@ -162,7 +162,7 @@ def test_unsupported_left_alone_and_reported(launches, device):
         want = ref(ids, attention_mask=mask)
     keep = mask.bool()
     torch.testing.assert_close(got.last_hidden_state[keep], want.last_hidden_state[keep], atol=2e-5, rtol=1e-4)
-    assert launches["bias_gelu_fwd"] == 0 and launches["attention_fwd_op"] == 2
+    assert launches["bias_gelu_fwd"] == 0 and launches["attention_fwd"] == 2
 
     # output_attentions=True: attention falls back per call (and warns), weights equal HF's
     with warnings.catch_warnings(record=True):
@@ -185,4 +185,4 @@ def test_sentence_transformer_encode(launches, minilm_dir):
     got = model.encode(sentences, convert_to_tensor=True)
     want = ref.encode(sentences, convert_to_tensor=True)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    assert launches["attention_fwd_op"] == 6 and launches["bias_gelu_fwd"] == 6
+    assert launches["attention_fwd"] == 6 and launches["bias_gelu_fwd"] == 6
