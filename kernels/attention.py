@@ -499,11 +499,13 @@ _TUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "WORK_BUCKET", "CAUSAL", "VARLEN", "HAS_M
 
 
 def _configs(shapes):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages, largest head dim it compiles for without spilling)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, largest head dim it compiles for without spilling[, the same
+    for the dK/dV kernel without the fused dQ atomics (0: not verified)])."""
     configs = []
-    for bm, bn, w, s, d in shapes:
+    for bm, bn, w, s, d, *d_separate in shapes:
         c = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         c.max_head_dim = d  # read by _prune only; not a kernel argument
+        c.max_head_dim_separate_dq = d_separate[0] if d_separate else d
         configs.append(c)
     return configs
 
@@ -515,8 +517,15 @@ _FWD_CONFIGS = _configs([
     (128, 64, 8, 3, 64), (128, 32, 8, 3, 64), (128, 32, 4, 3, 64), (64, 64, 8, 3, 64), (64, 64, 4, 3, 64),
     (64, 64, 4, 4, 64), (64, 32, 4, 3, 128), (64, 32, 4, 2, 128),
 ])
+# sm_90 compile reports: with the fused dQ atomics every dK/dV tile spills above head dim 64 (at d128 even
+# 16x16 over 2 warps: 24-72 bytes); without them 16x16 w2 fits. So the backward takes the separate dQ pass there.
+ATOMIC_DQ_MAX_HEAD_DIM = 64
 _DKDV_CONFIGS = _configs([  # BLOCK_M: query block of the inner loop, BLOCK_N: key block per program
-    (32, 128, 8, 3, 32), (32, 64, 4, 3, 32), (32, 64, 4, 2, 32), (16, 64, 8, 3, 64), (16, 32, 4, 2, 32),
+    # (.., bound with the fused dQ atomics, bound without them: deterministic=True, the separate dQ kernel)
+    (32, 128, 8, 3, 32, 32), (32, 64, 4, 3, 32, 32), (32, 64, 4, 2, 32, 32), (16, 64, 8, 3, 64, 64),
+    (16, 32, 4, 2, 32, 32), (16, 16, 2, 1, 64, 128),
+    # without the dQ tile and its atomics, a 64x64 tile over 8 warps fits at d64: wgmma (HGMMA), no spill
+    (64, 64, 8, 2, 0, 64),
 ])
 _DQ_CONFIGS = _configs([
     (128, 64, 8, 3, 64), (128, 32, 8, 3, 64), (64, 64, 8, 3, 64), (64, 64, 4, 3, 64), (64, 32, 8, 3, 64),
@@ -528,10 +537,11 @@ def _prune(configs, named_args, **kwargs):
     """Drop configs that spill at this head dim, and blocks far larger than the sequence."""
     d = named_args["HEAD_DIM"] if "HEAD_DIM" in named_args else kwargs["HEAD_DIM"]
     s = named_args["SEQ_BUCKET"] if "SEQ_BUCKET" in named_args else kwargs["SEQ_BUCKET"]
+    separate_dq = (named_args.get("ATOMIC_DQ", kwargs.get("ATOMIC_DQ")) is False)  # only the dK/dV kernel has it
     kept = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if d > c.max_head_dim:
+        if d > (c.max_head_dim_separate_dq if separate_dq else c.max_head_dim):
             continue
         if max(bm, bn) > max(s, 32):
             continue
@@ -539,7 +549,7 @@ def _prune(configs, named_args, **kwargs):
     if kept:
         return kept
     # Nothing verified spill-free here (head dims above 128): the smallest tile.
-    return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
 
 
 @functools.lru_cache(maxsize=None)
@@ -558,8 +568,37 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_FORCED: dict = {}  # kernel name -> triton.Config launched instead of autotuning (forced_config)
+
+
+@contextlib.contextmanager
+def forced_config(name: str, config):
+    """Launch kernel ``name`` ("fwd", "dkdv" or "dq") with exactly ``config`` (one of the autotune space's,
+    block sizes, warps and stages) instead of autotuning or the interpreter's fixed one: the tests run every
+    config the autotuner may pick once, forward and backward, so a config that is wrong (not only slow) is
+    caught before the autotuner picks it on some shape."""
+    if name not in ("fwd", "dkdv", "dq"):
+        raise ValueError(f"forced_config: unknown kernel {name!r} (fwd, dkdv, dq)")
+    previous = _FORCED.get(name)
+    _FORCED[name] = config
+    try:
+        yield
+    finally:
+        if previous is None:
+            _FORCED.pop(name, None)
+        else:
+            _FORCED[name] = previous
+
+
 def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict):
-    if _interpret() or not args[0].is_cuda:
+    forced = _FORCED.get(name)
+    if forced is not None:
+        blocks = dict(forced.kwargs)
+        hw = {} if _interpret() or not args[0].is_cuda else dict(num_warps=forced.num_warps,
+                                                                  num_stages=forced.num_stages)
+        with torch.cuda.device(args[0].device) if args[0].is_cuda else contextlib.nullcontext():
+            kernel[grid_of(blocks)](*args, **meta, **blocks, **hw)
+    elif _interpret() or not args[0].is_cuda:
         kernel[grid_of(fixed)](*args, **meta, **fixed)
     else:
         with torch.cuda.device(args[0].device):  # the tensors' device, not the current one
@@ -665,11 +704,14 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
                   causal=False, dropout_p=0.0, softmax_scale=None, seed=None, deterministic=False):
     """Launch the backward; returns ``(dq, dk, dv)``, contiguous, in q's layout and dtype.
 
-    ``deterministic=False``: dQ accumulated with fp32 atomics inside the dK/dV kernel.
+    ``deterministic=False``: dQ accumulated with fp32 atomics inside the dK/dV kernel, at head dims up to
+    ``ATOMIC_DQ_MAX_HEAD_DIM``; above it the separate pass (no dK/dV tile with the dQ atomics compiles without
+    spills there).
     ``deterministic=True``: a separate dQ kernel without atomics (bitwise reproducible, ~40% more FLOPs).
     """
     q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
     lay = _Layout(q, key_padding_mask, cu_seqlens, max_seqlen)
+    deterministic = deterministic or lay.head_dim > ATOMIC_DQ_MAX_HEAD_DIM
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if q.numel() == 0 or lay.seqlen == 0:

@@ -87,10 +87,11 @@ def compile_one(kernel: str, config, variant: dict, head_dim: int, dtype: str = 
             "sass": dict(ops)}
 
 
-def candidate_configs(kernel: str, head_dim: int, seq_bucket: int = 512):
+def candidate_configs(kernel: str, head_dim: int, seq_bucket: int = 512, atomic_dq: bool = True):
     """What the autotuner may pick: the config list after its own pruning."""
     fn, configs = KERNELS[kernel]
-    return A._prune(configs, {"HEAD_DIM": head_dim, "SEQ_BUCKET": seq_bucket})
+    extra = {"ATOMIC_DQ": atomic_dq} if kernel == "dkdv" else {}
+    return A._prune(configs, {"HEAD_DIM": head_dim, "SEQ_BUCKET": seq_bucket, **extra})
 
 
 def main(argv=None):
@@ -109,7 +110,7 @@ def main(argv=None):
     spills = 0
     print(f"{'kernel':5} {'d':>3} {'variant':28} {'config':22} {'regs':>4} {'spill':>5}  sass")
     for kernel, d in itertools.product(args.kernels, args.head_dims):
-        configs = candidate_configs(kernel, d)
+        configs = candidate_configs(kernel, d, atomic_dq=not args.no_atomic_dq)
         if args.limit:
             configs = configs[:args.limit]
         for config, variant in itertools.product(configs, variants if kernel != "dq" else variants[:2]):

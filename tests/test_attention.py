@@ -504,3 +504,49 @@ def test_kernels_compile_for_h100():
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count(" ok") == 5
+
+
+# ------------------------------------------------------------------------- every autotune config, once
+
+
+def _space(A, kernel, atomic_dq=True):
+    """(config, head dims it may be picked for): what ``_prune`` keeps at some head dim, for this kernel."""
+    configs = {"fwd": A._FWD_CONFIGS, "dkdv": A._DKDV_CONFIGS, "dq": A._DQ_CONFIGS}[kernel]
+    out = []
+    for c in configs:
+        dims = [d for d in (32, 64, 128)
+                if c in A._prune(configs, {"SEQ_BUCKET": 512}, HEAD_DIM=d, **({"ATOMIC_DQ": atomic_dq}
+                                                                                 if kernel == "dkdv" else {}))]
+        if dims:
+            out.append((c, dims))
+    return out
+
+
+@pytest.mark.parametrize("kernel,atomic_dq", [("fwd", True), ("dkdv", True), ("dkdv", False), ("dq", True)],
+                         ids=["fwd", "dkdv-atomic-dq", "dkdv-separate-dq", "dq"])
+def test_every_autotune_config_forced_once(kernel, atomic_dq, device):
+    """Each config the autotuner may pick, forced (block sizes, warps, stages on a GPU), at the smallest head
+    dim it serves, padded with holes in the mask and packed with an empty sequence: output, lse and every
+    gradient against float64. On CPU the interpreter runs the block sizes (warps/stages are GPU-only);
+    on a GPU (the gpu_check tests section) every config compiles and runs for real, in fp16 and bf16."""
+    A = kernels("attention")
+    space = _space(A, kernel, atomic_dq)
+    assert space, f"no config of {kernel} is ever picked"
+    dtypes = [torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+    lengths = (37, 0, 64, 5) if device.type == "cuda" else (21, 0, 9)
+    for config, dims in space:
+        d = dims[0] if device.type != "cuda" else dims[-1]  # CPU: the cheapest; GPU: the heaviest it serves
+        deterministic = kernel == "dq" or not atomic_dq
+        for dtype in dtypes:
+            torch.manual_seed(d + config.kwargs["BLOCK_M"])
+            cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+            q, k, v = (_rand(sum(lengths), 2, d, dtype=dtype, device=device) for _ in range(3))
+            S = max(lengths)
+            qp, kp, vp = (_rand(2, S, 2, d, dtype=dtype, device=device) for _ in range(3))
+            mask = _make_mask("holes", 2, S, device)
+            with A.forced_config(kernel, config):
+                try:
+                    compare(q, k, v, cu_seqlens=cu, max_seqlen=S, deterministic=deterministic)
+                    compare(qp, kp, vp, key_mask=mask, deterministic=deterministic)
+                except AssertionError as e:
+                    raise AssertionError(f"{kernel} config {config} (d={d}, {dtype}): {e}") from None

@@ -24,6 +24,11 @@ for kernel in ("fwd", "dkdv", "dq"):
             for variant in heavy:
                 row = cr.compile_one(kernel, config, variant, d)
                 print(json.dumps(row), flush=True)
+# the dK/dV kernel of the separate-dQ backward (deterministic=True, and every backward above head dim 64)
+for d, atomic in ((64, False), (128, False)):  # (d128 with atomics: never launched, see ATOMIC_DQ_MAX_HEAD_DIM)
+    for config in cr.candidate_configs("dkdv", d, atomic_dq=atomic):
+        for variant in heavy:
+            print(json.dumps(cr.compile_one("dkdv", config, variant, d, atomic_dq=atomic)), flush=True)
 """
 
 
@@ -42,5 +47,6 @@ def test_autotune_configs_do_not_spill_on_sm90():
     assert not spilling, spilling
     for r in rows:
         assert r["registers"] and (r["sass"].get("HGMMA") or r["sass"].get("HMMA")), r  # on the tensor cores
-        if r["kernel"] == "dkdv":
+        if r["kernel"] == "dkdv" and r["ATOMIC_DQ"]:
             assert r["sass"].get("RED") and not r["sass"].get("ATOM"), r["sass"]  # relaxed dQ reductions
+    assert any(r["kernel"] == "dkdv" and not r["ATOMIC_DQ"] and r["sass"].get("HGMMA") for r in rows)  # wgmma
