@@ -16,6 +16,13 @@ def autotune_enabled() -> bool:
     return not interpret() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
 
 
+def rows_bucket(m: int) -> int:
+    """The autotune key for the row count: the power of two above it, between 256 and 65536. A config tuned on
+    a 128-token batch (few programs: more warps each pay off) is not reused for 16K tokens, and the buckets
+    stay few (each new one re-tunes once)."""
+    return min(max(triton.next_power_of_2(max(m, 1)), 256), 65536)
+
+
 @functools.lru_cache(maxsize=None)
 def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpret, round_to, sm_count
+from ._common import autotune_enabled, interpret, round_to, rows_bucket, sm_count
 
 
 @triton.jit
@@ -50,6 +50,7 @@ def _bias_gelu_fwd_kernel(
     Y,  # pointer to the output (M, N)
     stride_x, stride_y,  # row strides
     M, N,
+    ROWS_BUCKET,  # autotune key only (kernels._common.rows_bucket)
     APPROX_TANH: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -74,6 +75,7 @@ def _bias_gelu_bwd_kernel(
     stride_dy, stride_x, stride_dx,  # row strides
     M, N,
     rows_per_program,
+    ROWS_BUCKET,  # autotune key only (kernels._common.rows_bucket)
     APPROX_TANH: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -107,11 +109,12 @@ def _tile_configs():
     ]
 
 
-# On CUDA the tile is tuned per width N (M changes with every unpadded batch, so it is not a key). The
+# On CUDA the tile is tuned per width N and row-count bucket (M itself changes with every unpadded batch, so it
+# is not a key; rows_bucket is: the power of two above M, clamped to 256..65536). The
 # interpreter cannot autotune, and FASTBERT_AUTOTUNE=0 skips tuning (faster start-up): both launch the
 # plain kernels with the fixed tile below.
-_bias_gelu_fwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N"])(_bias_gelu_fwd_kernel)
-_bias_gelu_bwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N"])(_bias_gelu_bwd_kernel)
+_bias_gelu_fwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N", "ROWS_BUCKET"])(_bias_gelu_fwd_kernel)
+_bias_gelu_bwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N", "ROWS_BUCKET"])(_bias_gelu_bwd_kernel)
 _FIXED_TILE = dict(BLOCK_M=8, BLOCK_N=256, num_warps=4)
 
 
@@ -126,7 +129,7 @@ def bias_gelu_fwd(x, bias, approximate="none"):
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
-    args = (x, bias, y, x.stride(0), y.stride(0), M, N)
+    args = (x, bias, y, x.stride(0), y.stride(0), M, N, rows_bucket(M))
     flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret())
     with _on(x.device):
         if autotune_enabled():
@@ -156,7 +159,8 @@ def bias_gelu_bwd(dy, x, bias, approximate="none"):
     db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
         return dx, db_partial.zero_().sum(dim=0)
-    args = (dy, x, bias, dx, db_partial, dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program)
+    args = (dy, x, bias, dx, db_partial, dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program,
+            rows_bucket(M))
     flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret())
     with _on(x.device):
         if autotune_enabled():

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpret, round_to, sm_count
+from ._common import autotune_enabled, interpret, round_to, rows_bucket, sm_count
 
 # The whole row sits in one block, computed in fp32: past 16384 features (64 KiB of fp32 per row) registers
 # spill badly. BERT's hidden sizes are far below this.
@@ -35,6 +35,7 @@ def _layer_norm_fwd_kernel(
     stride_x, stride_r, stride_y, stride_z,  # row strides
     N,  # hidden size
     eps,
+    ROWS_BUCKET,  # autotune key only (kernels._common.rows_bucket)
     HAS_RESIDUAL: tl.constexpr,
     STORE_Z: tl.constexpr,
     STORE_STATS: tl.constexpr,
@@ -81,6 +82,7 @@ def _layer_norm_bwd_kernel(
     M,  # number of rows
     N,  # hidden size
     rows_per_program,
+    ROWS_BUCKET,  # autotune key only (kernels._common.rows_bucket)
     HAS_DZ: tl.constexpr,
     STORE_DR: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
@@ -141,12 +143,12 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-# On CUDA the warps per row (and the backward's rows per step) are tuned per hidden size. The interpreter
+# On CUDA the warps per row (and the backward's rows per step) are tuned per hidden size and row-count bucket. The interpreter
 # cannot autotune, and FASTBERT_AUTOTUNE=0 skips tuning (faster start-up): both launch the plain kernels
 # with the heuristic meta-parameters below.
-_layer_norm_fwd_kernel_tuned = triton.autotune(configs=_fwd_configs(), key=["N"],
+_layer_norm_fwd_kernel_tuned = triton.autotune(configs=_fwd_configs(), key=["N", "ROWS_BUCKET"],
                                                prune_configs_by={"early_config_prune": _prune})(_layer_norm_fwd_kernel)
-_layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N"],
+_layer_norm_bwd_kernel_tuned = triton.autotune(configs=_bwd_configs(), key=["N", "ROWS_BUCKET"],
                                                prune_configs_by={"early_config_prune": _prune})(_layer_norm_bwd_kernel)
 
 
@@ -197,7 +199,7 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, st
             z if z is not None else y, mean if store_stats else y, rstd if store_stats else y,
             x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
             z.stride(0) if z is not None else 0,
-            N, eps)
+            N, eps, rows_bucket(M))
     flags = dict(HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats, BLOCK_N=block_n)
     with _on(x.device):
         if autotune_enabled():
@@ -244,7 +246,7 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
                 mean, rstd, partial[0], partial[1],
                 z.stride(0), dy.stride(0), dz.stride(0) if dz is not None else 0, dx.stride(0),
                 dr.stride(0) if dr is not None else 0,
-                M, N, rows_per_program)
+                M, N, rows_per_program, rows_bucket(M))
         flags = dict(HAS_DZ=dz is not None, STORE_DR=store_dr, BLOCK_N=block_n)
         with _on(z.device):
             if autotune_enabled():

@@ -250,7 +250,7 @@ for fn in (G._bias_gelu_fwd_kernel, G._bias_gelu_bwd_kernel):
         for name in fn.arg_names:
             if name in consts:
                 sig[name] = "constexpr"
-            elif name.startswith("stride") or name in ("M", "N", "rows_per_program"):
+            elif name.startswith("stride") or name in ("M", "N", "rows_per_program", "ROWS_BUCKET"):
                 sig[name] = "i32"
             else:
                 sig[name] = {"B": "*fp32", "DB": "*fp32"}.get(name, "*bf16")

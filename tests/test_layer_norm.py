@@ -337,7 +337,7 @@ for fn, consts in [
             sig[name] = "constexpr"
         elif name == "eps":
             sig[name] = "fp32"
-        elif name.startswith("stride") or name in ("M", "N", "rows_per_program"):
+        elif name.startswith("stride") or name in ("M", "N", "rows_per_program", "ROWS_BUCKET"):
             sig[name] = "i32"
         else:
             sig[name] = fp32.get(name, "*bf16")
