@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -29,7 +29,7 @@ from .common import (corpus_lengths, environment, fixed_lengths, hardware_line, 
                      uniform_lengths)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-SECTIONS = ("inference", "training", "ops", "tokenizer")
+SECTIONS = ("inference", "training", "pretraining", "ops", "tokenizer")
 BASELINES = ("hf-eager", "hf-sdpa", "hf-compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -86,20 +86,25 @@ PLANS = {
         ("training", "bert-base", "bf16", ["fixed:32:128", "fixed:32:512", "pad50:32:512", "corpus:256:512"]),
         ("training", "bert-large", "bf16", ["fixed:32:128", "pad50:32:512"]),
         ("training", "minilm", "bf16", ["fixed:32:128", "pad50:32:512"]),
+        ("pretraining", "bert-base", "bf16", ["fixed:32:128", "fixed:32:512", "pad50:32:512"]),
+        ("pretraining", "bert-large", "bf16", ["fixed:32:128"]),
     ],
     ("gpu", True): [
         ("inference", "bert-base", "bf16", ["fixed:1:128", "fixed:32:128", "pad50:32:512"]),
         ("training", "bert-base", "bf16", ["fixed:32:128"]),
+        ("pretraining", "bert-base", "bf16", ["fixed:32:128", "pad50:32:512"]),
     ],
     ("cpu", False): [
         ("inference", "minilm", "fp32", ["fixed:1:128", "fixed:8:128", "pad50:8:128", "uniform:4:512",
                                          "corpus:32:512"]),
         ("inference", "bert-base", "fp32", ["fixed:1:128", "corpus:8:512"]),
         ("training", "minilm", "fp32", ["fixed:8:128", "corpus:16:512"]),
+        ("pretraining", "minilm", "fp32", ["fixed:8:128", "pad50:8:128"]),
     ],
     ("cpu", True): [
         ("inference", "minilm", "fp32", ["fixed:1:128", "fixed:8:128", "corpus:16:512"]),
         ("training", "minilm", "fp32", ["fixed:8:64", "pad50:8:64"]),
+        ("pretraining", "minilm", "fp32", ["pad50:8:64"]),
     ],
 }
 
@@ -137,8 +142,10 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
     vocab = ref.config.vocab_size
     data = {w.name: [P.make_inputs(w.lengths(k), vocab, device, seed=17 * k + 1) for k in range(n_sets)]
             for w in workloads}
-    training = section == "training"
+    training = section in ("training", "pretraining")
     amp = None if (dtype == torch.float32 or device.type != "cuda") else dtype
+    if section == "pretraining":
+        return _run_pretraining(ref, model_name, dtype_name, workloads, data, device, amp, args, log)
 
     # The reference: Hugging Face eager in fp32 on this device; the baseline error: the same in `dtype`.
     t0 = time.perf_counter()
@@ -203,12 +210,7 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
             inputs = data[w.name]
             rows.append(_measure(section, model_name, dtype_name, w, inputs, built, refs[w.name],
                                  base_err[w.name], dtype, amp, training, device, warmup, reps, min_s, max_s))
-            r = rows[-1]
-            if r["status"] == "ok":
-                log(f"  {name:24s} {w.name:24s} median {r['median_ms']:9.3f} ms  p90 {r['p90_ms']:9.3f} ms  "
-                    f"{r['tokens_per_s']:12,.0f} tok/s  err {r['check']}")
-            else:
-                log(f"  {name:24s} {w.name:24s} {r['status']}: {r['reason']}")
+            _log_row(log, rows[-1])
         del built
         _free(device)
         log(f"  {name:24s} done in {time.perf_counter() - t0:.1f}s")
@@ -222,6 +224,79 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
     for r in rows:
         r["weights"] = ref.weights_note
     return rows
+
+
+def _run_pretraining(encoder, model_name, dtype_name, workloads, data, device, amp, args, log) -> List[Dict]:
+    """The pre-training step with the MLM head (benchmarks/pretraining.py): checked against HF eager fp32's
+    loss and gradients, then timed provider by provider (round-robin on CPU)."""
+    from . import pretraining as PT
+    from . import providers as P
+
+    warmup, reps, _, min_s, max_s = EFFORT[(device.type, args.quick)]
+    reps = args.reps or reps
+    ref = PT.reference_model(encoder, seed=0)
+    vocab = ref.config.vocab_size
+    data = {name: [PT.add_fields(x, vocab, seed=31 * k + 7) for k, x in enumerate(xs)] for name, xs in data.items()}
+    t0 = time.perf_counter()
+    hf32 = PT.build("hf-eager", ref, device, None)
+    refs = {w.name: _to_cpu(hf32.loss_and_grads(data[w.name][0])) for w in workloads}
+    del hf32
+    base_err = {w.name: {"loss": 0.0, "grad": 0.0} for w in workloads}
+    if amp is not None:
+        hf_amp = PT.build("hf-eager", ref, device, amp)
+        base_err = {w.name: _train_errors(_to_cpu(hf_amp.loss_and_grads(data[w.name][0])), refs[w.name])
+                    for w in workloads}
+        del hf_amp
+    _free(device)
+    log(f"  reference (HF eager fp32, BertForPreTraining) ready in {time.perf_counter() - t0:.1f}s")
+    rows, ready = [], {}
+    interleave = device.type == "cpu" and not args.no_interleave
+    dtype = DTYPES[dtype_name]
+    for name in args.providers:
+        if name == "hf-compile" and device.type == "cuda" and model_name not in args.compile_models.split(","):
+            rows += [_row("pretraining", model_name, dtype_name, w, data[w.name], name, status="skipped",
+                          reason=f"torch.compile measured on {args.compile_models} only") for w in workloads]
+            continue
+        try:
+            built = PT.build(name, ref, device, amp, compile_cpu=args.compile_cpu)
+        except P.Skip as e:
+            rows += [_row("pretraining", model_name, dtype_name, w, data[w.name], name, status="skipped",
+                          reason=str(e)) for w in workloads]
+            log(f"  {name:24s} skipped: {e}")
+            continue
+        except Exception as e:  # noqa: BLE001 - one broken provider must not end the run
+            traceback.print_exc(file=sys.stderr)
+            rows += [_row("pretraining", model_name, dtype_name, w, data[w.name], name, status="error",
+                          reason=f"build: {type(e).__name__}: {e}") for w in workloads]
+            log(f"  {name:24s} error while building: {type(e).__name__}: {e}")
+            continue
+        if interleave:
+            ready[name] = built
+            continue
+        for w in workloads:
+            rows.append(_measure("pretraining", model_name, dtype_name, w, data[w.name], built, refs[w.name],
+                                 base_err[w.name], dtype, amp, True, device, warmup, reps, min_s, max_s))
+            _log_row(log, rows[-1])
+        del built
+        _free(device)
+    for w in workloads if ready else []:
+        rows += _measure_interleaved("pretraining", model_name, dtype_name, w, data[w.name], ready, refs[w.name],
+                                     base_err[w.name], dtype, amp, True, device, warmup, reps, max_s, log)
+    ready.clear()
+    _free(device)
+    _add_speedups(rows)
+    for r in rows:
+        r["weights"] = ref.weights_note
+    return rows
+
+
+def _log_row(log, r):
+    if r["status"] == "ok":
+        host = f"  host {r['host_ms']:.3f} ms" if r.get("host_ms") is not None else ""
+        log(f"  {r['provider']:24s} {r['workload']:24s} median {r['median_ms']:9.3f} ms  p90 {r['p90_ms']:9.3f} ms  "
+            f"{r['tokens_per_s']:12,.0f} tok/s  err {r['check']}{host}")
+    else:
+        log(f"  {r['provider']:24s} {r['workload']:24s} {r['status']}: {r['reason']}")
 
 
 def _train_check_values(model, x, device, amp):
@@ -288,7 +363,8 @@ def _ok_row(section, model_name, dtype_name, w, inputs, built, stats, peak, devi
                 p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], n_calls=stats["n"],
                 tokens_per_s=real / (stats["median_ms"] / 1e3), peak_mem_mb=peak,
                 memory_kind=common.memory_kind(device), check=check_str, check_detail=check,
-                notes=built.notes, times_ms=stats["times_ms"], times_kept_every=stats["times_kept_every"])
+                notes=built.notes, times_ms=stats["times_ms"], times_kept_every=stats["times_kept_every"],
+                host_ms=stats.get("host_ms"))
 
 
 def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref, base_err, dtype, amp, training,
@@ -320,9 +396,7 @@ def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref,
             peak = common.peak_memory_mb(device)
             rows.append(_ok_row(section, model_name, dtype_name, w, inputs, built, stats[name], peak, device,
                                 *checks[name]))
-            r = rows[-1]
-            log(f"  {name:24s} {w.name:24s} median {r['median_ms']:9.3f} ms  p90 {r['p90_ms']:9.3f} ms  "
-                f"{r['tokens_per_s']:12,.0f} tok/s  err {r['check']}")
+            _log_row(log, rows[-1])
     return rows
 
 
@@ -364,8 +438,28 @@ def _add_speedups(rows):
 # ------------------------------------------------------------------------------------------------------
 # Sections that live in other modules: per-op benchmarks and the tokenizer
 # ------------------------------------------------------------------------------------------------------
-def run_ops(device, log) -> Dict:
-    out = {}
+def copy_bandwidth(device) -> Optional[Dict]:
+    """Measured device-to-device copy bandwidth (1 GiB, far past L2), bytes read + written per second: the
+    ceiling the memory-bound ops (LayerNorm, GELU) are reported against."""
+    if device.type != "cuda":
+        return None
+    import triton.testing
+
+    x = torch.empty(2**30, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
+    del x, y
+    _free(device)
+    return {"bytes": 2**30, "median_ms": ms, "GB/s": 2 * 2**30 / (ms * 1e-3) / 1e9}
+
+
+def run_ops(device, log, out: Optional[Dict] = None, flush=lambda: None) -> Dict:
+    """Each per-op benchmark into ``out`` (filled as it goes; ``flush`` after each op)."""
+    out = {} if out is None else out
+    copy = copy_bandwidth(device)
+    if copy:
+        out["copy_bandwidth"] = {"status": "ok", "rows": [copy]}
+        log(f"  device-to-device copy: {copy['GB/s']:.0f} GB/s (read + write)")
     for op in ("layer_norm", "gelu", "attention", "lm_head_ce"):
         mod_name = f"benchmarks.bench_{op}"
         try:
@@ -378,12 +472,16 @@ def run_ops(device, log) -> Dict:
         t0 = time.perf_counter()
         try:
             rows = fn(device)
+            for r in rows if copy else []:
+                if r.get("GB/s") is not None:
+                    r["pct_of_copy_bw"] = round(100 * r["GB/s"] / copy["GB/s"], 1)
             out[op] = {"status": "ok", "rows": _jsonable(rows), "seconds": round(time.perf_counter() - t0, 1)}
             log(f"  {op}: {len(rows)} rows in {time.perf_counter() - t0:.1f}s")
         except Exception as e:  # noqa: BLE001
             traceback.print_exc(file=sys.stderr)
             out[op] = {"status": "error", "reason": f"{type(e).__name__}: {str(e)[:300]}"}
             log(f"  {op}: error ({type(e).__name__}: {e})")
+        flush()
     return out
 
 
@@ -486,7 +584,7 @@ def full_table(rows: List[Dict], section: str) -> str:
     rows = [r for r in rows if r["section"] == section]
     if not rows:
         return ""
-    head = ["model", "dtype", "workload", "provider", "median ms", "p90 ms", "tokens/s", "peak MB",
+    head = ["model", "dtype", "workload", "provider", "median ms", "p90 ms", "host ms", "tokens/s", "peak MB",
             "vs eager", "vs sdpa", "vs compile", "check err", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -495,7 +593,7 @@ def full_table(rows: List[Dict], section: str) -> str:
         status = "ok" if ok else f"{r['status']}: {r['reason']}"
         lines.append("| " + " | ".join([r["model"], r["dtype"], r["workload"], r["provider"],
                                           _fmt(r.get("median_ms"), ".3f"), _fmt(r.get("p90_ms"), ".3f"),
-                                          _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("peak_mem_mb"), ",.0f"),
+                                          _fmt(r.get("host_ms"), ".3f"), _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("peak_mem_mb"), ",.0f"),
                                           *sp, r.get("check") or "–", status]) + " |")
     return "\n".join(lines)
 
@@ -545,7 +643,8 @@ def evaluate_targets(rows: List[Dict]) -> List[Dict]:
     targets.append({"target": "bf16 inference (1,128) latency", "goal": "<= 0.25 ms",
                     "measured": best["median_ms"] if best else None, "provider": best["provider"] if best else None,
                     "met": None if best is None else best["median_ms"] <= 0.25})
-    speed("training", "fixed 32x128", "hf-sdpa", 1.5, "training step (32,128), AMP bf16, vs HF SDPA")
+    speed("training", "fixed 32x128", "hf-sdpa", 1.5, "encoder training step (32,128), AMP bf16, vs HF SDPA")
+    speed("pretraining", "fixed 32x128", "hf-sdpa", 1.5, "pre-training step with MLM head (32,128), AMP bf16, vs HF SDPA")
     return targets
 
 
@@ -570,7 +669,7 @@ def markdown_report(results: Dict, plots: List[str]) -> str:
              ""]
     parts += [f"- {n}" for n in results["notes"]] + [""]
     rows = results["encoder"]
-    for section in ("inference", "training"):
+    for section in ("inference", "training", "pretraining"):
         if any(r["section"] == section for r in rows):
             parts += [f"## {section.capitalize()}: median ms per provider, best fastbert's speed-up", "",
                       summary_table(rows, section), ""]
@@ -578,7 +677,7 @@ def markdown_report(results: Dict, plots: List[str]) -> str:
         parts += ["## Targets (H100, bf16, BERT-base)", "", targets_table(results["targets"]), ""]
     for p in plots:
         parts += [f"![{Path(p).stem}]({Path(p).name})", ""]
-    for section in ("inference", "training"):
+    for section in ("inference", "training", "pretraining"):
         if any(r["section"] == section for r in rows):
             parts += [f"## {section.capitalize()}: every provider", "", full_table(rows, section), ""]
     for key, title in (("ops", "Per-op benchmarks"), ("tokenizer", "Tokenizer")):
@@ -614,7 +713,7 @@ def update_readme(readme: Path, results: Dict, md_path: Path, plots: List[str]) 
         body += ["- On CPU fastbert runs the same PyTorch ops as Hugging Face SDPA (no unpadding), so ~1x against "
                  "`hf-sdpa` is the expected result; the speed-ups fastbert is built for need the Triton path on a GPU."]
     body += [""]
-    for section in ("inference", "training"):
+    for section in ("inference", "training", "pretraining"):
         table = summary_table(results["encoder"], section)
         if table:
             body += [f"**{section.capitalize()}** (median ms; speed-ups of the fastest fastbert provider)", "",
@@ -747,6 +846,12 @@ def run_suite(suite, args, sections) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references stay fp32
         torch.backends.cudnn.allow_tf32 = False
 
+    results["partial"] = True  # until write_results: each section's results are flushed as it ends
+
+    def flush():
+        results["wall_s"] = round(time.perf_counter() - started, 1)
+        _write_json(results, args)
+
     for section, model_name, dtype_name, shapes in plan_for(suite, args.quick, args.models):
         if section not in sections:
             continue
@@ -758,12 +863,15 @@ def run_suite(suite, args, sections) -> int:
             traceback.print_exc(file=sys.stderr)
             log(f"{section} {model_name} {dtype_name}: error {type(e).__name__}: {e}")
             results.setdefault("errors", []).append(f"{section} {model_name} {dtype_name}: {type(e).__name__}: {e}")
+        flush()
     if "ops" in sections:
         log("ops: per-op benchmarks")
-        results["ops"] = run_ops(device, log)
+        results["ops"] = {}
+        run_ops(device, log, out=results["ops"], flush=flush)
     if "tokenizer" in sections:
         log("tokenizer")
         results["tokenizer"] = run_tokenizer(device, args, log)
+        flush()
     if device.type == "cuda":
         results["targets"] = evaluate_targets(results["encoder"])
     results["wall_s"] = round(time.perf_counter() - started, 1)
@@ -789,24 +897,39 @@ def render(args) -> int:
     return 0
 
 
-def write_results(results, args, log) -> int:
-    from . import plots as plots_mod
-
+def _stem(results, args) -> Path:
     env = results["environment"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", env["device_name"].lower()).strip("-")[:40]
     stamp = env["date_utc"][:16].replace(":", "").replace("-", "").replace("T", "-")
-    stem = "_".join(x for x in (results["suite"] + ("-quick" if results["quick"] else ""), slug, args.tag, stamp) if x)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    plots = [] if args.no_plots else plots_mod.draw(results, out / stem, log)
-    results["plots"] = [Path(p).name for p in plots]
-    with open(json_path, "w", encoding="utf-8") as f:
+    return out / "_".join(x for x in (results["suite"] + ("-quick" if results["quick"] else ""), slug, args.tag,
+                                      stamp) if x)
+
+
+def _write_json(results, args) -> Path:
+    """Write the results JSON (atomically: a run killed mid-write leaves the previous complete file)."""
+    path = _stem(results, args).with_suffix(".json")
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(_jsonable(results), f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(results, args, log) -> int:
+    from . import plots as plots_mod
+
+    stem = _stem(results, args)
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    plots = [] if args.no_plots else plots_mod.draw(results, stem, log)
+    results["plots"] = [Path(p).name for p in plots]
+    results.pop("partial", None)
+    _write_json(results, args)
     md = markdown_report(results, plots)
     md_path.write_text(md + "\n", encoding="utf-8")
     print()
-    for section in ("inference", "training"):
+    for section in ("inference", "training", "pretraining"):
         table = summary_table(results["encoder"], section)
         if table:
             print(f"{section}: median ms; speed-ups of the fastest fastbert provider\n{table}\n")

@@ -6,15 +6,17 @@ Two parts:
    no mask and with a key-padding mask whose every token is real (so every provider does the same, full work
    and TFLOP/s are comparable). Providers: ``fastbert`` (Triton) and SDPA pinned to each backend
    (``sdpa-flash``, ``sdpa-efficient``, ``sdpa-cudnn``, ``sdpa-math``); a backend that refuses a case is
-   reported ``unsupported`` with PyTorch's reason.
+   reported ``unsupported`` with PyTorch's reason. ``fastbert-separate-dq``: the backward with dQ in its own
+   kernel (``deterministic=True``) instead of relaxed atomics, timed to pick the default.
 2. ``varlen``: a realistic length mix (lengths uniform in 32..512, 64 sequences): fastbert padded + mask,
    fastbert packed (``cu_seqlens``), SDPA padded + mask. TFLOP/s there count only the useful FLOPs
    (sum over sequences of 4 * H * L^2 * D), so padding work shows as lower TFLOP/s.
 
 Modes: ``forward`` (inference: no grad), ``backward`` (dq, dk, dv from a saved graph) and ``full`` (both).
 FLOPs: forward 4 * B * H * S^2 * D (non-causal), backward 2.5x that, full 3.5x. Times: medians with 20th/80th
-percentiles from ``triton.testing.do_bench`` on CUDA. Before timing, fastbert's output is checked against an
-fp32 reference (its error at most 2x SDPA's, plus a floor): a wrong kernel is never timed. On CPU only SDPA is
+percentiles from ``triton.testing.do_bench`` on CUDA. Before timing, fastbert's output and dq, dk, dv are checked
+against a float64 reference (error at most 2x SDPA's for the output, 3x for gradients, plus a floor), padded and
+packed: a wrong kernel is never timed. On CPU only SDPA is
 timed (wall clock; the Triton interpreter is not a speed measurement).
 
     python -m pytest benchmarks/bench_attention.py -o addopts=""      # pytest-benchmark
@@ -27,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import op_time_ms
+from benchmarks.common import check_against_reference, op_time_ms
 from fastbert.ops import attention
 
 HEADS, HEAD_DIM = 12, 64
@@ -38,6 +40,9 @@ SDPA_BACKENDS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
 MODES = ("forward", "backward", "full")
 FLOP_FACTOR = {"forward": 1.0, "backward": 2.5, "full": 3.5}
 VARLEN_BATCH, VARLEN_LOW, VARLEN_HIGH = 64, 32, 512
+# fastbert with deterministic=True: dQ in a separate kernel instead of relaxed atomics in the dK/dV kernel, whose
+# dK/dV tile can then be 64x64 on wgmma (docs/perf-notes.md): the GPU session decides the default from this row.
+SEPARATE_DQ = "fastbert-separate-dq"
 
 
 def _dtype_name(dtype):
@@ -74,12 +79,13 @@ def make_call(provider, mode, q, k, v, dout, mask, packed=None):
     provider: ``fastbert`` or an SDPA backend; mask None = no mask; packed = (q, k, v, dout, cu, max_seqlen).
     SDPA gets its native (B, H, S, D) layout prepared outside the timed call.
     """
-    if provider == "fastbert":
+    if provider.startswith("fastbert"):
+        det = provider == SEPARATE_DQ  # the backward's dQ in its own kernel (no atomics)
         if packed is not None:
             q, k, v, dout, cu, max_seqlen = packed
-            f = lambda: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_seqlen)  # noqa: E731
+            f = lambda: attention(q, k, v, cu_seqlens=cu, max_seqlen=max_seqlen, deterministic=det)  # noqa: E731
         else:
-            f = lambda: attention(q, k, v, key_padding_mask=mask)  # noqa: E731
+            f = lambda: attention(q, k, v, key_padding_mask=mask, deterministic=det)  # noqa: E731
     else:
         q, k, v = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
         dout = dout.transpose(1, 2).contiguous()
@@ -107,24 +113,39 @@ def pack(q, k, v, dout, lengths):
 
 
 
-def check(q, k, v, mask):
-    """fastbert's max error vs an fp32 reference, and SDPA's (same dtype): raise if more than 2x + floor."""
-    with torch.no_grad():
-        got = attention(q, k, v, key_padding_mask=mask).float()
-        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        m = mask[:, None, None, :]
-        ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(), attn_mask=m).transpose(1, 2)
-        base = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=m).transpose(1, 2).float()
-    err, base_err = (got - ref).abs().max().item(), (base - ref).abs().max().item()
-    if not err <= 2 * base_err + 1e-3:
-        raise AssertionError(f"attention {tuple(q.shape)}: fastbert's error {err:.3g} vs fp32 is more than 2x "
-                             f"SDPA's ({base_err:.3g}); not timing a wrong kernel")
-    return err
+def _sdpa_padded(mask):
+    m = mask[:, None, None, :]
+    return lambda q, k, v: F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=m).transpose(1, 2)
+
+
+def check(q, k, v, mask, dout):
+    """fastbert vs a float64 reference (SDPA's math on float64 copies), output and dq, dk, dv, against SDPA's
+    own error in the same dtype; raises AssertionError before a wrong kernel is timed."""
+    return check_against_reference(f"attention {tuple(q.shape)}", lambda q, k, v: attention(q, k, v, key_padding_mask=mask),
+                                   _sdpa_padded(mask), (q, k, v), dout, ("q", "k", "v"))
+
+
+def check_packed(packed, mask):
+    """The packed (cu_seqlens) path, output and gradients, against SDPA on the same sequences padded."""
+    qp, kp, vp, doutp, cu, max_seqlen = packed
+    B, S = mask.shape
+
+    def padded_ref(q, k, v):
+        def pad(t):
+            return t.new_zeros(B, S, *t.shape[1:]).index_put((mask,), t)
+        return _sdpa_padded(mask)(pad(q), pad(k), pad(v))[mask]
+
+    return check_against_reference("attention packed", lambda q, k, v: attention(q, k, v, cu_seqlens=cu,
+                                                                                  max_seqlen=max_seqlen),
+                                   padded_ref, (qp, kp, vp), doutp, ("q", "k", "v"))
 
 
 def _measure(row, provider, mode, device, flops, **call):
     """Time one provider/mode into ``row`` (status ok / unsupported / skipped)."""
-    if provider == "fastbert" and device.type != "cuda":
+    if provider == SEPARATE_DQ and mode == "forward":
+        return {**row, "status": "skipped", "reason": "same forward as fastbert"}
+    if provider.startswith("fastbert") and device.type != "cuda":
         return {**row, "status": "skipped", "reason": "Triton is timed on CUDA only (the interpreter is no speed "
                                                       "measurement)"}
     try:
@@ -147,10 +168,11 @@ def run_dense(device):
     rows = []
     cases = [(TOKENS // s, s, torch.bfloat16) for s in CUDA_SEQLENS] if device.type == "cuda" else \
         [(CPU_CASE["batch"], CPU_CASE["seqlen"], CPU_CASE["dtype"])]
-    providers = ("fastbert", *SDPA_BACKENDS) if device.type == "cuda" else ("fastbert", "sdpa-math")
+    providers = ("fastbert", SEPARATE_DQ, *SDPA_BACKENDS) if device.type == "cuda" else ("fastbert", "sdpa-math")
     for batch, seqlen, dtype in cases:
         q, k, v, dout, mask = make_inputs(batch, seqlen, dtype, device)
-        err = check(q, k, v, mask) if device.type == "cuda" else None
+        errors = check(q, k, v, mask, dout) if device.type == "cuda" else None
+        err = max(e["err"] for e in errors.values()) if errors else None
         flops = 4.0 * batch * HEADS * seqlen * seqlen * HEAD_DIM
         for masked in (False, True):
             for provider in providers:
@@ -158,7 +180,8 @@ def run_dense(device):
                     row = {"op": "attention", "part": "dense", "batch": batch, "seqlen": seqlen, "heads": HEADS,
                            "head_dim": HEAD_DIM, "dtype": _dtype_name(dtype),
                            "mask": "padding mask (all real)" if masked else "none", "provider": provider,
-                           "mode": mode, "max_err_vs_fp32": err if provider == "fastbert" else None}
+                           "mode": mode, "max_err": err if provider == "fastbert" else None,
+                           "checked": "output + dq, dk, dv vs float64" if errors else None}
                     rows.append(_measure(row, provider, mode, device, flops, q=q, k=k, v=v, dout=dout,
                                          mask=mask if masked else None))
         del q, k, v, dout, mask
@@ -175,16 +198,21 @@ def run_varlen(device):
     seqlen = max(lengths)
     q, k, v, dout, mask = make_inputs(VARLEN_BATCH, seqlen, torch.bfloat16, device, lengths=lengths)
     packed = pack(q, k, v, dout, lengths)
+    errors = {"packed": check_packed(packed, mask), "padded": check(q, k, v, mask, dout)}
     useful = sum(4.0 * HEADS * n * n * HEAD_DIM for n in lengths)
     rows = []
-    layouts = [("fastbert", "packed (cu_seqlens)", packed), ("fastbert", "padded + mask", None)]
+    layouts = [("fastbert", "packed (cu_seqlens)", packed), (SEPARATE_DQ, "packed (cu_seqlens)", packed),
+               ("fastbert", "padded + mask", None)]
     layouts += [(p, "padded + mask", None) for p in SDPA_BACKENDS]
     for provider, layout, pk in layouts:
         for mode in MODES:
             row = {"op": "attention", "part": "varlen", "batch": VARLEN_BATCH, "seqlen": seqlen,
                    "lengths": f"uniform {VARLEN_LOW}..{VARLEN_HIGH}, mean {sum(lengths) / len(lengths):.0f}",
                    "heads": HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16", "layout": layout,
-                   "provider": provider, "mode": mode, "flops": "useful only"}
+                   "provider": provider, "mode": mode, "flops": "useful only",
+                   "checked": "output + dq, dk, dv vs float64 (packed and padded)" if provider == "fastbert" else None,
+                   "max_err": max(e["err"] for e in errors["packed" if "packed" in layout else "padded"].values())
+                   if provider == "fastbert" else None}
             rows.append(_measure(row, provider, mode, device, useful, q=q, k=k, v=v, dout=dout, mask=mask,
                                  packed=pk))
     return rows

@@ -150,8 +150,24 @@ def time_calls(fn: Callable, inputs: Sequence, device: torch.device, warmup: int
         fn(inputs[i % len(inputs)])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        return _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s)
+        stats = _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s)
+        stats["host_ms"] = host_time_ms(fn, inputs, device)
+        return stats
     return _time_cpu(fn, inputs, reps, min_time_s, max_time_s)
+
+
+def host_time_ms(fn: Callable, inputs: Sequence, device: torch.device, calls: int = 5) -> float:
+    """Median time for ``fn`` to *return* when the GPU starts idle: the host's cost of issuing one call
+    (Python, dispatch, launches), plus any wait for the GPU inside it (a host sync). Far below the GPU time:
+    the GPU is the bottleneck; close to it or above: host-bound, or the call synchronises."""
+    times = []
+    for i in range(calls):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn(inputs[i % len(inputs)])
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize(device)
+    return sorted(times)[len(times) // 2]
 
 
 def _time_cpu(fn, inputs, reps, min_time_s, max_time_s):
@@ -232,6 +248,39 @@ def op_time_ms(fn: Callable, device: torch.device, reps: int = 50):
         times.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(times, n=10)
     return statistics.median(times), q[1], q[7]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Checks before timing: outputs and every gradient
+# ------------------------------------------------------------------------------------------------------
+def check_against_reference(name: str, fn: Callable, base_fn: Callable, args: Sequence[torch.Tensor],
+                            dy: torch.Tensor, arg_names: Sequence[str], out_factor: float = 2.0,
+                            grad_factor: float = 3.0) -> Dict[str, Dict[str, float]]:
+    """Check ``fn`` (the kernel) against a float64 reference, forward and every input gradient, before it is
+    timed. ``base_fn`` is the PyTorch op: the reference is ``base_fn`` on float64 copies, and its own error in
+    the timed dtype is the yardstick. Raises AssertionError when the kernel's max error is more than
+    ``out_factor`` (``grad_factor`` for gradients) times PyTorch's plus a floor; returns the errors."""
+    def run(f, xs):
+        xs = [x.detach().clone().requires_grad_(x.requires_grad) for x in xs]
+        y = f(*xs)
+        wrt = [x for x in xs if x.requires_grad]
+        grads = torch.autograd.grad(y, wrt, grad_outputs=dy.to(y.dtype))
+        return [y.detach().double()] + [g.double() for g in grads]
+
+    names = ["output"] + [n for n, x in zip(arg_names, args) if x.requires_grad]
+    ref = run(base_fn, [x.double() for x in args])
+    got, base = run(fn, args), run(base_fn, args)
+    errors = {}
+    for i, n in enumerate(names):
+        scale = float(ref[i].abs().max())
+        err, base_err = float((got[i] - ref[i]).abs().max()), float((base[i] - ref[i]).abs().max())
+        factor = out_factor if i == 0 else grad_factor
+        floor = 1e-6 * max(scale, 1.0)
+        if not (err <= factor * base_err + floor):  # NaN fails too
+            raise AssertionError(f"{name}: {n} error {err:.3g} vs float64 is more than {factor}x PyTorch's "
+                                 f"({base_err:.3g}); not timing a wrong kernel")
+        errors[n] = {"err": err, "torch_err": base_err}
+    return errors
 
 
 def _read_vm(key: str) -> Optional[int]:

@@ -32,7 +32,7 @@ def draw(results: Dict, stem: Path, log: Callable = print) -> List[str]:
     from .common import hardware_line
 
     paths = []
-    for section in ("inference", "training"):
+    for section in ("inference", "training", "pretraining"):
         rows = [r for r in results["encoder"] if r["section"] == section]
         panels = list(dict.fromkeys((r["model"], r["dtype"]) for r in rows))
         if not panels:

@@ -5,10 +5,12 @@
 #   bash scripts/gpu_check.sh SECTION OUTDIR [--dry-run]
 #
 #   build      pip install (no network: --no-build-isolation --no-deps), import checks, environment record
-#   tests      the test suite on CUDA (kernels in bf16/fp16/fp32, CUDA graphs, syncs, CUDA tokenizer)
+#   tests      the kernel tests on CUDA (bf16/fp16/fp32, every autotune config forced once, CUDA graphs, syncs)
+#   tests-model  the model, masks, tracing, encode, patch and CUDA tokenizer tests on CUDA
 #   compile    sm_90 compile report of every autotune config (registers, spills, SASS), no GPU needed
 #   ops        per-op benchmarks (attention, LayerNorm, GELU, fused LM-head CE) + copy bandwidth
-#   e2e        BERT-base end to end (inference, training with the MLM head) + sentence embeddings vs ST
+#   e2e        BERT-base end to end (inference, encoder training step) + sentence embeddings vs ST
+#   pretrain   BERT-base pre-training step with the MLM + NSP heads vs Hugging Face BertForPreTraining
 #   tokenizer  the tokenizer benchmark (C++ and CUDA paths vs HF tokenizers)
 #   all        every section in turn (locally only: one device call cannot hold them all)
 #
@@ -64,21 +66,6 @@ print(json.dumps(env))
 EOF
 }
 
-copy_bandwidth() {
-  "$PY" - "$OUT/copy_bandwidth.json" <<'EOF'
-import json, sys, torch
-if not torch.cuda.is_available():
-    print("copy bandwidth: no GPU (dry run)"); sys.exit(0)
-import triton.testing
-x = torch.empty(2**30, dtype=torch.uint8, device="cuda")  # 1 GiB, far past L2
-y = torch.empty_like(x)
-ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
-gbs = 2 * x.numel() / (ms * 1e-3) / 1e9  # bytes read + bytes written
-json.dump({"bytes": x.numel(), "median_ms": ms, "GB/s_read_plus_write": gbs}, open(sys.argv[1], "w"), indent=2)
-print(f"device-to-device copy: {gbs:.0f} GB/s (read + write)")
-EOF
-}
-
 run_section() {
   case "$1" in
     build)
@@ -99,9 +86,14 @@ run_section() {
         step tests-kernels "$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_layer_norm.py \
           tests/test_gelu.py tests/test_lm_head_ce.py tests/test_cuda_graphs.py tests/test_gpu_syncs.py \
           --junitxml="$OUT/tests-kernels.xml"
+      fi ;;
+    tests-model)  # the model on the Triton path, masks, tracing, encode, the CUDA tokenizer (a call of its own)
+      if [ -n "$DRY" ]; then
+        step tests-model "$PY" -m pytest -x -q -p no:cacheprovider tests/test_masks.py --junitxml="$OUT/tests-model.xml"
+      else
         step tests-model "$PY" -m pytest -q -p no:cacheprovider tests/test_model_triton.py tests/test_model_parity.py \
           tests/test_model_inputs.py tests/test_masks.py tests/test_trace_export.py tests/test_encode.py \
-          tests/test_tokenizer_native.py --junitxml="$OUT/tests-model.xml"
+          tests/test_patch.py tests/test_tokenizer_native.py --junitxml="$OUT/tests-model.xml"
       fi ;;
     compile)
       if [ -n "$DRY" ]; then
@@ -109,8 +101,7 @@ run_section() {
       else
         step compile "$PY" scripts/compile_report.py --full --head-dims 32 64 128 --json "$OUT/compile.jsonl"
       fi ;;
-    ops)
-      copy_bandwidth
+    ops)  # the runner measures the device-to-device copy bandwidth first and reports LN/GELU as % of it
       if [ -n "$DRY" ]; then
         step ops "$PY" -m benchmarks --suite cpu --quick --only ops --models tiny --out "$OUT" --no-plots --tag dry
       else
@@ -126,6 +117,14 @@ run_section() {
         step encode "$PY" -m benchmarks.bench_encode --device cuda --texts 2000 --rounds 3 --batch-size 128 \
           --json "$OUT/encode.json"
       fi ;;
+    pretrain)  # the pre-training step with the MLM + NSP heads, fastbert's packed step vs HF BertForPreTraining
+      if [ -n "$DRY" ]; then
+        step pretrain "$PY" -m benchmarks --suite cpu --quick --only pretraining --models tiny --out "$OUT" \
+          --no-plots --tag dry
+      else
+        step pretrain "$PY" -m benchmarks --suite gpu --quick --only pretraining --models bert-base --out "$OUT" \
+          --no-plots --tag pretrain
+      fi ;;
     tokenizer)
       if [ -n "$DRY" ]; then
         step tokenizer "$PY" -m benchmarks --suite cpu --quick --only tokenizer --out "$OUT" --no-plots --tag dry
@@ -136,9 +135,9 @@ run_section() {
         step tokenizer-gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_tokenizer_native.py
       fi ;;
     all)
-      for s in build tests compile ops e2e tokenizer; do run_section "$s"; done ;;
+      for s in build tests tests-model compile ops e2e pretrain tokenizer; do run_section "$s"; done ;;
     *)
-      echo "unknown section $1 (build, tests, compile, ops, e2e, tokenizer, all)" >&2; exit 2 ;;
+      echo "unknown section $1 (build, tests, tests-model, compile, ops, e2e, pretrain, tokenizer, all)" >&2; exit 2 ;;
   esac
 }
 

@@ -49,3 +49,27 @@ def _has_matplotlib():
     except ImportError:
         return False
     return True
+
+
+def test_pretraining_section_checks_the_mlm_loss_and_flushes_per_section(tmp_path, monkeypatch):
+    """The pre-training step (MLM + NSP heads) runs, is checked against HF BertForPreTraining, and its rows are
+    on disk as soon as the section ends: a run killed later (here: in the tokenizer section) keeps them."""
+    import benchmarks.__main__ as runner
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what the device tool's time limit does to a section
+
+    monkeypatch.setattr(runner, "run_tokenizer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.main(["--suite", "cpu", "--quick", "--models", "tiny", "--only", "pretraining,tokenizer",
+                     "--threads", "1", "--reps", "2", "--out", str(tmp_path), "--providers",
+                     "fastbert-torch,hf-eager,hf-sdpa"])
+    [json_path] = tmp_path.glob("*.json")
+    results = json.loads(json_path.read_text())
+    assert results["partial"] is True and "tokenizer" not in results
+    rows = [r for r in results["encoder"] if r["section"] == "pretraining"]
+    assert {r["provider"] for r in rows if r["status"] == "ok"} == {"fastbert-torch", "hf-eager", "hf-sdpa"}
+    fb = next(r for r in rows if r["provider"] == "fastbert-torch")
+    # fastbert's own step (packed, masked rows gathered before the vocab projection) gives HF's loss and grads
+    assert fb["check_detail"]["loss_rel_err"] < 1e-5 and fb["check_detail"]["grad_rel_err"] < 1e-4
+    assert any("gathered" in n for n in fb["notes"])
