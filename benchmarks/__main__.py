@@ -136,8 +136,7 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
     from . import providers as P
 
     dtype = DTYPES[dtype_name]
-    warmup, reps, n_sets, min_s, max_s = EFFORT[(device.type, args.quick)]
-    reps = args.reps or reps
+    n_sets = EFFORT[(device.type, args.quick)][2]
     ref = P.reference_model(model_name, seed=0)
     vocab = ref.config.vocab_size
     data = {w.name: [P.make_inputs(w.lengths(k), vocab, device, seed=17 * k + 1) for k in range(n_sets)]
@@ -175,6 +174,27 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
     _free(device)
     log(f"  reference (HF eager fp32) ready in {time.perf_counter() - t0:.1f}s; weights: {ref.weights_note}")
 
+    def build(name):
+        if training:
+            return P.build_training(name, ref, device, amp, compile_cpu=args.compile_cpu)
+        return P.build_inference(name, ref, device, dtype, compile_cpu=args.compile_cpu)
+
+    rows = _run_providers(section, model_name, dtype_name, workloads, data, refs, base_err, dtype, amp, device,
+                          args, log, build)
+    for r in rows:
+        r["weights"] = ref.weights_note
+    return rows
+
+
+def _run_providers(section, model_name, dtype_name, workloads, data, refs, base_err, dtype, amp, device, args,
+                   log, build) -> List[Dict]:
+    """Build each provider (``build(name)``: a Built, or raises Skip), check it against the reference, time it
+    (round-robin on CPU); one row per provider and workload, a broken provider reported, never fatal."""
+    from . import providers as P
+
+    warmup, reps, _, min_s, max_s = EFFORT[(device.type, args.quick)]
+    reps = args.reps or reps
+    training = section in ("training", "pretraining")
     rows = []
     interleave = device.type == "cpu" and not args.no_interleave  # all providers built, timed round-robin
     ready: Dict[str, object] = {}
@@ -189,16 +209,14 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
             log(f"  {name:24s} skipped: not in --compile-models")
             continue
         try:
-            if training:
-                built = P.build_training(name, ref, device, amp, compile_cpu=args.compile_cpu)
-            else:
-                built = P.build_inference(name, ref, device, dtype, compile_cpu=args.compile_cpu)
+            built = build(name)
         except P.Skip as e:
             rows += [_row(section, model_name, dtype_name, w, data[w.name], name, status="skipped",
                           reason=str(e)) for w in workloads]
             log(f"  {name:24s} skipped: {e}")
             continue
         except Exception as e:  # noqa: BLE001 - one broken provider must not end the run
+            traceback.print_exc(file=sys.stderr)
             rows += [_row(section, model_name, dtype_name, w, data[w.name], name, status="error",
                           reason=f"build: {type(e).__name__}: {e}") for w in workloads]
             log(f"  {name:24s} error while building: {type(e).__name__}: {e}")
@@ -207,8 +225,7 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
             ready[name] = built
             continue
         for w in workloads:
-            inputs = data[w.name]
-            rows.append(_measure(section, model_name, dtype_name, w, inputs, built, refs[w.name],
+            rows.append(_measure(section, model_name, dtype_name, w, data[w.name], built, refs[w.name],
                                  base_err[w.name], dtype, amp, training, device, warmup, reps, min_s, max_s))
             _log_row(log, rows[-1])
         del built
@@ -221,8 +238,6 @@ def run_encoder_section(section, model_name, dtype_name, workloads, device, args
         ready.clear()
         _free(device)
     _add_speedups(rows)
-    for r in rows:
-        r["weights"] = ref.weights_note
     return rows
 
 
@@ -230,10 +245,6 @@ def _run_pretraining(encoder, model_name, dtype_name, workloads, data, device, a
     """The pre-training step with the MLM head (benchmarks/pretraining.py): checked against HF eager fp32's
     loss and gradients, then timed provider by provider (round-robin on CPU)."""
     from . import pretraining as PT
-    from . import providers as P
-
-    warmup, reps, _, min_s, max_s = EFFORT[(device.type, args.quick)]
-    reps = args.reps or reps
     ref = PT.reference_model(encoder, seed=0)
     vocab = ref.config.vocab_size
     data = {name: [PT.add_fields(x, vocab, seed=31 * k + 7) for k, x in enumerate(xs)] for name, xs in data.items()}
@@ -249,42 +260,9 @@ def _run_pretraining(encoder, model_name, dtype_name, workloads, data, device, a
         del hf_amp
     _free(device)
     log(f"  reference (HF eager fp32, BertForPreTraining) ready in {time.perf_counter() - t0:.1f}s")
-    rows, ready = [], {}
-    interleave = device.type == "cpu" and not args.no_interleave
-    dtype = DTYPES[dtype_name]
-    for name in args.providers:
-        if name == "hf-compile" and device.type == "cuda" and model_name not in args.compile_models.split(","):
-            rows += [_row("pretraining", model_name, dtype_name, w, data[w.name], name, status="skipped",
-                          reason=f"torch.compile measured on {args.compile_models} only") for w in workloads]
-            continue
-        try:
-            built = PT.build(name, ref, device, amp, compile_cpu=args.compile_cpu)
-        except P.Skip as e:
-            rows += [_row("pretraining", model_name, dtype_name, w, data[w.name], name, status="skipped",
-                          reason=str(e)) for w in workloads]
-            log(f"  {name:24s} skipped: {e}")
-            continue
-        except Exception as e:  # noqa: BLE001 - one broken provider must not end the run
-            traceback.print_exc(file=sys.stderr)
-            rows += [_row("pretraining", model_name, dtype_name, w, data[w.name], name, status="error",
-                          reason=f"build: {type(e).__name__}: {e}") for w in workloads]
-            log(f"  {name:24s} error while building: {type(e).__name__}: {e}")
-            continue
-        if interleave:
-            ready[name] = built
-            continue
-        for w in workloads:
-            rows.append(_measure("pretraining", model_name, dtype_name, w, data[w.name], built, refs[w.name],
-                                 base_err[w.name], dtype, amp, True, device, warmup, reps, min_s, max_s))
-            _log_row(log, rows[-1])
-        del built
-        _free(device)
-    for w in workloads if ready else []:
-        rows += _measure_interleaved("pretraining", model_name, dtype_name, w, data[w.name], ready, refs[w.name],
-                                     base_err[w.name], dtype, amp, True, device, warmup, reps, max_s, log)
-    ready.clear()
-    _free(device)
-    _add_speedups(rows)
+    rows = _run_providers("pretraining", model_name, dtype_name, workloads, data, refs, base_err,
+                          DTYPES[dtype_name], amp, device, args, log,
+                          lambda name: PT.build(name, ref, device, amp, compile_cpu=args.compile_cpu))
     for r in rows:
         r["weights"] = ref.weights_note
     return rows
@@ -443,14 +421,17 @@ def copy_bandwidth(device) -> Optional[Dict]:
     ceiling the memory-bound ops (LayerNorm, GELU) are reported against."""
     if device.type != "cuda":
         return None
-    import triton.testing
-
-    x = torch.empty(2**30, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
-    del x, y
+    ms = _copy_ms(device, 2**30)
     _free(device)
     return {"bytes": 2**30, "median_ms": ms, "GB/s": 2 * 2**30 / (ms * 1e-3) / 1e9}
+
+
+def _copy_ms(device, nbytes) -> float:
+    import triton.testing
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
 
 
 def run_ops(device, log, out: Optional[Dict] = None, flush=lambda: None) -> Dict:

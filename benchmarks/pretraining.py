@@ -158,26 +158,7 @@ def build(name: str, ref: fastbert.BertForPreTraining, device: torch.device, amp
         opt.step()
         return loss
 
-    initial = [p.detach().clone() for p in model.parameters()]
-
-    def loss_and_grads(x):
-        """Dropout off, no optimizer step, weights back to their initial values: the loss and gradients."""
-        with torch.no_grad():
-            for p, p0 in zip(model.parameters(), initial):
-                p.copy_(p0)
-        opt.state.clear()
-        model.eval()
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(**autocast):
-            loss = loss_of(x)
-        loss.backward()
-        grads = {k: p.grad.detach().float().clone() for k, p in model.named_parameters() if k in CHECKED_GRADS}
-        missing = set(CHECKED_GRADS) - set(grads)
-        if missing:
-            raise RuntimeError(f"{name}: no gradient for {sorted(missing)}")
-        model.zero_grad(set_to_none=True)
-        model.train()
-        return loss.detach().float(), grads
+    loss_and_grads = P.checked_loss_and_grads(name, model, opt, loss_of, autocast, CHECKED_GRADS)
 
     notes.append(f"AdamW(lr={lr}{', fused' if device.type == 'cuda' else ''}), "
                  + (f"autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "fp32"))

@@ -230,26 +230,9 @@ def build_training(name: str, ref: fastbert.BertModel, device: torch.device, amp
         opt.step()
         return loss
 
-    initial = [p.detach().clone() for p in model.parameters()]
-
-    def loss_and_grads(inputs):
-        """Dropout off, no optimizer step: the loss and a gradient to check against the reference. The
-        weights and the optimizer go back to their initial state first (timed steps train the model)."""
-        with torch.no_grad():
-            for p, p0 in zip(model.parameters(), initial):
-                p.copy_(p0)
-        opt.state.clear()
-        model.eval()
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            hidden = forward(inputs)
-        loss = masked_probe_loss(hidden, inputs["attention_mask"])
-        loss.backward()
-        grads = {k: p.grad.detach().float().clone() for k, p in model.named_parameters()
-                 if k in CHECKED_GRADS}
-        model.zero_grad(set_to_none=True)
-        model.train()
-        return loss.detach().float(), grads
+    autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    loss_and_grads = checked_loss_and_grads(
+        name, model, opt, lambda x: masked_probe_loss(forward(x), x["attention_mask"]), autocast, CHECKED_GRADS)
 
     notes = built.notes + [f"AdamW(lr={lr}{', fused' if device.type == 'cuda' else ''}), "
                            + (f"autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "fp32")]
@@ -260,6 +243,34 @@ def build_training(name: str, ref: fastbert.BertModel, device: torch.device, amp
 
 CHECKED_GRADS = ("encoder.layer.0.attention.self.query.weight", "encoder.layer.0.intermediate.dense.weight",
                  "embeddings.word_embeddings.weight")
+
+
+def checked_loss_and_grads(name, model, opt, loss_of, autocast: dict, checked) -> Callable:
+    """``loss_and_grads(inputs)`` for the check before timing: dropout off, no optimizer step, the weights and
+    the optimizer back to their initial state first (timed steps train the model); returns the fp32 loss and
+    the gradients of the ``checked`` parameters (raises if one has none)."""
+    initial = [p.detach().clone() for p in model.parameters()]
+
+    def loss_and_grads(inputs):
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), initial):
+                p.copy_(p0)
+        opt.state.clear()
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(**autocast):
+            loss = loss_of(inputs)
+        loss.backward()
+        grads = {k: p.grad.detach().float().clone() for k, p in model.named_parameters()
+                 if k in checked and p.grad is not None}
+        missing = set(checked) - set(grads)
+        if missing:
+            raise RuntimeError(f"{name}: no gradient for {sorted(missing)}")
+        model.zero_grad(set_to_none=True)
+        model.train()
+        return loss.detach().float(), grads
+
+    return loss_and_grads
 
 
 # ------------------------------------------------------------------------------------------------------
