@@ -598,6 +598,11 @@ def _check_mask(attention_mask, shape, ref):
             return attention_mask[:, 0, 0, :], None
         if attention_mask.dtype.is_floating_point:
             return attention_mask[:, 0, 0, :] == 0, None
+        raise TypeError(
+            f"attention_mask of shape {dims} has dtype {attention_mask.dtype}: an extended (batch, 1, 1, seqlen) mask "
+            "is bool (True = attend) or additive float (0 = attend, large negative = masked), as Hugging Face reads "
+            "it (its SDPA path rejects integer ones, its eager path adds them to the scores). Pass the (batch, seqlen) "
+            "0/1 mask, or mask.bool()")
     elif dims == (B, S, S):
         return None, attention_mask[:, None].bool()
     elif len(dims) == 4 and dims[0] == B and dims[2:] == (S, S):

@@ -106,3 +106,12 @@ def test_unsupported_head_dim_falls_back_with_one_warning():
     with torch.no_grad():
         b = theirs(input_ids=ids, attention_mask=keep)
     _same_on_real_tokens(a, b, keep)
+
+
+def test_integer_extended_mask_is_a_clear_error():
+    """HF's SDPA path rejects an integer (B, 1, 1, S) mask and its eager path adds it to the scores (a silent
+    wrong answer): fastbert says what to pass instead."""
+    ours, _ = _pair()
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.long)
+    with pytest.raises(TypeError, match="bool .True = attend. or additive float"):
+        ours(input_ids=torch.randint(0, 99, (2, 5)), attention_mask=mask)
