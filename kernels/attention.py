@@ -32,7 +32,8 @@ fp16/bf16 for speed). fp16/bf16 dots accumulate in fp32; softmax statistics are 
 
 On CUDA the block sizes are autotuned, keyed on head dim, the power of two above max_seqlen, the power of
 two above batch x heads (so a pick made at batch 1 is not reused at batch 256) and the causal / packed /
-mask / dropout flags (results cached on disk by Triton); under ``TRITON_INTERPRET=1``
+mask / dropout flags (results cached on disk by Triton); ``FASTBERT_AUTOTUNE=0`` launches the first config the
+autotuner would consider instead (fast start-up, the tests); under ``TRITON_INTERPRET=1``
 (CPU, CI) every kernel is launched with one fixed, small config. The launchers are also registered as
 ``torch.ops.fastbert.attention_fwd`` / ``attention_bwd`` (with fake implementations for torch.compile).
 """
@@ -45,6 +46,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+
+from ._common import autotune_enabled
 
 LOG2E = 1.4426950408889634
 
@@ -590,8 +593,17 @@ def forced_config(name: str, config):
             _FORCED[name] = previous
 
 
-def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict):
+def _untuned_config(name: str, meta: dict, seq_bucket: int):
+    """FASTBERT_AUTOTUNE=0 on CUDA: the first config the autotuner would consider here (spill-free at this head
+    dim, no block far larger than the sequence), launched without timing the others."""
+    configs = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}[name]
+    return _prune(configs, dict(meta, SEQ_BUCKET=seq_bucket))[0]
+
+
+def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict, seq_bucket: int):
     forced = _FORCED.get(name)
+    if forced is None and args[0].is_cuda and not _interpret() and not autotune_enabled():
+        forced = _untuned_config(name, meta, seq_bucket)
     if forced is not None:
         blocks = dict(forced.kwargs)
         hw = {} if _interpret() or not args[0].is_cuda else dict(num_warps=forced.num_warps,
@@ -696,7 +708,7 @@ def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen
             lay.heads, lay.seqlen, scale * LOG2E, float(dropout_p), _seed_ptr(seed, q), lay.seq_bucket, lay.work_bucket)
     meta = dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, CAUSAL=bool(causal), VARLEN=lay.varlen,
                 HAS_MASK=lay.has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
-    _launch("fwd", _attn_fwd_kernel, _INTERPRET_FWD, lambda c: lay.grid(c["BLOCK_M"]), args, meta)
+    _launch("fwd", _attn_fwd_kernel, _INTERPRET_FWD, lambda c: lay.grid(c["BLOCK_M"]), args, meta, lay.seq_bucket)
     return out, lse
 
 
@@ -738,12 +750,13 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(dout), *dq_strides,
             *lay.strides(dk), slb, slh, lay.keep.stride(0), *common)
     _launch("dkdv", _attn_bwd_dkdv_kernel, _INTERPRET_DKDV, lambda c: lay.grid(c["BLOCK_N"]), args,
-            dict(meta, ATOMIC_DQ=not deterministic))
+            dict(meta, ATOMIC_DQ=not deterministic), lay.seq_bucket)
     if deterministic:
         args = (q, k, v, dout, dq, lse, delta, lay.keep, lay.kv_len, lay.cu_seqlens,
                 *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(dout), *lay.strides(dq),
                 slb, slh, lay.keep.stride(0), *common)
-        _launch("dq", _attn_bwd_dq_kernel, _INTERPRET_DQ, lambda c: lay.grid(c["BLOCK_M"]), args, meta)
+        _launch("dq", _attn_bwd_dq_kernel, _INTERPRET_DQ, lambda c: lay.grid(c["BLOCK_M"]), args, meta,
+                lay.seq_bucket)
     else:
         dq = dq_acc.to(q.dtype)
     return dq, dk, dv

@@ -91,7 +91,8 @@ run_section() {
       if [ -n "$DRY" ]; then
         step tests-model "$PY" -m pytest -x -q -p no:cacheprovider tests/test_masks.py --junitxml="$OUT/tests-model.xml"
       else
-        step tests-model "$PY" -m pytest -q -p no:cacheprovider tests/test_model_triton.py tests/test_model_parity.py \
+        # the first config the autotuner would consider (the kernel tests run every config): minutes of tuning saved
+        FASTBERT_AUTOTUNE=0 step tests-model "$PY" -m pytest -q -p no:cacheprovider tests/test_model_triton.py tests/test_model_parity.py \
           tests/test_model_inputs.py tests/test_masks.py tests/test_trace_export.py tests/test_encode.py \
           tests/test_patch.py tests/test_tokenizer_native.py --junitxml="$OUT/tests-model.xml"
       fi ;;

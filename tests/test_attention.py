@@ -22,6 +22,28 @@ pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim
 FLOOR = {torch.float16: 1e-5, torch.bfloat16: 1e-4, torch.float32: 2e-6}
 
 
+@pytest.fixture(autouse=True)
+def _untuned(request, monkeypatch):
+    """On a GPU, launch the first config the autotuner would consider (FASTBERT_AUTOTUNE=0): autotuning every
+    shape of this file compiles and times every config of every variant. test_autotuned_launch covers the
+    tuned path, test_every_autotune_config_forced_once every config. (The interpreter never autotunes.)"""
+    if "autotuned" not in request.node.name:
+        monkeypatch.setenv("FASTBERT_AUTOTUNE", "0")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="autotuning needs CUDA (the interpreter cannot)")
+def test_autotuned_launch():
+    """The default CUDA launch (autotuned, keyed on head dim, buckets and flags), padded and packed, bf16."""
+    torch.manual_seed(7)
+    q, k, v = (_rand(4, 200, 12, 64, dtype=torch.bfloat16, device="cuda") for _ in range(3))
+    compare(q, k, v, key_mask=_make_mask("holes", 4, 200, "cuda"))
+    lengths = (1, 130, 0, 77)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (_rand(sum(lengths), 12, 64, dtype=torch.bfloat16, device="cuda") for _ in range(3))
+    compare(q, k, v, cu_seqlens=cu, max_seqlen=max(lengths))
+
+
 # ---------------------------------------------------------------------------------------------- reference
 
 
