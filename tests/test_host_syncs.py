@@ -272,3 +272,32 @@ def test_training_with_dropout_reads_once():
         (out.float() ** 2).sum().backward()
     assert len(counter.reads) == 1, counter.reads
 
+
+
+def test_pretraining_loss_selects_masked_rows_without_a_host_read():
+    """The pre-training loss takes the masked positions the collate found on the host (``mlm_index``): the step
+    adds no read of its own to the model's one (a ``nonzero`` on the labels would be a second)."""
+    from fastbert import BertConfig, BertForPreTraining
+    from fastbert.train.data import IGNORE_INDEX
+    from fastbert.train.pretrain import PreTrainingLoss
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=64, backend="triton")).eval()
+    lengths = [5, 9]
+    labels = torch.full((14,), IGNORE_INDEX)
+    labels[[1, 7, 12]] = torch.tensor([5, 6, 7])
+    batch = {"input_ids": torch.randint(5, 120, (14,)), "token_type_ids": torch.zeros(14, dtype=torch.long),
+             "labels": labels, "next_sentence_label": torch.tensor([0, 1]),
+             "cu_seqlens": torch.tensor([0, 5, 14], dtype=torch.int32), "max_seqlen": max(lengths)}
+    denom = torch.tensor([3.0, 2.0])
+    task = PreTrainingLoss(model)
+    with HostReads().patched() as without_index:
+        ref = task(batch, denom)[0]
+    batch["mlm_index"] = torch.tensor([1, 7, 12])
+    with HostReads().patched() as with_index:
+        loss = task(batch, denom)[0]
+    torch.testing.assert_close(loss, ref)
+    assert any("nonzero" in r for r in without_index.reads), without_index.reads
+    assert not any("nonzero" in r for r in with_index.reads), with_index.reads
+    assert len(with_index.reads) == len(without_index.reads) - 1, (with_index.reads, without_index.reads)

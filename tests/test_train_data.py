@@ -111,6 +111,9 @@ def test_packed_batch_matches_padded(tok_vocab):
     assert torch.equal(padded["input_ids"][mask], packed["input_ids"])
     assert torch.equal(padded["labels"][mask], packed["labels"])
     assert (padded["labels"][~mask] == IGNORE_INDEX).all()
+    # the masked positions, found on the host (the loss selects them without a nonzero on the GPU)
+    assert packed["mlm_index"].dtype == torch.int64 and packed["mlm_index"].numel() > 0
+    assert torch.equal(packed["mlm_index"], torch.nonzero(packed["labels"] != IGNORE_INDEX).squeeze(1))
 
 
 def test_long_line_is_cut_not_dropped(tok_vocab, tmp_path):

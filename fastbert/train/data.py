@@ -313,18 +313,30 @@ class PretrainingStream:
 # ------------------------------------------------------------------------------------------------------
 def collate_packed(instances: Sequence[Instance]) -> dict:
     """Sequences end to end, no padding: what ``model.bert(input_ids, cu_seqlens=..., max_seqlen=...)``
-    takes. ``labels`` and ``token_type_ids`` are packed the same way (total_tokens,)."""
+    takes. ``labels`` and ``token_type_ids`` are packed the same way (total_tokens,); ``mlm_index`` holds the
+    positions of the masked tokens (labels != IGNORE_INDEX), found here on the host so the loss selects them on
+    the GPU without a ``nonzero`` (a host sync)."""
     lengths = [inst.input_ids.size for inst in instances]
     cu = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
+    labels = np.concatenate([i.labels for i in instances])
     return {
         "input_ids": torch.from_numpy(np.concatenate([i.input_ids for i in instances])),
         "token_type_ids": torch.from_numpy(np.concatenate([i.token_type_ids for i in instances])),
-        "labels": torch.from_numpy(np.concatenate([i.labels for i in instances])),
+        "labels": torch.from_numpy(labels),
+        "mlm_index": torch.from_numpy(np.flatnonzero(labels != IGNORE_INDEX).astype(np.int64)),
         "next_sentence_label": torch.tensor([i.next_sentence_label for i in instances], dtype=torch.long),
         "cu_seqlens": torch.from_numpy(cu).to(torch.int32),
         "max_seqlen": int(max(lengths)),
     }
+
+
+def masked_positions(batch: dict) -> torch.Tensor:
+    """(M,) positions of the masked tokens of a packed batch: its host-computed ``mlm_index`` when it has one
+    (no host sync), else ``nonzero`` on the labels (one)."""
+    if batch.get("mlm_index") is not None:
+        return batch["mlm_index"]
+    return torch.nonzero(batch["labels"] != IGNORE_INDEX).squeeze(1)
 
 
 def packed_to_padded(batch: dict, pad_id: int = 0) -> dict:
@@ -355,5 +367,5 @@ def unigram_baseline(labels: torch.Tensor) -> float:
 
 
 __all__ = ["load_tokenizer", "read_vocab", "check_vocab_matches", "PretrainingStream", "Instance", "mask_tokens",
-           "collate_packed", "packed_to_padded", "iter_documents", "split_sentences", "resolve_files",
+           "collate_packed", "masked_positions", "packed_to_padded", "iter_documents", "split_sentences", "resolve_files",
            "unigram_baseline", "IGNORE_INDEX"]

@@ -41,7 +41,7 @@ from ..encode import pool, sentence_pipeline
 from ..modeling_bert import BertForMaskedLM, BertModel
 from .checkpoint import read_best
 from .data import IGNORE_INDEX, PretrainingStream, _rng, check_vocab_matches, collate_packed, iter_documents, \
-    load_tokenizer, read_vocab, resolve_files, split_sentences
+    load_tokenizer, masked_positions, read_vocab, resolve_files, split_sentences
 from .loop import Trainer, TrainArgs, check_ranges, init_distributed
 from .pretrain import _copy_tokenizer
 
@@ -179,7 +179,7 @@ class MLMDistillLoss(nn.Module):
 
     def forward(self, batch: dict, denom: torch.Tensor):
         labels = batch["labels"]
-        sel = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)
+        sel = masked_positions(batch)
         target = labels.index_select(0, sel)
         with torch.no_grad():
             t_hidden, t_logits = self._run(self.teacher, batch, sel)

@@ -15,8 +15,8 @@ from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
 from ..ops._dispatch import use_triton
-from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, read_vocab, \
-    unigram_baseline
+from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, \
+    masked_positions, read_vocab, unigram_baseline
 from .checkpoint import read_best
 from .loop import DistInfo, Trainer, TrainArgs, check_ranges, init_distributed
 
@@ -39,7 +39,7 @@ class PreTrainingLoss(nn.Module):
         out = self.model.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                               cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"], return_dict=True)
         labels = batch["labels"]                                       # (T,)
-        sel = torch.nonzero(labels != IGNORE_INDEX).squeeze(1)         # (M,) masked positions
+        sel = masked_positions(batch)                                  # (M,) masked positions
         hidden = out.last_hidden_state.index_select(0, sel)            # (M, H)
         target = labels.index_select(0, sel)
         head = self.model.cls.predictions
