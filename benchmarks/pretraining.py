@@ -45,8 +45,9 @@ def reference_model(encoder: fastbert.BertModel, seed: int = 0) -> fastbert.Bert
 def add_fields(inputs: Dict, vocab_size: int, seed: int) -> Dict:
     """Pre-training fields for a runner batch (``providers.make_inputs``), padded and packed, on its device:
     two segments per row (the second starts halfway), 15% of the real tokens as MLM targets (at least one
-    per row), a random NSP label per row; packed copies with ``cu_seqlens`` and the loss denominators, all
-    host-known (built here, not in the timed call)."""
+    per row), a random NSP label per row; packed copies with ``cu_seqlens``, the masked positions
+    (``mlm_index``, as ``collate_packed`` finds them) and the loss denominators, all host-known (built here,
+    not in the timed call)."""
     ids, lengths = inputs["input_ids"], inputs["lengths"]
     device = ids.device
     B, S = ids.shape
@@ -64,11 +65,13 @@ def add_fields(inputs: Dict, vocab_size: int, seed: int) -> Dict:
     flat = real.reshape(-1)
     cu = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.int32)
     ids_cpu = ids.cpu()
+    packed_labels = labels.reshape(-1)[flat]
     out = dict(inputs)
     out.update(token_type_ids=token_type.to(device), labels=labels.to(device), next_sentence_label=nsp.to(device),
                packed={"input_ids": ids_cpu.reshape(-1)[flat].to(device),
                        "token_type_ids": token_type.reshape(-1)[flat].to(device),
-                       "labels": labels.reshape(-1)[flat].to(device), "next_sentence_label": nsp.to(device),
+                       "labels": packed_labels.to(device), "next_sentence_label": nsp.to(device),
+                       "mlm_index": torch.nonzero(packed_labels != -100).squeeze(1).to(device),  # as collate_packed
                        "cu_seqlens": cu.to(device), "max_seqlen": max(lengths)},
                denom=torch.tensor([float(chosen.sum()), float(B)], device=device))
     return out
