@@ -24,10 +24,15 @@ CONFIG_NAME = "config.json"
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 BACKENDS = ("auto", "torch", "triton")
 
-try:  # the configuration module only: ~0.5 s with torch already imported (the modeling module is not imported)
-    from transformers import BertConfig as _HFBertConfig
-except ImportError:  # transformers absent (or blocked): the stand-alone class below
+# FASTBERT_NO_TRANSFORMERS=1: the stand-alone classes even where transformers is installed (inference that
+# never meets Trainer/PEFT starts faster: `fastbert encode` sets it for itself).
+if os.environ.get("FASTBERT_NO_TRANSFORMERS", "") not in ("", "0"):
     _HFBertConfig = None
+else:
+    try:  # the configuration module only (transformers' modeling module is imported by modeling_utils)
+        from transformers import BertConfig as _HFBertConfig
+    except ImportError:  # transformers absent (or blocked): the stand-alone class below
+        _HFBertConfig = None
 
 HAS_TRANSFORMERS = _HFBertConfig is not None
 

@@ -64,7 +64,7 @@ def _as_fastbert_config(config):
     """fastbert's BertConfig for ``config``: itself, or a copy of a ``transformers.BertConfig``."""
     if isinstance(config, BertConfig):
         return config
-    if type(config).__name__ == "BertConfig" and hasattr(config, "to_dict"):
+    if getattr(config, "model_type", None) == "bert" and hasattr(config, "to_dict"):  # transformers.BertConfig
         data = config.to_dict()
         for key in ("transformers_version", "dtype", "torch_dtype"):
             data.pop(key, None)
@@ -183,10 +183,11 @@ class _StandaloneModel(nn.Module):
     def save_pretrained(self, save_directory, safe_serialization: bool = True, max_shard_size=None,
                         push_to_hub: bool = False, state_dict=None, **kwargs):
         """Write ``config.json`` and ``model.safetensors`` (tied copies left out, as Hugging Face does)."""
-        if max_shard_size is not None or push_to_hub or kwargs:
-            raise NotImplementedError(
-                f"save_pretrained({', '.join(sorted(['max_shard_size'] * (max_shard_size is not None) + ['push_to_hub'] * bool(push_to_hub) + list(kwargs)))}=...) "
-                "needs transformers installed (pip install transformers)")
+        options = sorted(list(kwargs) + ["max_shard_size"] * (max_shard_size is not None)
+                         + ["push_to_hub"] * bool(push_to_hub))
+        if options:
+            raise NotImplementedError(f"save_pretrained({', '.join(options)}=...) needs transformers installed "
+                                      "(pip install transformers)")
         os.makedirs(save_directory, exist_ok=True)
         self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(save_directory)
