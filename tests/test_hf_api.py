@@ -225,3 +225,27 @@ print("ok", m2.config.to_dict()["model_type"])
     # what the stand-alone class wrote, transformers reads
     theirs = transformers.BertForMaskedLM.from_pretrained(tmp_path)
     assert theirs.config.hidden_size == 32
+
+
+def test_lora_adapters_take_part_on_the_triton_path(device):
+    """The Triton path fuses Q/K/V and the intermediate GEMM by reading the Linear weights; modules that PEFT
+    wrapped must run as modules there, or the adapters would be silently skipped. Reference: the PyTorch
+    path, which always calls the modules."""
+    peft = pytest.importorskip("peft")
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    base = fastbert.BertForSequenceClassification(fastbert.BertConfig(**TINY, backend="triton")).to(device).eval()
+    model = peft.get_peft_model(base, peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, target_modules=["query", "value", "intermediate.dense"],
+        init_lora_weights=False))  # random A and B: the adapters change the output from the start
+    x = ids(3, 11).to(device)
+    mask = torch.ones_like(x)
+    mask[1, 7:] = 0  # padding: the unpadded Triton path
+    with torch.no_grad():
+        triton_out = model(input_ids=x, attention_mask=mask).logits
+        base.config.backend = "torch"
+        torch_out = model(input_ids=x, attention_mask=mask).logits
+        with model.disable_adapter():
+            plain = model(input_ids=x, attention_mask=mask).logits
+    torch.testing.assert_close(triton_out, torch_out, rtol=1e-4, atol=1e-4)
+    assert (torch_out - plain).abs().max() > 1e-3  # the adapters matter
