@@ -90,7 +90,8 @@ def test_import_does_not_touch_triton_or_gpu():
     # `import fastbert` imports neither triton nor fastbert's kernels; building a model never initialises CUDA.
     # With transformers as the base class, torch._dynamo (imported by transformers.modeling_utils) imports
     # triton itself, but fastbert's kernels stay unimported; without transformers triton is never imported.
-    code = ("import sys, fastbert; assert 'triton' not in sys.modules, 'triton imported'; " + build
+    code = ("import sys, fastbert; assert 'triton' not in sys.modules, 'triton imported'; "
+            "assert 'transformers' not in sys.modules, 'import fastbert imported transformers'; " + build
             + "assert 'fastbert.kernels' not in sys.modules, 'kernels imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     blocked = ("import sys; sys.modules['transformers'] = None; import fastbert; " + build
