@@ -249,3 +249,15 @@ def test_lora_adapters_take_part_on_the_triton_path(device):
             plain = model(input_ids=x, attention_mask=mask).logits
     torch.testing.assert_close(triton_out, torch_out, rtol=1e-4, atol=1e-4)
     assert (torch_out - plain).abs().max() > 1e-3  # the adapters matter
+
+
+def test_subfolder_state_dict_and_use_safetensors(mlm_dir):
+    ref = fastbert.BertForMaskedLM.from_pretrained(mlm_dir)
+    via_subfolder = fastbert.BertForMaskedLM.from_pretrained(mlm_dir.parent, subfolder=mlm_dir.name)
+    via_state = fastbert.BertForMaskedLM.from_pretrained(None, config=mlm_dir, state_dict=ref.state_dict())
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(via_subfolder(x).logits, ref(x).logits)
+        assert torch.equal(via_state(x).logits, ref(x).logits)
+    with pytest.raises(fastbert.CheckpointError, match="pytorch_model.bin"):
+        fastbert.BertForMaskedLM.from_pretrained(mlm_dir, use_safetensors=False)  # only safetensors there
