@@ -3,11 +3,19 @@ import os
 from typing import Optional
 
 
-def resolve_file(name_or_path: str, filename: str, *, optional: bool = False, revision: Optional[str] = None):
+def resolve_file(name_or_path: str, filename: str, *, optional: bool = False, revision: Optional[str] = None,
+                 subfolder: str = "", **hub_kwargs):
     """Path of ``filename`` in a local directory or in hub repository ``name_or_path`` (downloaded once).
 
-    Returns None for a missing optional file; raises FileNotFoundError naming what is missing otherwise.
+    ``hub_kwargs``: ``hf_hub_download``'s ``cache_dir``, ``force_download``, ``local_files_only``, ``token``
+    as ``from_pretrained`` takes them. Returns None for a missing optional file; raises
+    FileNotFoundError naming what is missing otherwise.
     """
+    name_or_path = str(name_or_path)
+    if subfolder and os.path.isdir(name_or_path):
+        name_or_path = os.path.join(name_or_path, subfolder)
+    elif subfolder:
+        filename = f"{subfolder}/{filename}"
     if os.path.isdir(name_or_path):
         path = os.path.join(name_or_path, filename)
         if os.path.isfile(path):
@@ -25,7 +33,8 @@ def resolve_file(name_or_path: str, filename: str, *, optional: bool = False, re
             f"{name_or_path} is not a local directory and huggingface_hub is not installed to fetch it"
         ) from e
     try:
-        return hf_hub_download(repo_id=name_or_path, filename=filename, revision=revision)
+        hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+        return hf_hub_download(repo_id=name_or_path, filename=filename, revision=revision, **hub_kwargs)
     except EntryNotFoundError as e:
         if isinstance(e, LocalEntryNotFoundError):  # offline, or the network is down
             raise FileNotFoundError(

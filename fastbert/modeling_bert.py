@@ -12,6 +12,7 @@ checkpoints load with no remapping. The backend is decided once per forward, in 
   ``config.unpad`` (the default) padding is removed once after the embeddings, every layer runs on real
   tokens only (packed variable-length attention), and the padded layout is restored at the end.
 """
+import functools
 import warnings
 from typing import Optional
 
@@ -37,11 +38,13 @@ from .modeling_utils import BertPreTrainedModel
 from .ops._dispatch import interpret_mode, triton_available
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# Module-level functions only (no lambdas): models pickle (torch.save(model), DataLoader workers, multiprocessing).
+_gelu_tanh = functools.partial(F.gelu, approximate="tanh")
 ACT2FN = {
-    "gelu": lambda x: F.gelu(x),
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,
@@ -142,9 +145,21 @@ class BertSelfAttention(nn.Module):
                 self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
         return self._qkv_cache[1], self._qkv_cache[2]
 
-    def forward(self, hidden_states, batch: Batch, output_attentions=False):
+    def forward(self, hidden_states, batch: Batch, output_attentions=False, head_mask=None):
         nh, hd = self.num_attention_heads, self.attention_head_size
         dropout_p = self.dropout_p if self.training else 0.0
+        if batch.backend == "triton" and not _plain_linear(self.query, self.key, self.value):
+            # Adapters (PEFT's LoRA) wrap query/key/value: run the modules, so they take part; one kernel still.
+            qkv = torch.stack([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -2)
+            qkv = qkv.view(*hidden_states.shape[:-1], 3, nh, hd)
+            q, k, v = qkv.unbind(dim=-3)
+            out = ops.attention(
+                q, k, v,
+                key_padding_mask=None if batch.packed else batch.mask,
+                cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen,
+                dropout_p=dropout_p, softmax_scale=self.scaling,
+            )
+            return out.reshape(*hidden_states.shape[:-1], self.all_head_size), None
         if batch.backend == "triton":
             # One GEMM for Q, K and V; the kernel reads them as strided views.
             weight, bias = self._fused_qkv()
@@ -166,13 +181,15 @@ class BertSelfAttention(nn.Module):
         attn_mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
         if batch.bias is not None:
             attn_mask = batch.bias if batch.bias.dtype == torch.bool else batch.bias.to(q.dtype)
-        if output_attentions:
+        if output_attentions or head_mask is not None:
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
             if attn_mask is not None and attn_mask.dtype == torch.bool:
                 scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
             elif attn_mask is not None:
                 scores = scores + attn_mask
             probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=self.training)
+            if head_mask is not None:  # (1 or B, nh, 1, 1): 0 silences a head, as transformers 4.x
+                probs = probs * head_mask
             out = torch.matmul(probs, v)
         else:
             probs = None
@@ -204,8 +221,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden_states, batch: Batch, output_attentions=False):
-        context, probs = self.self(hidden_states, batch, output_attentions)
+    def forward(self, hidden_states, batch: Batch, output_attentions=False, head_mask=None):
+        context, probs = self.self(hidden_states, batch, output_attentions, head_mask)
         return self.output(context, hidden_states, batch), probs
 
 
@@ -219,7 +236,7 @@ class BertIntermediate(nn.Module):
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states, batch: Batch):
-        if batch.backend == "triton" and self.hidden_act in ("gelu",) + _TANH_GELUS:
+        if batch.backend == "triton" and self.hidden_act in ("gelu",) + _TANH_GELUS and _plain_linear(self.dense):
             h = F.linear(hidden_states, self.dense.weight)
             approximate = "none" if self.hidden_act == "gelu" else "tanh"
             return ops.bias_gelu(h, self.dense.bias, approximate=approximate)
@@ -241,8 +258,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden_states, batch: Batch, output_attentions=False):
-        attention_output, probs = self.attention(hidden_states, batch, output_attentions)
+    def forward(self, hidden_states, batch: Batch, output_attentions=False, head_mask=None):
+        attention_output, probs = self.attention(hidden_states, batch, output_attentions, head_mask)
         layer_output = self.output(self.intermediate(attention_output, batch), attention_output, batch)
         return layer_output, probs
 
@@ -254,16 +271,20 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, batch: Batch, output_attentions=False, output_hidden_states=False):
+    def forward(self, hidden_states, batch: Batch, output_attentions=False, output_hidden_states=False,
+                head_mask=None):
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_probs = () if output_attentions else None
-        for layer in self.layer:
+        for i, layer in enumerate(self.layer):
+            layer_head_mask = None if head_mask is None else head_mask[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states, probs = torch.utils.checkpoint.checkpoint(
-                    layer, hidden_states, batch, output_attentions, use_reentrant=False
-                )
+                # transformers' gradient_checkpointing_enable sets the function (and its kwargs)
+                checkpoint = getattr(self, "_gradient_checkpointing_func", None) or functools.partial(
+                    torch.utils.checkpoint.checkpoint, use_reentrant=False)
+                hidden_states, probs = checkpoint(layer.__call__, hidden_states, batch, output_attentions,
+                                                  layer_head_mask)
             else:
-                hidden_states, probs = layer(hidden_states, batch, output_attentions)
+                hidden_states, probs = layer(hidden_states, batch, output_attentions, layer_head_mask)
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
             if output_attentions:
@@ -314,6 +335,7 @@ class BertModel(BertPreTrainedModel):
         return_dict: Optional[bool] = None,
         cu_seqlens: Optional[torch.Tensor] = None,
         max_seqlen: Optional[int] = None,
+        head_mask: Optional[torch.Tensor] = None,
         **kwargs,
     ):
         _reject_unsupported(kwargs)
@@ -323,20 +345,34 @@ class BertModel(BertPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds
         backend = resolve_backend(self.config, ref.device)
-        if output_attentions:
+        head_mask = self._head_mask(head_mask)
+        if output_attentions or head_mask is not None:
             backend = "torch"  # attention probabilities exist only on the explicit-softmax path
 
         if cu_seqlens is not None:
             out = self._forward_packed(input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens,
                                        max_seqlen, attention_mask, backend, output_attentions,
-                                       output_hidden_states)
+                                       output_hidden_states, head_mask)
         else:
             out = self._forward_padded(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
-                                       backend, output_attentions, output_hidden_states)
+                                       backend, output_attentions, output_hidden_states, head_mask)
         return out if return_dict is not False else out.to_tuple()
 
+    def _head_mask(self, head_mask):
+        """transformers 4.x's ``head_mask``: (heads,) for every layer or (layers, heads); 1 keeps a head, 0
+        silences it (its attention probabilities are multiplied by the mask). Returns (layers, 1, heads, 1, 1)."""
+        if head_mask is None:
+            return None
+        L, nh = self.config.num_hidden_layers, self.config.num_attention_heads
+        if head_mask.dim() == 1 and head_mask.shape[0] == nh:
+            head_mask = head_mask.expand(L, nh)
+        if tuple(head_mask.shape) != (L, nh):
+            raise ValueError(f"head_mask must be (num_attention_heads,) = ({nh},) or (num_hidden_layers, "
+                             f"num_attention_heads) = ({L}, {nh}), got {tuple(head_mask.shape)}")
+        return head_mask.to(self.embeddings.word_embeddings.weight.dtype)[:, None, :, None, None]
+
     def _forward_padded(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, backend,
-                        output_attentions, output_hidden_states):
+                        output_attentions, output_hidden_states, head_mask=None):
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
         if len(shape) != 2:
             raise ValueError(
@@ -373,7 +409,7 @@ class BertModel(BertPreTrainedModel):
             # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is
             # known, so the mask stays: a trace is right for padded and unpadded batches alike.
             encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask, bias=bias),
-                                       output_attentions, output_hidden_states)
+                                       output_attentions, output_hidden_states, head_mask)
             sequence_output = encoder_out.last_hidden_state
         pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
         return BaseModelOutputWithPoolingAndCrossAttentions(
@@ -382,7 +418,7 @@ class BertModel(BertPreTrainedModel):
         )
 
     def _forward_packed(self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                        attention_mask, backend, output_attentions, output_hidden_states):
+                        attention_mask, backend, output_attentions, output_hidden_states, head_mask=None):
         if attention_mask is not None:
             raise ValueError("packed inputs (cu_seqlens) carry no padding: do not pass attention_mask with them")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
@@ -397,7 +433,8 @@ class BertModel(BertPreTrainedModel):
             input_ids, token_type_ids, position_ids = (
                 t.to(device, non_blocking=True) if t is not None else None
                 for t in (input_ids, token_type_ids, position_ids))
-            backend = resolve_backend(self.config, device) if not output_attentions else "torch"
+            backend = resolve_backend(self.config, device) if not (output_attentions or head_mask is not None) \
+                else "torch"
         seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         if position_ids is None:
             starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=T)
@@ -414,7 +451,8 @@ class BertModel(BertPreTrainedModel):
             mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
             indices = ops.padding.mask_indices(mask, T)
             padded = ops.pad_input(embeddings, indices, B, max_seqlen)
-            encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states)
+            encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states,
+                                       head_mask)
             flat = encoder_out.last_hidden_state.reshape(B * max_seqlen, -1)
             sequence_output = flat.index_select(0, indices)
         first = sequence_output[cu_seqlens[:-1].long().clamp(max=max(T - 1, 0))]
@@ -615,6 +653,12 @@ def _check_mask(attention_mask, shape, ref):
     )
 
 
+def _plain_linear(*modules) -> bool:
+    """True when every module is a plain nn.Linear, whose weights the fused Triton path may read directly;
+    False for adapters (PEFT's LoRA wraps the Linear), which must run as modules."""
+    return all(type(m) is nn.Linear for m in modules)
+
+
 def _reject_unsupported(kwargs):
     kwargs = {k: v for k, v in kwargs.items() if v is not None and v is not False}
     for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache"):
@@ -680,10 +724,13 @@ class BertPreTrainingHeads(nn.Module):
 
 
 def _encode(model, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
-            output_hidden_states, **packed):
+            output_hidden_states, **kwargs):
+    # Trainer passes num_items_in_batch to models whose forward takes **kwargs; transformers' BERT heads take
+    # and ignore it (their losses are means over the micro-batch): the same here.
+    kwargs.pop("num_items_in_batch", None)
     return model.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       position_ids=position_ids, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-                      output_hidden_states=output_hidden_states, return_dict=True, **packed)
+                      output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
 
 
 def _finish(output, return_dict):
@@ -703,11 +750,15 @@ class BertForPreTraining(BertPreTrainedModel):
     def get_output_embeddings(self):
         return self.cls.predictions.decoder
 
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
+                output_hidden_states=None, return_dict=None, head_mask=None, **kwargs):
         out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         prediction_scores, seq_relationship_score = self.cls(out.last_hidden_state, out.pooler_output)
         total_loss = None
         if labels is not None and next_sentence_label is not None:
@@ -732,11 +783,15 @@ class BertForMaskedLM(BertPreTrainedModel):
     def get_output_embeddings(self):
         return self.cls.predictions.decoder
 
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, head_mask=None, **kwargs):
         out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         prediction_scores = self.cls(out.last_hidden_state)
         loss = None
         if labels is not None:
@@ -754,9 +809,9 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, head_mask=None, **kwargs):
         out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         scores = self.cls(out.pooler_output)
         loss = None
         if labels is not None:
@@ -780,9 +835,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, head_mask=None, **kwargs):
         out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         logits = self.classifier(self.dropout(out.pooler_output))
         loss = None
         if labels is not None:
@@ -828,7 +883,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, head_mask=None, **kwargs):
         ref = input_ids if input_ids is not None else inputs_embeds
         if ref is None or ref.dim() < 3 - (input_ids is not None):
             raise ValueError("multiple choice inputs must be (batch, num_choices, seqlen)")
@@ -839,7 +894,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
 
         out = _encode(self, flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
                       None if inputs_embeds is None else inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:]),
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         logits = self.classifier(self.dropout(out.pooler_output))
         reshaped_logits = logits.view(-1, num_choices)
         loss = None
@@ -862,9 +917,9 @@ class BertForTokenClassification(BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, head_mask=None, **kwargs):
         out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
@@ -884,9 +939,9 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
+                output_hidden_states=None, return_dict=None, head_mask=None, **kwargs):
         out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                      output_attentions, output_hidden_states)
+                      output_attentions, output_hidden_states, head_mask=head_mask, **kwargs)
         logits = self.qa_outputs(out.last_hidden_state)
         start_logits, end_logits = logits.split(1, dim=-1)
         start_logits = start_logits.squeeze(-1).contiguous()

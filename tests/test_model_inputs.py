@@ -85,11 +85,18 @@ def test_backend_resolution(model, monkeypatch):
 
 
 def test_import_does_not_touch_triton_or_gpu():
-    code = ("import sys, fastbert; m = fastbert.BertModel(fastbert.BertConfig(hidden_size=32, num_hidden_layers=1,"
-            " num_attention_heads=2, intermediate_size=64)); "
-            "assert 'triton' not in sys.modules, 'triton imported'; "
-            "import torch; assert not torch.cuda.is_initialized(), 'CUDA initialised'")
+    build = ("m = fastbert.BertModel(fastbert.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, "
+             "intermediate_size=64)); import torch; assert not torch.cuda.is_initialized(), 'CUDA initialised'; ")
+    # `import fastbert` imports neither triton nor fastbert's kernels; building a model never initialises CUDA.
+    # With transformers as the base class, torch._dynamo (imported by transformers.modeling_utils) imports
+    # triton itself, but fastbert's kernels stay unimported; without transformers triton is never imported.
+    code = ("import sys, fastbert; assert 'triton' not in sys.modules, 'triton imported'; "
+            "assert 'transformers' not in sys.modules, 'import fastbert imported transformers'; " + build
+            + "assert 'fastbert.kernels' not in sys.modules, 'kernels imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+    blocked = ("import sys; sys.modules['transformers'] = None; import fastbert; " + build
+               + "assert 'triton' not in sys.modules, 'triton imported'")
+    subprocess.run([sys.executable, "-c", blocked], check=True)
 
 
 def test_encode_command(minilm_dir):
