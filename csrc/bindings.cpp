@@ -81,7 +81,8 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer")
       .def(py::init([](std::vector<std::string> vocab, bool clean_text, bool tokenize_chinese_chars,
                        bool strip_accents, bool lowercase, int64_t max_input_chars_per_word,
-                       std::string unk_token, std::string prefix, std::vector<std::string> never_split) {
+                       std::string unk_token, std::string prefix, std::vector<std::string> never_split,
+                       std::vector<std::tuple<std::string, int32_t, bool>> added) {
              TokenizerOptions o;
              o.clean_text = clean_text;
              o.tokenize_chinese_chars = tokenize_chinese_chars;
@@ -91,15 +92,21 @@ PYBIND11_MODULE(_C, m) {
              o.unk_token = std::move(unk_token);
              o.continuing_subword_prefix = std::move(prefix);
              o.never_split = std::move(never_split);
+             for (auto& a : added)
+               o.added.push_back(TokenizerOptions::Added{std::get<0>(a), std::get<1>(a), std::get<2>(a)});
              return std::make_shared<Tokenizer>(std::move(vocab), std::move(o));
            }),
            py::arg("vocab"), py::arg("clean_text") = true, py::arg("tokenize_chinese_chars") = true,
            py::arg("strip_accents") = true, py::arg("lowercase") = true,
            py::arg("max_input_chars_per_word") = 100, py::arg("unk_token") = "[UNK]",
-           py::arg("continuing_subword_prefix") = "##", py::arg("never_split") = std::vector<std::string>{})
+           py::arg("continuing_subword_prefix") = "##", py::arg("never_split") = std::vector<std::string>{},
+           py::arg("added") = std::vector<std::tuple<std::string, int32_t, bool>>{})
       .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
       .def_property_readonly("unk_id", &Tokenizer::unk_id)
       .def("token_to_id", [](const Tokenizer& t, const std::string& s) { return t.token_to_id(s); })
+      .def("normalize", [](const Tokenizer& t, const std::string& s) { return t.normalize(s); },
+           "The text as HF's BertNormalizer leaves it (CJK padded with spaces), before added-token matching.")
+      .def_property_readonly("has_normalized_added", &Tokenizer::has_normalized_added)
       .def("id_to_token", [](const Tokenizer& t, int32_t id) { return t.id_to_token(id); })
       .def(
           "tokenize",

@@ -195,7 +195,7 @@ class _Alignment:
         else:
             cut = np.cumsum(lengths)[:-1]
             rows = list(zip(*(np.split(r[k], cut) for k in keys))) if len(lengths) else []
-        matched = {tok._tok.token_to_id(t) for t in tok._matched} - {-1}
+        matched = ({tok._tok.token_to_id(t) for t in tok._matched} - {-1}) | set(tok._added_by_id)
         tokens = tok._tokens
         out = []
         for ids, types, special, offs in rows:
@@ -264,12 +264,18 @@ class BertTokenizer:
                                strip_accents=strip, lowercase=self.do_lower_case,
                                max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
                                continuing_subword_prefix="##")
+        # added tokens (HF's AddedVocabulary): content -> id, id -> spec, the special ones and the others in
+        # the order added (HF's pattern order), and the extra special tokens (additional_special_tokens)
+        self._added_map: Dict[str, int] = {}
+        self._added_by_id: Dict[int, Dict[str, Any]] = {}
+        self._added_special: List[Dict[str, Any]] = []
+        self._added_plain: List[Dict[str, Any]] = []
+        self._added_display: Dict[int, str] = {}
+        self._extra_special: List[str] = []
         try:
-            self._tok = _core().Tokenizer(self._tokens, never_split=matched, **self._core_args)
+            self._build_core()
         except ValueError as e:
             raise ValueError(f"cannot build a tokenizer from {self.vocab_file}: {e}") from None
-        self._tok_plain = None
-        self._vocab = None
 
     is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
 
@@ -279,8 +285,145 @@ class BertTokenizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, **self._core_args)
+        self._build_core()
+
+    def _added_patterns(self, special: bool = True):
+        """(content, id, normalized) of the added tokens in HF's order: special ones, then the others."""
+        specs = (self._added_special if special else []) + self._added_plain
+        return [(a["content"], self._added_map[a["content"]], bool(a["normalized"])) for a in specs]
+
+    def _build_core(self):
+        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, added=self._added_patterns(),
+                                      **self._core_args)
         self._tok_plain = None
+        self._vocab = None
+        self._added_display = {i: (self._tok.normalize(a["content"]) if a["normalized"] else a["content"])
+                               for i, a in self._added_by_id.items()}
+
+    # ---- added tokens (HF's add_tokens / add_special_tokens) ---------------------------------------
+
+    @staticmethod
+    def _added_spec(token, special: bool) -> Dict[str, Any]:
+        """HF's AddedToken as a dict: from a str (normalized unless special), a tokenizers.AddedToken or a
+        dict as tokenizer_config.json's added_tokens_decoder holds it."""
+        if isinstance(token, str):
+            spec = dict(content=token, single_word=False, lstrip=False, rstrip=False, normalized=not special,
+                        special=special)
+        elif isinstance(token, dict) and "content" in token:
+            spec = dict(content=token["content"], single_word=bool(token.get("single_word", False)),
+                        lstrip=bool(token.get("lstrip", False)), rstrip=bool(token.get("rstrip", False)),
+                        normalized=bool(token.get("normalized", not token.get("special", special))),
+                        special=bool(token.get("special", special)) or special)
+        elif hasattr(token, "content"):
+            spec = dict(content=str(token.content), single_word=bool(getattr(token, "single_word", False)),
+                        lstrip=bool(getattr(token, "lstrip", False)), rstrip=bool(getattr(token, "rstrip", False)),
+                        normalized=bool(getattr(token, "normalized", not special)),
+                        special=bool(getattr(token, "special", False)) or special)
+        else:
+            raise TypeError(f"an added token must be a str or an AddedToken, not {type(token).__name__}")
+        for flag in ("single_word", "lstrip", "rstrip"):
+            if spec[flag]:
+                raise NotImplementedError(f"added token {spec['content']!r}: {flag}=True is not supported by "
+                                          "fastbert.BertTokenizer (BERT's tokens all have it False)")
+        return spec
+
+    def _register(self, spec: Dict[str, Any], token_id: int, special: bool) -> None:
+        c = spec["content"]
+        if special and c not in {a["content"] for a in self._added_special}:
+            self._added_special.append(spec)
+        self._added_map[c] = token_id
+        self._added_by_id[token_id] = spec
+        if c not in {a["content"] for a in self._added_special}:
+            self._added_plain.append(spec)
+
+    def _add_specs(self, specs: List[Dict[str, Any]], special: bool) -> int:
+        n = 0
+        for spec in specs:
+            c = spec["content"]
+            if not c or any(a == spec for a in self._added_by_id.values()):
+                continue  # as HF: empty, or this very token is already added
+            i = self._added_map.get(c)
+            if i is None:
+                i = self._tok.token_to_id(c)
+            if i is None or i < 0:
+                top = max(self._added_by_id, default=-1)
+                i = top + 1 if top >= len(self._tokens) else len(self._tokens)
+            self._register(spec, i, special)
+            n += 1
+        if n:
+            self._build_core()
+        return n
+
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Adds tokens to the vocabulary, as HF: each is split out of the text before WordPiece (a str is
+        matched in the normalized text, so lower-cased and accent-stripped in uncased mode; a special one
+        verbatim). Tokens not in the vocabulary get new ids from len(vocab). Returns the number added."""
+        if not new_tokens:
+            return 0
+        if not isinstance(new_tokens, (list, tuple)):
+            new_tokens = [new_tokens]
+        return self._add_specs([self._added_spec(t, special_tokens) for t in new_tokens], special_tokens)
+
+    def add_special_tokens(self, special_tokens_dict: Dict[str, Any], replace_extra_special_tokens: bool = True,
+                           replace_additional_special_tokens: Optional[bool] = None) -> int:
+        """HF's add_special_tokens: keys unk/sep/pad/cls/mask_token (the attribute is set) and
+        extra_special_tokens (or additional_special_tokens); the tokens are added as special (matched
+        verbatim, skipped by decode(skip_special_tokens=True))."""
+        if not special_tokens_dict:
+            return 0
+        if replace_additional_special_tokens is not None:
+            replace_extra_special_tokens = replace_additional_special_tokens
+        d = dict(special_tokens_dict)
+        if "additional_special_tokens" in d and not d.get("extra_special_tokens"):
+            d["extra_special_tokens"] = d.pop("additional_special_tokens")
+        to_add = []
+        for key, value in d.items():
+            if key == "extra_special_tokens":
+                if not isinstance(value, (list, tuple)):
+                    raise ValueError(f"Tokens {value} for key {key} should all be str or AddedToken instances")
+                new = [self._added_spec(t, True) for t in value
+                       if replace_extra_special_tokens or str(getattr(t, "content", t)) not in self._extra_special]
+                names = [t["content"] for t in new]
+                if replace_extra_special_tokens and new:
+                    self._extra_special = names
+                else:
+                    self._extra_special.extend(names)
+                to_add.extend(new)
+            elif key in _SPECIAL_ATTRS:
+                spec = self._added_spec(value, True)
+                setattr(self, key, spec["content"])
+                to_add.append(spec)
+            elif key in ("bos_token", "eos_token"):
+                raise NotImplementedError(f"{key}: BERT has no {key}; fastbert.BertTokenizer does not keep one "
+                                          "(add it with extra_special_tokens)")
+            else:
+                raise ValueError(f"Key {key} is not a valid special token. Valid keys are: "
+                                 f"{sorted(set(_SPECIAL_ATTRS) | {'extra_special_tokens'})}")
+        return self._add_specs(to_add, True)
+
+    def get_added_vocab(self) -> Dict[str, int]:
+        """HF's get_added_vocab: the special tokens and the added tokens, content -> id, by id."""
+        out = {t: i for t, i in ((t, self._tok.token_to_id(t)) for t in self._matched) if i >= 0}
+        out.update(self._added_map)
+        return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+    @property
+    def added_tokens_decoder(self) -> Dict[int, Dict[str, Any]]:
+        """id -> the added token's flags (dicts, where HF has AddedToken objects)."""
+        out = {}
+        for t in self._matched:
+            i = self._tok.token_to_id(t)
+            if i >= 0:
+                out[i] = dict(content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                              special=True)
+        out.update({i: dict(a) for i, a in self._added_by_id.items()})
+        return dict(sorted(out.items()))
+
+    @property
+    def extra_special_tokens(self) -> List[str]:
+        return list(self._extra_special)
+
+    additional_special_tokens = extra_special_tokens
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -316,8 +459,30 @@ class BertTokenizer:
         args = {k: v for k, v in config.items() if k in allowed}
         if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
             args["model_max_length"] = None
+        added = {}
+        if isinstance(kwargs.get("_added_tokens"), list):  # from tokenizer.json
+            added = {int(a["id"]): a for a in kwargs.pop("_added_tokens") if "id" in a}
+        if isinstance(config.get("added_tokens_decoder"), dict):
+            added.update({int(i): a for i, a in config["added_tokens_decoder"].items()})
+        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
         args.update(kwargs)
-        return cls(vocab, **args)
+        tok = cls(vocab, **args)
+        tok._load_added(added, extra)
+        return tok
+
+    def _load_added(self, added: Dict[int, Any], extra) -> None:
+        """Added tokens saved by transformers or fastbert (id -> AddedToken dict), with their ids."""
+        for i, a in sorted(added.items()):
+            spec = self._added_spec(a, False)
+            if not spec["content"]:
+                continue
+            if (spec["content"] in self._matched and spec["special"] and not spec["normalized"]
+                    and self._tok.token_to_id(spec["content"]) == i):
+                continue  # the tokenizer's own special tokens
+            self._register(spec, i, spec["special"])
+        self._extra_special = [_token_str(t) for t in extra if _token_str(t)] if isinstance(extra, list) else []
+        if self._added_map:
+            self._build_core()
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> tuple:
         """Writes vocab.txt, tokenizer_config.json and special_tokens_map.json: the files
@@ -336,6 +501,9 @@ class BertTokenizer:
                   "model_max_length": self.model_max_length, **self.special_tokens_map}
         if self.never_split:
             config["never_split"] = self.never_split
+        if self._added_map or self._extra_special:  # what transformers writes and reads back
+            config["added_tokens_decoder"] = {str(i): a for i, a in self.added_tokens_decoder.items()}
+            config["extra_special_tokens"] = list(self._extra_special)
         files = (d / "tokenizer_config.json", d / "special_tokens_map.json", d / "vocab.txt")
         files[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         files[1].write_text(json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
@@ -349,16 +517,21 @@ class BertTokenizer:
         return len(self._tokens)
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        """Size of the vocabulary with the added tokens (HF: len(get_vocab()))."""
+        return len(self.get_vocab()) if self._added_map else len(self._tokens)
 
     def get_vocab(self) -> Dict[str, int]:
         if self._vocab is None:
             self._vocab = {t: i for i, t in enumerate(self._tokens)}
+            self._vocab.update(self._added_map)
         return dict(self._vocab)
 
     def _id(self, token: Optional[str]) -> Optional[int]:
         if token is None:
             return None
+        i = self._added_map.get(token)
+        if i is not None:
+            return i
         i = self._tok.token_to_id(token)
         return i if i >= 0 else None
 
@@ -371,7 +544,8 @@ class BertTokenizer:
 
     @property
     def all_special_tokens(self) -> List[str]:
-        return [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token) if t]
+        named = [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token) if t]
+        return named + [t for t in self._extra_special if t not in named]
 
     @property
     def all_special_ids(self) -> List[int]:
@@ -384,8 +558,8 @@ class BertTokenizer:
     def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]):
         unk = self.unk_token_id
         if isinstance(tokens, str):
-            i = self._tok.token_to_id(tokens)
-            return i if i >= 0 else unk
+            i = self._id(tokens)
+            return i if i is not None else unk
         return [self.convert_tokens_to_ids(t) for t in tokens]
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
@@ -396,6 +570,8 @@ class BertTokenizer:
         return [self._id_to_token(int(i)) for i in ids if int(i) not in special]
 
     def _id_to_token(self, i: int) -> str:
+        if i in self._added_display:  # HF: a normalized added token reads as its normalized content
+            return self._added_display[i]
         if not 0 <= i < len(self._tokens):
             raise IndexError(f"token id {i} is out of range for a vocabulary of {len(self._tokens)} tokens")
         return self._tokens[i]
@@ -468,7 +644,8 @@ class BertTokenizer:
     def _plain_core(self):
         """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
         if self._tok_plain is None:
-            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split), **self._core_args)
+            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split),
+                                                added=self._added_patterns(special=False), **self._core_args)
         return self._tok_plain
 
     def _pad_left(self, r, keys, lengths):
@@ -723,7 +900,7 @@ class BertTokenizer:
     def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False, **kwargs) -> List[str]:
         """Word-piece strings of one text (no special tokens unless asked)."""
         ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
-        return [self._tokens[i] for i in ids]
+        return [self._id_to_token(i) for i in ids]
 
     def encode_packed(self, text, text_pair=None, *, truncation=True, max_length: Optional[int] = None,
                       return_tensors: str = "pt", add_special_tokens: bool = True, device=None,
@@ -738,7 +915,8 @@ class BertTokenizer:
         pairs = None
         if text_pair is not None:
             pairs, _ = self._as_batch(text_pair, "text_pair")
-        if device is not None and pairs is None and return_tensors == "pt" and cuda_wordpiece_available():
+        if (device is not None and pairs is None and return_tensors == "pt" and not self._tok.has_normalized_added
+                and cuda_wordpiece_available()):
             import torch
 
             if torch.device(device).type == "cuda":
@@ -828,7 +1006,10 @@ class BertTokenizer:
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
+        skip = set()
+        if skip_special_tokens:  # HF's backend skips every special token, added ones included
+            skip = set(self.all_special_ids) | {self._added_map[a["content"]] for a in self._added_special}
+        tokens = [self._id_to_token(int(i)) for i in token_ids if int(i) not in skip]
         parts = []
         for i, tok in enumerate(tokens):
             if i and tok.startswith("##"):
@@ -871,6 +1052,8 @@ def _from_tokenizer_json(path: Path, kwargs: Dict[str, Any]):
             "max_input_chars_per_word": model.get("max_input_chars_per_word", 100),
             "unk_token": model.get("unk_token", "[UNK]")}
     opts.update(kwargs)
+    if data.get("added_tokens"):
+        opts["_added_tokens"] = data["added_tokens"]
     return tokens, opts
 
 
