@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from . import tokenization_windows
+
 VERY_LARGE_INTEGER = int(1e30)  # HF's "no model_max_length"
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
@@ -165,6 +167,18 @@ class BatchEncoding(dict):
         return (hits[0], hits[-1] + 1) if hits else None
 
 
+class _Rows:
+    """Alignment rows computed with the rows themselves (is_split_into_words, overflowing windows)."""
+
+    def __init__(self, rows, mapping):
+        self.rows, self.mapping = rows, mapping
+
+    def row(self, i: int):
+        if not -len(self.rows) <= i < len(self.rows):
+            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
+        return self.rows[i]
+
+
 class _NoEncodings(AttributeError, NotImplementedError):
     """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
 
@@ -276,6 +290,9 @@ class BertTokenizer:
             self._build_core()
         except ValueError as e:
             raise ValueError(f"cannot build a tokenizer from {self.vocab_file}: {e}") from None
+        # the [CLS] / [SEP] ids put around sequences are fixed here, as in HF's post-processor (setting
+        # cls_token later, e.g. by add_special_tokens, does not change them)
+        self._post_ids = (self.cls_token_id, self.sep_token_id)
 
     is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
 
@@ -602,9 +619,8 @@ class BertTokenizer:
             return self._texts(text, what), True
         raise TypeError(f"{what} must be a str or a list/tuple of str, not {type(text).__name__}")
 
-    def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
-             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
-             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False):
+    def _resolve(self, n_texts, pairs, add_special_tokens, padding, truncation, max_length):
+        """HF's padding / truncation / max_length arguments as (padding, truncation, max_length or None)."""
         if isinstance(padding, bool):
             padding = "longest" if padding else "do_not_pad"
         padding = getattr(padding, "value", padding)
@@ -622,21 +638,28 @@ class BertTokenizer:
             max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
         if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 0):
             raise ValueError(f"max_length must be a non-negative int, got {max_length!r}")
-        if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs: they must match one to one")
-        if add_special_tokens and (self.cls_token_id is None or self.sep_token_id is None):
+        if pairs is not None and len(pairs) != n_texts:
+            raise ValueError(f"got {n_texts} texts but {len(pairs)} text pairs: they must match one to one")
+        if add_special_tokens and None in self._post_ids:
             raise ValueError(f"the vocabulary has no {self.cls_token!r} / {self.sep_token!r} token: "
                              "pass add_special_tokens=False")
         if padding != "do_not_pad" and self.pad_token_id is None:
             raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
+        return padding, truncation, max_length
+
+    def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
+             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
+             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False):
+        padding, truncation, max_length = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation,
+                                                        max_length)
         threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
         core = self._plain_core() if split_special_tokens else self._tok
         return core.encode_batch(
             texts, pairs, add_special_tokens=add_special_tokens,
             max_length=-1 if max_length is None else int(max_length), truncation=_TRUNCATION[truncation],
             padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
-            num_threads=threads, cls_id=self.cls_token_id if add_special_tokens else -1,
-            sep_id=self.sep_token_id if add_special_tokens else -1,
+            num_threads=threads, cls_id=self._post_ids[0] if add_special_tokens else -1,
+            sep_id=self._post_ids[1] if add_special_tokens else -1,
             pad_id=-1 if self.pad_token_id is None else self.pad_token_id,
             type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
             special_tokens_mask="special_tokens_mask" in arrays)
@@ -710,12 +733,8 @@ class BertTokenizer:
                      return_attention_mask, return_overflowing_tokens, return_special_tokens_mask,
                      return_offsets_mapping, return_length, verbose, split_special_tokens, device=None,
                      num_threads=None) -> BatchEncoding:
-        if is_split_into_words:
-            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer yet: "
-                                      "join the words with spaces, or use transformers' tokenizer")
-        if return_overflowing_tokens or stride:
-            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer "
-                                      "yet: use transformers' tokenizer for sliding windows")
+        if not isinstance(stride, (int, np.integer)) or stride < 0:
+            raise ValueError(f"stride must be a non-negative int, got {stride!r}")
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
@@ -730,9 +749,29 @@ class BertTokenizer:
             keys.append("special_tokens_mask")
         if return_offsets_mapping:
             keys.append("offset_mapping")
-        if (text_pair is None and isinstance(text, (list, tuple)) and text
-                and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
-            text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
+        run_args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, num_threads=num_threads,
+                        split_special_tokens=split_special_tokens)
+        if is_split_into_words:
+            texts, pairs, batched = self._as_word_batch(text, text_pair)
+        else:
+            if (text_pair is None and isinstance(text, (list, tuple)) and text
+                    and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
+                text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
+            texts, pairs, batched = self._as_text_batch(text, text_pair)
+        extra = {}
+        if is_split_into_words or return_overflowing_tokens:
+            r, origin = self._assembled(texts, pairs, is_split_into_words, stride, return_overflowing_tokens,
+                                        padding_side, run_args)
+            if return_overflowing_tokens:
+                extra["overflow_to_sample_mapping"] = origin.mapping
+                batched = True  # as HF: the windows of one text come back as a batch
+        else:
+            r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, **run_args)
+            origin = _Alignment(self, texts, pairs, run_args, padding_side)
+        return self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+
+    def _as_text_batch(self, text, text_pair):
         texts, batched = self._as_batch(text, "text")
         pairs = None
         if not batched and isinstance(text_pair, str) and not text_pair:
@@ -741,11 +780,73 @@ class BertTokenizer:
             pairs, pair_batched = self._as_batch(text_pair, "text_pair")
             if pair_batched != batched:
                 raise TypeError("text and text_pair must both be a str or both be a list of str")
-        run_args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, num_threads=num_threads,
-                        split_special_tokens=split_special_tokens)
-        r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, **run_args)
-        origin = _Alignment(self, texts, pairs, run_args, padding_side)
+        return texts, pairs, batched
+
+    def _as_word_batch(self, text, text_pair):
+        """is_split_into_words: one list of words, or a batch of them (HF: batched when text[0] is a list)."""
+        def examples(x, what):
+            if not isinstance(x, (list, tuple)):
+                raise TypeError(f"with is_split_into_words=True, {what} must be a list of words (str) or a list "
+                                f"of such lists, not {type(x).__name__}")
+            batched = bool(x) and isinstance(x[0], (list, tuple))
+            items = list(x) if batched else [x]
+            for i, words in enumerate(items):
+                if not isinstance(words, (list, tuple)):
+                    raise TypeError(f"{what}[{i}] is {type(words).__name__}: with is_split_into_words=True each item "
+                                    "is a list of words")
+                self._texts(words, f"{what}[{i}]" if batched else what)
+            return [list(w) for w in items], batched
+        texts, batched = examples(text, "text")
+        pairs = None
+        if text_pair is not None:
+            pairs, pair_batched = examples(text_pair, "text_pair")
+            if pair_batched != batched or len(pairs) != len(texts):
+                raise TypeError("text and text_pair must both be lists of words, or both batches of the same size")
+        return texts, pairs, batched
+
+    def _sequences(self, items, words: bool, split_special_tokens: bool, num_threads):
+        """(ids, offsets, word ids) per item, without special tokens: a text, or a list of words (each word
+        tokenized alone, offsets relative to it, its index as word id, as HF's pre-tokenized input)."""
+        flat = [w for item in items for w in item] if words else list(items)
+        r = self._run(flat, None, add_special_tokens=False, offsets=True, arrays=(), num_threads=num_threads,
+                      split_special_tokens=split_special_tokens)
+        lengths = r["lengths"]
+        cut = np.cumsum(lengths)[:-1]
+        ids = np.split(r["input_ids"], cut) if len(lengths) else []
+        offs = np.split(r["offset_mapping"], cut) if len(lengths) else []
+        if not words:
+            starts = self._starts_word
+            return [(i, o, tokenization_windows.word_ids(i.tolist(), starts)) for i, o in zip(ids, offs)]
+        out, k = [], 0
+        for item in items:
+            n = len(item)
+            part_ids, part_offs = ids[k:k + n], offs[k:k + n]
+            wids = [w for w, x in enumerate(part_ids) for _ in range(len(x))]
+            cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape, np.int64)  # noqa: E731
+            out.append((cat(part_ids, (0,)), cat(part_offs, (0, 2)), wids))
+            k += n
+        return out
+
+    def _starts_word(self, i: int) -> bool:
+        """Whether token id i starts a word (anything but a "##" piece of the vocabulary; added tokens do)."""
+        return i in self._added_by_id or i >= len(self._tokens) or not self._tokens[i].startswith("##") \
+            or self._tokens[i] in self._matched
+
+    def _assembled(self, texts, pairs, words, stride, overflow, padding_side, run_args):
+        padding, truncation, max_length = self._resolve(len(texts), pairs, run_args["add_special_tokens"],
+                                                        run_args["padding"], run_args["truncation"],
+                                                        run_args["max_length"])
+        a = self._sequences(texts, words, run_args["split_special_tokens"], run_args["num_threads"])
+        b = self._sequences(pairs, words, run_args["split_special_tokens"], run_args["num_threads"]) \
+            if pairs is not None else [None] * len(a)
+        r, align, mapping = tokenization_windows.assemble(
+            list(zip(a, b)), add_special_tokens=run_args["add_special_tokens"], truncation=truncation,
+            max_length=max_length, stride=int(stride), overflow=bool(overflow), padding=padding,
+            pad_to_multiple_of=int(run_args["pad_to_multiple_of"] or 0), cls_id=self._post_ids[0],
+            sep_id=self._post_ids[1], pad_id=self.pad_token_id, left=padding_side == "left")
+        return r, _Rows(align, mapping)
+
+    def _outputs(self, r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device):
         lengths = r["lengths"]
         if r["padded"] and padding_side == "left":
             self._pad_left(r, keys, lengths)
@@ -764,6 +865,7 @@ class BertTokenizer:
                 out[k] = rows if batched else rows[0]
             if return_length:
                 out["length"] = out_lengths.tolist()  # HF: a list even for one text
+            out.update(extra)
             out._origin = origin
             return out
         if return_tensors not in ("pt", "np"):
@@ -778,6 +880,7 @@ class BertTokenizer:
             arrays = {k: r[k] for k in keys}
         if return_length:
             arrays["length"] = out_lengths
+        arrays.update({k: np.asarray(v, dtype=np.int64) for k, v in extra.items()})
         out = BatchEncoding(arrays)
         if return_tensors == "pt":
             import torch
