@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,6 +68,89 @@ py::dict batch_to_dict(BatchOutput&& r, const EncodeOptions& o) {
   if (offsets) d["offset_mapping"] = to_numpy(std::move(r.offsets), oshape);
   d["lengths"] = to_numpy(std::move(r.lengths), {r.rows});
   d["padded"] = padded;
+  return d;
+}
+
+// Python ints, each made once per call for the values that repeat (token ids): a list of 100k tokens then
+// costs reference increments, not 100k allocations.
+struct IntCache {
+  std::vector<PyObject*> v;
+  explicit IntCache(size_t n) : v(n, nullptr) {}
+  ~IntCache() {
+    for (PyObject* p : v) Py_XDECREF(p);
+  }
+  PyObject* get(int64_t x) {
+    if (x >= 0 && static_cast<size_t>(x) < v.size()) {
+      PyObject*& p = v[static_cast<size_t>(x)];
+      if (!p && !(p = PyLong_FromLongLong(x))) throw py::error_already_set();
+      Py_INCREF(p);
+      return p;
+    }
+    PyObject* o = PyLong_FromLongLong(x);
+    if (!o) throw py::error_already_set();
+    return o;
+  }
+};
+
+// Rows of `v` (a value per token, or 2 for offsets: tuples) as a list of lists, built directly.
+py::list rows_as_lists(const std::vector<int64_t>& v, const BatchOutput& r, IntCache& cache, bool pairs_of_two) {
+  const size_t rows = static_cast<size_t>(r.rows);
+  py::list out(rows);
+  size_t at = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    const size_t n = r.padded ? static_cast<size_t>(r.width) : static_cast<size_t>(r.lengths[i]);
+    PyObject* row = PyList_New(static_cast<Py_ssize_t>(n));
+    if (!row) throw py::error_already_set();
+    for (size_t k = 0; k < n; ++k) {
+      PyObject* item;
+      if (pairs_of_two) {
+        item = PyTuple_New(2);
+        if (!item) {
+          Py_DECREF(row);
+          throw py::error_already_set();
+        }
+        PyTuple_SET_ITEM(item, 0, cache.get(v[2 * (at + k)]));
+        PyTuple_SET_ITEM(item, 1, cache.get(v[2 * (at + k) + 1]));
+      } else {
+        item = cache.get(v[at + k]);
+      }
+      PyList_SET_ITEM(row, static_cast<Py_ssize_t>(k), item);
+    }
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
+    at += n;
+  }
+  return out;
+}
+
+// encode_batch's output as Python lists of lists (what tok(texts) returns), made here rather than from numpy.
+// The cyclic GC is paused while the lists are made: they hold only ints and tuples of ints, and the
+// collections a million new containers trigger cost more than making them (~15% of tok(texts)).
+struct GcPause {
+  int was = PyGC_Disable();
+  ~GcPause() {
+    if (was) PyGC_Enable();
+  }
+};
+
+py::dict batch_to_lists(BatchOutput&& r, const EncodeOptions& o) {
+  GcPause pause;
+  int64_t top = 0;
+  if (r.ids.size() > 4096)
+    for (int64_t x : r.ids) top = std::max(top, x);
+  IntCache ids_cache(r.ids.size() > 4096 ? static_cast<size_t>(top) + 1 : 0), small(2);
+  py::dict d;
+  d["input_ids"] = rows_as_lists(r.ids, r, ids_cache, false);
+  if (o.type_ids) d["token_type_ids"] = rows_as_lists(r.type_ids, r, small, false);
+  if (o.attention_mask) d["attention_mask"] = rows_as_lists(r.attention_mask, r, small, false);
+  if (o.special_tokens_mask) d["special_tokens_mask"] = rows_as_lists(r.special_tokens_mask, r, small, false);
+  if (o.offsets) {
+    IntCache offs_cache(0);
+    d["offset_mapping"] = rows_as_lists(r.offsets, r, offs_cache, true);
+  }
+  d["lists"] = true;
+  d["padded"] = r.padded;
+  const py::ssize_t rows = r.rows;
+  d["lengths"] = to_numpy(std::move(r.lengths), {rows});
   return d;
 }
 
@@ -182,7 +266,7 @@ PYBIND11_MODULE(_C, m) {
           [](const Tokenizer& t, const py::list& texts, const py::object& pairs, bool add_special_tokens,
              int64_t max_length, int truncation, int padding, int64_t pad_to_multiple_of, bool offsets,
              int num_threads, int32_t cls_id, int32_t sep_id, int32_t pad_id, bool type_ids,
-             bool attention_mask, bool special_tokens_mask) {
+             bool attention_mask, bool special_tokens_mask, bool as_lists) {
             std::vector<py::object> keep;
             auto first = utf8_views(texts, "text", keep);
             std::vector<std::string_view> second;
@@ -206,14 +290,16 @@ PYBIND11_MODULE(_C, m) {
               py::gil_scoped_release release;
               r = fastbert::encode_batch(t, first, pairs.is_none() ? nullptr : &second, o);
             }
+            if (as_lists) return batch_to_lists(std::move(r), o);
             return batch_to_dict(std::move(r), o);
           },
           py::arg("texts"), py::arg("pairs") = py::none(), py::arg("add_special_tokens") = true,
           py::arg("max_length") = -1, py::arg("truncation") = 0, py::arg("padding") = 0,
           py::arg("pad_to_multiple_of") = 0, py::arg("offsets") = false, py::arg("num_threads") = 1,
           py::arg("cls_id") = -1, py::arg("sep_id") = -1, py::arg("pad_id") = -1, py::arg("type_ids") = true,
-          py::arg("attention_mask") = true, py::arg("special_tokens_mask") = true,
+          py::arg("attention_mask") = true, py::arg("special_tokens_mask") = true, py::arg("as_lists") = false,
           "Encode a list of str (and optional list of pair str) across num_threads threads (<= 0: all "
           "cores) with the GIL released. Returns a dict of int64 numpy arrays: packed (flat, with "
-          "per-row `lengths`) when padding == 0, else (rows, width).");
+          "per-row `lengths`) when padding == 0, else (rows, width); as_lists=True: Python lists of lists "
+          "(offsets as tuples), `lengths` still numpy.");
 }

@@ -649,7 +649,8 @@ class BertTokenizer:
 
     def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
              truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
-             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False):
+             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False,
+             as_lists=False):
         padding, truncation, max_length = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation,
                                                         max_length)
         threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
@@ -662,7 +663,7 @@ class BertTokenizer:
             sep_id=self._post_ids[1] if add_special_tokens else -1,
             pad_id=-1 if self.pad_token_id is None else self.pad_token_id,
             type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
-            special_tokens_mask="special_tokens_mask" in arrays)
+            special_tokens_mask="special_tokens_mask" in arrays, as_lists=as_lists)
 
     def _plain_core(self):
         """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
@@ -767,7 +768,9 @@ class BertTokenizer:
                 extra["overflow_to_sample_mapping"] = origin.mapping
                 batched = True  # as HF: the windows of one text come back as a batch
         else:
-            r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, **run_args)
+            # Python lists straight from C++ unless left padding (moved on the numpy arrays) or tensors
+            as_lists = return_tensors is None and padding_side == "right"
+            r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, as_lists=as_lists, **run_args)
             origin = _Alignment(self, texts, pairs, run_args, padding_side)
         return self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
 
@@ -851,7 +854,18 @@ class BertTokenizer:
         if r["padded"] and padding_side == "left":
             self._pad_left(r, keys, lengths)
         # HF's "length" counts padding too
-        out_lengths = np.full_like(lengths, r["input_ids"].shape[1]) if r["padded"] else lengths
+        if r["padded"]:
+            width = len(r["input_ids"][0]) if r.get("lists") and len(lengths) else np.shape(r["input_ids"])[-1]
+            out_lengths = np.full_like(lengths, width)
+        else:
+            out_lengths = lengths
+        if r.get("lists"):
+            out = BatchEncoding({k: r[k] if batched else r[k][0] for k in keys})
+            if return_length:
+                out["length"] = out_lengths.tolist()
+            out.update(extra)
+            out._origin = origin
+            return out
         if return_tensors is None:
             out = BatchEncoding()
             for k in keys:
