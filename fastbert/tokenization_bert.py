@@ -11,7 +11,10 @@ Output is identical to Hugging Face `tokenizers` (``transformers.BertTokenizer``
 follows the Rust one; docs/tokenizer.md lists the differences and the few places fastbert raises a clear
 error where HF returns something surprising (max_length smaller than the special tokens, ragged tensors).
 
-Packed output for the variable-length kernels: :meth:`BertTokenizer.encode_packed`.
+Packed output for the variable-length kernels: :meth:`BertTokenizer.encode_packed`. The rest of the API
+lives next door: tokenization_outputs (BatchEncoding), tokenization_added (add_tokens), tokenization_windows
+(is_split_into_words, overflowing windows), tokenization_files (vocab.txt, tokenizer.json),
+tokenization_cuda (encode_packed on a GPU).
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import tokenization_windows
-
-VERY_LARGE_INTEGER = int(1e30)  # HF's "no model_max_length"
+from . import tokenization_cuda, tokenization_windows
+from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
+from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
+from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
+from .tokenization_outputs import BatchEncoding, _Alignment, _Rows  # noqa: F401 - BatchEncoding is public
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
 # the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
@@ -33,7 +38,6 @@ _CALL_KEYWORDS = frozenset({
     "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids", "return_attention_mask",
     "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
     "verbose", "split_special_tokens", "device", "num_threads"})
-_SPECIAL_ATTRS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def _core():
@@ -57,178 +61,7 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load_vocab(vocab_file: Union[str, os.PathLike]) -> List[str]:
-    """Tokens of a BERT vocab.txt, one per line, in id order (trailing whitespace trimmed, as HF does)."""
-    path = Path(vocab_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocab file not found: {path} (a BERT vocab.txt, one token per line)")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"vocab file {path} is not valid UTF-8 ({e}); is it really a BERT vocab.txt?") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    tokens = [line.rstrip() for line in lines]
-    if not any(tokens):
-        raise ValueError(f"vocab file {path} is empty (a BERT vocab.txt has one token per line)")
-    return tokens
-
-
-def _token_str(value) -> Optional[str]:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "content" in value:  # AddedToken serialized by transformers
-        return value["content"]
-    return str(value)
-
-
-class BatchEncoding(dict):
-    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
-
-    def __getattr__(self, name):
-        if name == "encodings":  # HF fast tokenizers' tokenizers.Encoding list: not built, say so
-            self._no_encodings()
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def to(self, device):
-        for k, v in self.items():
-            if hasattr(v, "to"):
-                self[k] = v.to(device)
-        return self
-
-    @property
-    def data(self):
-        return dict(self)
-
-    # ---- alignment (HF's fast-tokenizer BatchEncoding methods) --------------------------------------
-    # Computed on first use by re-running the C++ core on the same texts with offsets (the hot path
-    # pays nothing): _origin is set by BertTokenizer.__call__.
-    _origin = None
-    is_fast = True
-
-    def _no_encodings(self):
-        raise _NoEncodings("fastbert builds no tokenizers.Encoding objects: use the BatchEncoding methods "
-                           "word_ids(i), sequence_ids(i), token_to_word, char_to_token, token_to_chars")
-
-    def _row(self, i: int):
-        if self._origin is None:
-            raise ValueError("this BatchEncoding was not made by fastbert.BertTokenizer.__call__ on texts "
-                             "(pad() output has no alignment): word_ids / char_to_token are not available")
-        return self._origin.row(i)
-
-    @staticmethod
-    def _split(batch_or_index, index):
-        return (0, batch_or_index) if index is None else (batch_or_index, index)
-
-    def sequence_ids(self, batch_index: int = 0) -> List[Optional[int]]:
-        return list(self._row(batch_index)[0])
-
-    def word_ids(self, batch_index: int = 0) -> List[Optional[int]]:
-        return list(self._row(batch_index)[1])
-
-    words = word_ids
-
-    def token_to_sequence(self, batch_or_token_index: int, token_index: Optional[int] = None):
-        b, t = self._split(batch_or_token_index, token_index)
-        return self._row(b)[0][t]
-
-    def token_to_word(self, batch_or_token_index: int, token_index: Optional[int] = None):
-        b, t = self._split(batch_or_token_index, token_index)
-        return self._row(b)[1][t]
-
-    def token_to_chars(self, batch_or_token_index: int, token_index: Optional[int] = None):
-        """(start, end) code point offsets of a token, None for special tokens and padding."""
-        b, t = self._split(batch_or_token_index, token_index)
-        seq, _, offs = self._row(b)
-        return None if seq[t] is None else offs[t]
-
-    def char_to_token(self, batch_or_char_index: int, char_index: Optional[int] = None,
-                      sequence_index: int = 0) -> Optional[int]:
-        """Index of the token holding character `char_index` of sequence `sequence_index`, or None."""
-        b, c = self._split(batch_or_char_index, char_index)
-        seq, _, offs = self._row(b)
-        for t, (s, o) in enumerate(zip(seq, offs)):
-            if s == sequence_index and o[0] <= c < o[1]:
-                return t
-        return None
-
-    def word_to_tokens(self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0):
-        """(start, end) token span of a word, or None."""
-        b, w = self._split(batch_or_word_index, word_index)
-        seq, words, _ = self._row(b)
-        hits = [t for t, (s, x) in enumerate(zip(seq, words)) if s == sequence_index and x == w]
-        return (hits[0], hits[-1] + 1) if hits else None
-
-
-class _Rows:
-    """Alignment rows computed with the rows themselves (is_split_into_words, overflowing windows)."""
-
-    def __init__(self, rows, mapping):
-        self.rows, self.mapping = rows, mapping
-
-    def row(self, i: int):
-        if not -len(self.rows) <= i < len(self.rows):
-            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
-        return self.rows[i]
-
-
-class _NoEncodings(AttributeError, NotImplementedError):
-    """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
-
-
-class _Alignment:
-    """Sequence ids, word ids and offsets of the rows of one __call__, computed on first use."""
-
-    def __init__(self, tok, texts, pairs, run_args, padding_side):
-        self.tok, self.texts, self.pairs, self.run_args, self.side = tok, texts, pairs, run_args, padding_side
-        self.rows = None
-
-    def row(self, i: int):
-        if self.rows is None:
-            self.rows = self._compute()
-        if not -len(self.rows) <= i < len(self.rows):
-            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
-        return self.rows[i]
-
-    def _compute(self):
-        tok = self.tok
-        keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
-        r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
-        lengths = r["lengths"]
-        if r["padded"] and self.side == "left":
-            tok._pad_left(r, keys, lengths)
-        if r["padded"]:
-            rows = [[r[k][i] for k in keys] for i in range(len(lengths))]
-        else:
-            cut = np.cumsum(lengths)[:-1]
-            rows = list(zip(*(np.split(r[k], cut) for k in keys))) if len(lengths) else []
-        matched = ({tok._tok.token_to_id(t) for t in tok._matched} - {-1}) | set(tok._added_by_id)
-        tokens = tok._tokens
-        out = []
-        for ids, types, special, offs in rows:
-            seq = [None if m else int(t) for t, m in zip(types.tolist(), special.tolist())]
-            words, w, last = [], -1, None
-            for s, i in zip(seq, ids.tolist()):
-                if s is None:
-                    words.append(None)
-                    continue
-                if s != last:
-                    w, last = -1, s
-                if i in matched or i >= len(tokens) or not tokens[i].startswith("##") or w < 0:
-                    w += 1  # a continuation piece ("##...") stays in its word; anything else starts one
-                words.append(w)
-            out.append((seq, words, [tuple(o) for o in offs.tolist()]))
-        return out
-
-
-class BertTokenizer:
+class BertTokenizer(AddedTokensMixin):
     """BERT WordPiece tokenizer with Hugging Face's API and output, computed in C++.
 
     Args mirror ``transformers.BertTokenizer``: ``do_lower_case``, ``strip_accents`` (None: same as
@@ -304,11 +137,6 @@ class BertTokenizer:
         self.__dict__.update(state)
         self._build_core()
 
-    def _added_patterns(self, special: bool = True):
-        """(content, id, normalized) of the added tokens in HF's order: special ones, then the others."""
-        specs = (self._added_special if special else []) + self._added_plain
-        return [(a["content"], self._added_map[a["content"]], bool(a["normalized"])) for a in specs]
-
     def _build_core(self):
         self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, added=self._added_patterns(),
                                       **self._core_args)
@@ -316,131 +144,6 @@ class BertTokenizer:
         self._vocab = None
         self._added_display = {i: (self._tok.normalize(a["content"]) if a["normalized"] else a["content"])
                                for i, a in self._added_by_id.items()}
-
-    # ---- added tokens (HF's add_tokens / add_special_tokens) ---------------------------------------
-
-    @staticmethod
-    def _added_spec(token, special: bool) -> Dict[str, Any]:
-        """HF's AddedToken as a dict: from a str (normalized unless special), a tokenizers.AddedToken or a
-        dict as tokenizer_config.json's added_tokens_decoder holds it."""
-        if isinstance(token, str):
-            spec = dict(content=token, single_word=False, lstrip=False, rstrip=False, normalized=not special,
-                        special=special)
-        elif isinstance(token, dict) and "content" in token:
-            spec = dict(content=token["content"], single_word=bool(token.get("single_word", False)),
-                        lstrip=bool(token.get("lstrip", False)), rstrip=bool(token.get("rstrip", False)),
-                        normalized=bool(token.get("normalized", not token.get("special", special))),
-                        special=bool(token.get("special", special)) or special)
-        elif hasattr(token, "content"):
-            spec = dict(content=str(token.content), single_word=bool(getattr(token, "single_word", False)),
-                        lstrip=bool(getattr(token, "lstrip", False)), rstrip=bool(getattr(token, "rstrip", False)),
-                        normalized=bool(getattr(token, "normalized", not special)),
-                        special=bool(getattr(token, "special", False)) or special)
-        else:
-            raise TypeError(f"an added token must be a str or an AddedToken, not {type(token).__name__}")
-        for flag in ("single_word", "lstrip", "rstrip"):
-            if spec[flag]:
-                raise NotImplementedError(f"added token {spec['content']!r}: {flag}=True is not supported by "
-                                          "fastbert.BertTokenizer (BERT's tokens all have it False)")
-        return spec
-
-    def _register(self, spec: Dict[str, Any], token_id: int, special: bool) -> None:
-        c = spec["content"]
-        if special and c not in {a["content"] for a in self._added_special}:
-            self._added_special.append(spec)
-        self._added_map[c] = token_id
-        self._added_by_id[token_id] = spec
-        if c not in {a["content"] for a in self._added_special}:
-            self._added_plain.append(spec)
-
-    def _add_specs(self, specs: List[Dict[str, Any]], special: bool) -> int:
-        n = 0
-        for spec in specs:
-            c = spec["content"]
-            if not c or any(a == spec for a in self._added_by_id.values()):
-                continue  # as HF: empty, or this very token is already added
-            i = self._added_map.get(c)
-            if i is None:
-                i = self._tok.token_to_id(c)
-            if i is None or i < 0:
-                top = max(self._added_by_id, default=-1)
-                i = top + 1 if top >= len(self._tokens) else len(self._tokens)
-            self._register(spec, i, special)
-            n += 1
-        if n:
-            self._build_core()
-        return n
-
-    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
-        """Adds tokens to the vocabulary, as HF: each is split out of the text before WordPiece (a str is
-        matched in the normalized text, so lower-cased and accent-stripped in uncased mode; a special one
-        verbatim). Tokens not in the vocabulary get new ids from len(vocab). Returns the number added."""
-        if not new_tokens:
-            return 0
-        if not isinstance(new_tokens, (list, tuple)):
-            new_tokens = [new_tokens]
-        return self._add_specs([self._added_spec(t, special_tokens) for t in new_tokens], special_tokens)
-
-    def add_special_tokens(self, special_tokens_dict: Dict[str, Any], replace_extra_special_tokens: bool = True,
-                           replace_additional_special_tokens: Optional[bool] = None) -> int:
-        """HF's add_special_tokens: keys unk/sep/pad/cls/mask_token (the attribute is set) and
-        extra_special_tokens (or additional_special_tokens); the tokens are added as special (matched
-        verbatim, skipped by decode(skip_special_tokens=True))."""
-        if not special_tokens_dict:
-            return 0
-        if replace_additional_special_tokens is not None:
-            replace_extra_special_tokens = replace_additional_special_tokens
-        d = dict(special_tokens_dict)
-        if "additional_special_tokens" in d and not d.get("extra_special_tokens"):
-            d["extra_special_tokens"] = d.pop("additional_special_tokens")
-        to_add = []
-        for key, value in d.items():
-            if key == "extra_special_tokens":
-                if not isinstance(value, (list, tuple)):
-                    raise ValueError(f"Tokens {value} for key {key} should all be str or AddedToken instances")
-                new = [self._added_spec(t, True) for t in value
-                       if replace_extra_special_tokens or str(getattr(t, "content", t)) not in self._extra_special]
-                names = [t["content"] for t in new]
-                if replace_extra_special_tokens and new:
-                    self._extra_special = names
-                else:
-                    self._extra_special.extend(names)
-                to_add.extend(new)
-            elif key in _SPECIAL_ATTRS:
-                spec = self._added_spec(value, True)
-                setattr(self, key, spec["content"])
-                to_add.append(spec)
-            elif key in ("bos_token", "eos_token"):
-                raise NotImplementedError(f"{key}: BERT has no {key}; fastbert.BertTokenizer does not keep one "
-                                          "(add it with extra_special_tokens)")
-            else:
-                raise ValueError(f"Key {key} is not a valid special token. Valid keys are: "
-                                 f"{sorted(set(_SPECIAL_ATTRS) | {'extra_special_tokens'})}")
-        return self._add_specs(to_add, True)
-
-    def get_added_vocab(self) -> Dict[str, int]:
-        """HF's get_added_vocab: the special tokens and the added tokens, content -> id, by id."""
-        out = {t: i for t, i in ((t, self._tok.token_to_id(t)) for t in self._matched) if i >= 0}
-        out.update(self._added_map)
-        return dict(sorted(out.items(), key=lambda kv: kv[1]))
-
-    @property
-    def added_tokens_decoder(self) -> Dict[int, Dict[str, Any]]:
-        """id -> the added token's flags (dicts, where HF has AddedToken objects)."""
-        out = {}
-        for t in self._matched:
-            i = self._tok.token_to_id(t)
-            if i >= 0:
-                out[i] = dict(content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
-                              special=True)
-        out.update({i: dict(a) for i, a in self._added_by_id.items()})
-        return dict(sorted(out.items()))
-
-    @property
-    def extra_special_tokens(self) -> List[str]:
-        return list(self._extra_special)
-
-    additional_special_tokens = extra_special_tokens
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -486,20 +189,6 @@ class BertTokenizer:
         tok = cls(vocab, **args)
         tok._load_added(added, extra)
         return tok
-
-    def _load_added(self, added: Dict[int, Any], extra) -> None:
-        """Added tokens saved by transformers or fastbert (id -> AddedToken dict), with their ids."""
-        for i, a in sorted(added.items()):
-            spec = self._added_spec(a, False)
-            if not spec["content"]:
-                continue
-            if (spec["content"] in self._matched and spec["special"] and not spec["normalized"]
-                    and self._tok.token_to_id(spec["content"]) == i):
-                continue  # the tokenizer's own special tokens
-            self._register(spec, i, spec["special"])
-        self._extra_special = [_token_str(t) for t in extra if _token_str(t)] if isinstance(extra, list) else []
-        if self._added_map:
-            self._build_core()
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> tuple:
         """Writes vocab.txt, tokenizer_config.json and special_tokens_map.json: the files
@@ -1056,60 +745,9 @@ class BertTokenizer:
         return BatchEncoding(out)
 
     def _encode_packed_device(self, texts, truncation, max_length, add_special_tokens, device, launch):
-        """encode_packed with WordPiece on `device`: words from the C++ core (CPU), LinMaxMatch by `launch`
-        (the CUDA kernel), compaction, truncation and special tokens with torch ops on the device."""
-        import torch
-
-        if truncation is True or truncation == "longest_first":
-            if max_length is None and self.model_max_length < VERY_LARGE_INTEGER:
-                max_length = self.model_max_length
-        elif truncation not in (False, None, "do_not_truncate"):
-            raise ValueError(f"truncation={truncation!r}: encode_packed on a device supports True / False")
-        else:
-            max_length = None
-        specials = 2 if add_special_tokens else 0
-        if add_special_tokens and (self.cls_token_id is None or self.sep_token_id is None):
-            raise ValueError("the vocabulary has no [CLS]/[SEP] token: pass add_special_tokens=False")
-        if max_length is not None and max_length < specials:
-            raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each sequence")
-        sw = self._tok.split_words(texts)
-        starts, fixed, raw = sw["starts"], sw["fixed"], sw["bytes"]
-        nwords, ntexts = len(starts), len(texts)
-        cap = np.maximum(np.diff(np.append(starts, len(raw))), 1)
-        out_start = np.zeros(nwords, dtype=np.int64)
-        if nwords:
-            np.cumsum(cap[:-1], out=out_start[1:])
-        total_cap = int(cap.sum())
-        out_ids = torch.empty(max(total_cap, 1), dtype=torch.int32, device=device)
-        out_count = torch.zeros(nwords, dtype=torch.int32, device=device)
-        launch(self, device, raw, starts, fixed, out_start, out_ids, out_count)
-        ar = lambda n: torch.arange(n, device=device)  # noqa: E731
-        cap_d = torch.from_numpy(cap).to(device)
-        word_of_slot = torch.repeat_interleave(ar(nwords), cap_d)
-        keep = (ar(total_cap) - torch.from_numpy(out_start).to(device)[word_of_slot]) < out_count[word_of_slot]
-        ids = out_ids[:total_cap][keep].long()                                    # (tokens,) word order
-        words_per_text = torch.from_numpy(sw["words_per_text"]).to(device)
-        text_of_word = torch.repeat_interleave(ar(ntexts), words_per_text)
-        per_text = torch.zeros(ntexts, dtype=torch.int64, device=device).index_add_(0, text_of_word, out_count.long())
-        text_of_tok = torch.repeat_interleave(ar(ntexts), per_text)
-        first_tok = torch.cumsum(per_text, 0) - per_text
-        pos = ar(ids.numel()) - first_tok[text_of_tok]
-        if max_length is not None:
-            limit = max_length - specials
-            kept = pos < limit
-            ids, text_of_tok, pos = ids[kept], text_of_tok[kept], pos[kept]
-            per_text = per_text.clamp(max=limit)
-        lengths = per_text + specials
-        cu = torch.zeros(ntexts + 1, dtype=torch.int32, device=device)
-        cu[1:] = torch.cumsum(lengths, 0).to(torch.int32)
-        total = int(cu[-1]) if ntexts else 0
-        flat = torch.empty(total, dtype=torch.int64, device=device)
-        flat[cu[:-1].long()[text_of_tok] + (1 if specials else 0) + pos] = ids
-        if specials:
-            flat[cu[:-1].long()] = self.cls_token_id
-            flat[cu[1:].long() - 1] = self.sep_token_id
-        return BatchEncoding({"input_ids": flat, "token_type_ids": torch.zeros_like(flat), "cu_seqlens": cu,
-                              "max_seqlen": int(lengths.max()) if ntexts else 0})
+        """encode_packed with WordPiece on `device` (fastbert/tokenization_cuda.py)."""
+        return tokenization_cuda.encode_packed_device(self, texts, truncation, max_length, add_special_tokens,
+                                                      device, launch)
 
     # ---- decoding ----------------------------------------------------------------------------------
 
@@ -1145,80 +783,6 @@ class BertTokenizer:
         return (f"fastbert.BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
                 f"model_max_length={self.model_max_length})")
-
-
-def _from_tokenizer_json(path: Path, kwargs: Dict[str, Any]):
-    """Tokens and options of a HF `tokenizers` tokenizer.json holding a BERT WordPiece pipeline."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    model, norm = data.get("model") or {}, data.get("normalizer") or {}
-    if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
-        raise ValueError(f"{path} is not a BERT WordPiece tokenizer (model type {model.get('type')!r}): "
-                         "fastbert.BertTokenizer reads WordPiece vocabularies with the '##' prefix only")
-    if norm.get("type") != "BertNormalizer":
-        raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not BertNormalizer; fastbert runs BERT's only")
-    vocab = model["vocab"]
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    opts = {"do_lower_case": norm.get("lowercase", True), "strip_accents": norm.get("strip_accents"),
-            "tokenize_chinese_chars": norm.get("handle_chinese_chars", True),
-            "clean_text": norm.get("clean_text", True),
-            "max_input_chars_per_word": model.get("max_input_chars_per_word", 100),
-            "unk_token": model.get("unk_token", "[UNK]")}
-    opts.update(kwargs)
-    if data.get("added_tokens"):
-        opts["_added_tokens"] = data["added_tokens"]
-    return tokens, opts
-
-
-def cuda_wordpiece_available() -> bool:
-    """True when the CUDA WordPiece module (fastbert._C_cuda) is built and a GPU is visible."""
-    try:
-        import torch
-
-        from . import _C_cuda  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def _trie_on(tok: "BertTokenizer", device):
-    import torch
-
-    cache = tok.__dict__.setdefault("_device_tries", {})
-    if device not in cache:
-        t = tok._tok.trie_arrays()
-        arrays = {k: torch.from_numpy(np.ascontiguousarray(t[k], dtype=np.int32)).to(device)
-                  for k in ("nodes", "edge_bytes", "edge_child", "dense", "pops")}
-        for k, v in arrays.items():  # never pass a null pointer
-            if v.numel() == 0:
-                arrays[k] = torch.full((1,), -1, dtype=torch.int32, device=device)
-        cache[device] = (arrays, t["suffix_root"], t["dense_from"])
-    return cache[device]
-
-
-def _launch_cuda(tok, device, raw, starts, fixed, out_start, out_ids, out_count):
-    import torch
-
-    from . import _C_cuda
-
-    if len(starts) == 0:
-        return
-    arrays, suffix_root, dense_from = _trie_on(tok, device)
-    raw_d = torch.from_numpy(raw if len(raw) else np.zeros(1, np.uint8)).to(device)
-    starts_d = torch.from_numpy(starts).to(device)
-    fixed_d = torch.from_numpy(fixed).to(device)
-    out_start_d = torch.from_numpy(out_start).to(device)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    _C_cuda.launch_wordpiece(raw_d.data_ptr(), starts_d.data_ptr(), fixed_d.data_ptr(), out_start_d.data_ptr(),
-                             len(starts), len(raw), arrays["nodes"].data_ptr(), arrays["edge_bytes"].data_ptr(),
-                             arrays["edge_child"].data_ptr(), arrays["dense"].data_ptr(), arrays["pops"].data_ptr(),
-                             int(suffix_root), int(dense_from), int(tok._tok.unk_id), out_ids.data_ptr(),
-                             out_count.data_ptr(), stream)
-    torch.cuda.current_stream(device).synchronize()  # the host buffers above must outlive the kernel
 
 
 def _cleanup(s: str) -> str:
