@@ -36,6 +36,13 @@ class AddedTokensMixin:
                         normalized=bool(token.get("normalized", not token.get("special", special))),
                         special=bool(token.get("special", special)) or special)
         elif hasattr(token, "content"):
+            if special and hasattr(token, "special"):
+                # as HF's binding, which marks the very object special: its normalized flag then defaults to
+                # False unless it was set explicitly (only the object knows which)
+                try:
+                    token.special = True
+                except AttributeError:
+                    pass
             spec = dict(content=str(token.content), single_word=bool(getattr(token, "single_word", False)),
                         lstrip=bool(getattr(token, "lstrip", False)), rstrip=bool(getattr(token, "rstrip", False)),
                         normalized=bool(getattr(token, "normalized", not special)),
@@ -50,6 +57,7 @@ class AddedTokensMixin:
 
     def _register(self, spec: Dict[str, Any], token_id: int, special: bool) -> None:
         c = spec["content"]
+        special = special or spec["special"]
         if special and c not in {a["content"] for a in self._added_special}:
             self._added_special.append(spec)
         self._added_map[c] = token_id

@@ -126,6 +126,8 @@ class BertTokenizer(AddedTokensMixin):
         # the [CLS] / [SEP] ids put around sequences are fixed here, as in HF's post-processor (setting
         # cls_token later, e.g. by add_special_tokens, does not change them)
         self._post_ids = (self.cls_token_id, self.sep_token_id)
+        self._init_specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token,
+                                           self.mask_token) if t]
 
     is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
 
@@ -136,6 +138,9 @@ class BertTokenizer(AddedTokensMixin):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._build_core()
+        if "_post_ids" not in state:  # pickled by an older fastbert
+            self._post_ids = (self.cls_token_id, self.sep_token_id)
+            self._init_specials = list(self.all_special_tokens)
 
     def _build_core(self):
         self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, added=self._added_patterns(),
@@ -224,7 +229,11 @@ class BertTokenizer(AddedTokensMixin):
 
     def __len__(self) -> int:
         """Size of the vocabulary with the added tokens (HF: len(get_vocab()))."""
-        return len(self.get_vocab()) if self._added_map else len(self._tokens)
+        if not self._added_map:
+            return len(self._tokens)
+        if self._vocab is None:
+            self.get_vocab()
+        return len(self._vocab)
 
     def get_vocab(self) -> Dict[str, int]:
         if self._vocab is None:
@@ -696,7 +705,7 @@ class BertTokenizer(AddedTokensMixin):
     def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
                max_length: Optional[int] = None, return_tensors: Optional[str] = None, **kwargs):
         """Ids of one text (or pair): a list of int, or a (1, n) tensor with return_tensors."""
-        if not isinstance(text, (str, bytes, bytearray)):
+        if not isinstance(text, (str, bytes, bytearray)) and not kwargs.get("is_split_into_words"):
             raise TypeError(f"encode() takes one text (str), not {type(text).__name__}; use __call__ for batches")
         enc = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                    max_length=max_length, return_tensors=return_tensors, return_token_type_ids=False,
@@ -761,10 +770,11 @@ class BertTokenizer(AddedTokensMixin):
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        skip = set()
-        if skip_special_tokens:  # HF's backend skips every special token, added ones included
-            skip = set(self.all_special_ids) | {self._added_map[a["content"]] for a in self._added_special}
-        tokens = [self._id_to_token(int(i)) for i in token_ids if int(i) not in skip]
+        tokens = [self._id_to_token(int(i)) for i in token_ids]
+        if skip_special_tokens:  # HF's backend: a token whose string is a special token's content
+            special = set(self._init_specials) | set(self.all_special_tokens)
+            special |= {a["content"] for a in self._added_by_id.values() if a["special"]}
+            tokens = [t for t in tokens if t not in special]
         parts = []
         for i, tok in enumerate(tokens):
             if i and tok.startswith("##"):

@@ -127,3 +127,22 @@ def test_unsupported_flags_raise(minilm_dir):
         fast.add_special_tokens({"foo_token": "x"})
     with pytest.raises(TypeError):
         fast.add_tokens([3])
+
+
+def test_added_token_objects_and_decode_quirks(minilm_dir):
+    """AddedToken objects: special ones default to verbatim unless normalized=True was set; decode's
+    skip_special_tokens drops a token whose string is a special content (so not a normalized special
+    token, whose string is its normalized form: HF's own quirk); encode() on a list of words."""
+    tokenizers = pytest.importorskip("tokenizers")
+    out = []
+    for tok in (transformers.BertTokenizerFast.from_pretrained(minilm_dir), BertTokenizer.from_pretrained(minilm_dir)):
+        n = (tok.add_tokens([tokenizers.AddedToken("ZqW")], special_tokens=True)
+             + tok.add_tokens([tokenizers.AddedToken("QqQ", normalized=False)])
+             + tok.add_special_tokens({"mask_token": tokenizers.AddedToken("<M>", normalized=True)})
+             + tok.add_tokens(tokenizers.AddedToken("Rr", special=True)))
+        text = "zqw ZqW qqq QqQ <m> <M> rr Rr [MASK]"
+        ids = tok(text)["input_ids"]
+        out.append((n, tok.tokenize(text), ids, tok.all_special_tokens, tok.mask_token_id, len(tok),
+                    tok.decode(ids), tok.decode(ids, skip_special_tokens=True),
+                    tok.encode(["Hello", "Wörld"], is_split_into_words=True)))
+    assert out[1] == out[0]
