@@ -60,9 +60,6 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
         return [(w, None) for w in _cut(windows(n1, n1 - to_remove if truncation == "only_first" else target, stride),
                                         overflow)]
     if truncation == "longest_first":
-        if overflow:
-            raise NotImplementedError("return_overflowing_tokens with pairs needs truncation='only_second' (or "
-                                      "'only_first'): HF's longest_first windows both texts (not supported)")
         s1, s2 = (n1, n2) if n1 <= n2 else (n2, n1)
         s2 = s1 if s1 > target else max(s1, target - s1)
         if s1 + s2 > target:
@@ -70,7 +67,15 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
             s2 = s1 + target % 2
         if n1 > n2:
             s1, s2 = s2, s1
-        return [((0, min(n1, s1)), (0, min(n2, s2)))]
+        if not overflow:
+            return [((0, min(n1, s1)), (0, min(n2, s2)))]
+        # both texts are windowed; HF's Encoding.merge_with lists a0+b0, then for each later window ai of
+        # the first: ai+b0, ai+b1, ai+b2...; then a0+b1, a0+b2...
+        wa, wb = windows(n1, min(n1, s1), stride), windows(n2, min(n2, s2), stride)
+        rows = [(wa[0], wb[0])]
+        for ai in wa[1:]:
+            rows += [(ai, bj) for bj in wb]
+        return rows + [(wa[0], bj) for bj in wb[1:]]
     first = truncation == "only_first"
     have = n1 if first else n2
     if have <= to_remove:  # as HF: the truncated sequence must keep at least one token

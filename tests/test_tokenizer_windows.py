@@ -120,7 +120,7 @@ def test_overflowing_windows_match_hf(pair):
             done += _check(hf, fast, (contexts,), kw, (trial, "single"))
             done += _check(hf, fast, (contexts[0],), kw, (trial, "one"))
         else:  # QA: question + context, only the context is windowed (or only_first)
-            kw["truncation"] = "only_second" if trial % 3 == 1 else "only_first"
+            kw["truncation"] = "only_second" if trial % 3 == 1 else rng.choice(["only_first", "longest_first"])
             a, b = (questions, contexts) if kw["truncation"] == "only_second" else (contexts, questions)
             done += _check(hf, fast, (a, b), kw, (trial, "pairs"))
             if kw["padding"]:
@@ -136,8 +136,8 @@ def test_overflow_without_truncation_and_errors(pair):
         _check(hf, fast, args, kw, args)
     with pytest.raises(ValueError, match="stride"):
         fast("one two three four five six", max_length=6, truncation=True, stride=4, return_overflowing_tokens=True)
-    with pytest.raises(NotImplementedError, match="only_second"):
-        fast("q u", "one two three four five six", max_length=6, truncation=True, return_overflowing_tokens=True)
+    for a, b, n, s in (("a b c d e f g", "one two three four five", 9, 1), ("a b c d e f g", "one two", 8, 0)):
+        _check(hf, fast, (a, b), dict(max_length=n, stride=s, truncation=True, return_overflowing_tokens=True), a)
     with pytest.raises(TypeError, match="list of words"):
         fast("not a list", is_split_into_words=True)
     with pytest.raises(ValueError, match="stride"):
