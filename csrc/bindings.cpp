@@ -266,7 +266,7 @@ PYBIND11_MODULE(_C, m) {
           [](const Tokenizer& t, const py::list& texts, const py::object& pairs, bool add_special_tokens,
              int64_t max_length, int truncation, int padding, int64_t pad_to_multiple_of, bool offsets,
              int num_threads, int32_t cls_id, int32_t sep_id, int32_t pad_id, bool type_ids,
-             bool attention_mask, bool special_tokens_mask, bool as_lists) {
+             bool attention_mask, bool special_tokens_mask, bool as_lists, bool truncate_left) {
             std::vector<py::object> keep;
             auto first = utf8_views(texts, "text", keep);
             std::vector<std::string_view> second;
@@ -277,6 +277,7 @@ PYBIND11_MODULE(_C, m) {
             o.truncation = static_cast<fastbert::Truncation>(truncation);
             o.padding = static_cast<fastbert::Padding>(padding);
             o.pad_to_multiple_of = pad_to_multiple_of;
+            o.truncate_left = truncate_left;
             o.offsets = offsets;
             o.num_threads = num_threads;
             o.cls_id = cls_id;
@@ -298,6 +299,7 @@ PYBIND11_MODULE(_C, m) {
           py::arg("pad_to_multiple_of") = 0, py::arg("offsets") = false, py::arg("num_threads") = 1,
           py::arg("cls_id") = -1, py::arg("sep_id") = -1, py::arg("pad_id") = -1, py::arg("type_ids") = true,
           py::arg("attention_mask") = true, py::arg("special_tokens_mask") = true, py::arg("as_lists") = false,
+          py::arg("truncate_left") = false,
           "Encode a list of str (and optional list of pair str) across num_threads threads (<= 0: all "
           "cores) with the GIL released. Returns a dict of int64 numpy arrays: packed (flat, with "
           "per-row `lengths`) when padding == 0, else (rows, width); as_lists=True: Python lists of lists "

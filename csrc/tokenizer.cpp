@@ -631,9 +631,15 @@ struct Row {
 };
 
 // HF tokenizers' truncate_encodings; target excludes special tokens.
-void truncate(Row& r, bool pair, int64_t target, Truncation how) {
-  auto cut = [](std::vector<int32_t>& v, std::vector<int64_t>& o, int64_t n) {
+void truncate(Row& r, bool pair, int64_t target, Truncation how, bool left) {
+  auto cut = [left](std::vector<int32_t>& v, std::vector<int64_t>& o, int64_t n) {
     if (static_cast<int64_t>(v.size()) > n) {
+      if (left) {  // keep the last n
+        const size_t drop = v.size() - static_cast<size_t>(n);
+        v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(drop));
+        if (!o.empty()) o.erase(o.begin(), o.begin() + static_cast<std::ptrdiff_t>(2 * drop));
+        return;
+      }
       v.resize(static_cast<size_t>(n));
       if (!o.empty()) o.resize(static_cast<size_t>(2 * n));
     }
@@ -700,7 +706,7 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
   // kept, so truncate() sees that it must cut and raises where it would have): a 1 MB document cut to
   // 512 tokens costs what 512 tokens cost.
   size_t limit = SIZE_MAX;
-  if (!b && o.truncation != Truncation::kNone && o.max_length >= specials)
+  if (!b && !o.truncate_left && o.truncation != Truncation::kNone && o.max_length >= specials)
     limit = static_cast<size_t>(o.max_length - specials) + 1;
   tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr, limit);
   if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
@@ -709,7 +715,7 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
     if (target < 0)
       throw std::invalid_argument("max_length=" + std::to_string(o.max_length) + " is smaller than the " +
                                   std::to_string(specials) + " special tokens added to each sequence");
-    truncate(r, b != nullptr, target, o.truncation);
+    truncate(r, b != nullptr, target, o.truncation, o.truncate_left);
   }
 }
 

@@ -179,6 +179,7 @@ struct EncodeOptions {
   Truncation truncation = Truncation::kNone;
   Padding padding = Padding::kNone;
   int64_t pad_to_multiple_of = 0;
+  bool truncate_left = false;  // HF's truncation_side="left": keep the last tokens
   bool offsets = false;
   bool type_ids = true, attention_mask = true, special_tokens_mask = true;  // which arrays to fill
   int num_threads = 1;  // <= 0: all hardware threads

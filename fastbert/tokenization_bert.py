@@ -86,8 +86,8 @@ class BertTokenizer(AddedTokensMixin):
             raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
-        if truncation_side != "right":
-            raise NotImplementedError(f"truncation_side={truncation_side!r}: only 'right' is supported")
+        if truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side={truncation_side!r}: use 'right' or 'left'")
         self.padding_side, self.truncation_side = padding_side, truncation_side
         self.split_special_tokens = bool(split_special_tokens)
         if isinstance(vocab_file, (list, tuple)):  # the tokens themselves (tokenizer.json's vocab)
@@ -361,7 +361,8 @@ class BertTokenizer(AddedTokensMixin):
             sep_id=self._post_ids[1] if add_special_tokens else -1,
             pad_id=-1 if self.pad_token_id is None else self.pad_token_id,
             type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
-            special_tokens_mask="special_tokens_mask" in arrays, as_lists=as_lists)
+            special_tokens_mask="special_tokens_mask" in arrays, as_lists=as_lists,
+            truncate_left=self.truncation_side == "left")
 
     def _plain_core(self):
         """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
@@ -437,8 +438,8 @@ class BertTokenizer(AddedTokensMixin):
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
-        if self.truncation_side != "right":
-            raise NotImplementedError(f"truncation_side={self.truncation_side!r}: only 'right' is supported")
+        if self.truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side={self.truncation_side!r}: use 'right' or 'left'")
         keys = ["input_ids"]
         if return_token_type_ids is None or return_token_type_ids:
             keys.append("token_type_ids")
@@ -543,6 +544,7 @@ class BertTokenizer(AddedTokensMixin):
         r, align, mapping = tokenization_windows.assemble(
             list(zip(a, b)), add_special_tokens=run_args["add_special_tokens"], truncation=truncation,
             max_length=max_length, stride=int(stride), overflow=bool(overflow), padding=padding,
+            left_truncation=self.truncation_side == "left",
             pad_to_multiple_of=int(run_args["pad_to_multiple_of"] or 0), cls_id=self._post_ids[0],
             sep_id=self._post_ids[1], pad_id=self.pad_token_id, left=padding_side == "left")
         return r, _Rows(align, mapping)
@@ -731,6 +733,7 @@ class BertTokenizer(AddedTokensMixin):
         if text_pair is not None:
             pairs, _ = self._as_batch(text_pair, "text_pair")
         if (device is not None and pairs is None and return_tensors == "pt" and not self._tok.has_normalized_added
+                and self.truncation_side == "right"
                 and cuda_wordpiece_available()):
             import torch
 

@@ -120,6 +120,8 @@ class _Alignment:
 
     def _compute(self):
         tok = self.tok
+        if tok.truncation_side == "left":  # word ids count the words cut from the front: whole sequences first
+            return tok._assembled(self.texts, self.pairs, False, 0, False, self.side, self.run_args)[1].rows
         keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
         r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
         lengths = r["lengths"]

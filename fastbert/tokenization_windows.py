@@ -26,9 +26,10 @@ def word_ids(ids: Sequence[int], starts_word) -> List[int]:
     return out
 
 
-def windows(n: int, size: int, stride: int) -> List[Tuple[int, int]]:
+def windows(n: int, size: int, stride: int, left: bool = False) -> List[Tuple[int, int]]:
     """HF's Encoding.truncate(size, stride) on n tokens: the kept part first, then the overflowing windows,
-    each starting size - stride after the previous one, until one reaches the end."""
+    each starting size - stride after the previous one, until one reaches the end (left: from the end
+    backwards, each ending size - stride before the previous one, until one reaches the start)."""
     if n <= size:
         return [(0, n)]
     if size == 0:
@@ -37,6 +38,14 @@ def windows(n: int, size: int, stride: int) -> List[Tuple[int, int]]:
         raise ValueError(f"stride={stride} must be smaller than max_length minus the special tokens ({size}): "
                          "each window must move forward (HF's tokenizers panics here)")
     out, start = [], 0
+    if left:
+        stop = n
+        while True:
+            start = max(0, stop - size)
+            out.append((start, stop))
+            if start == 0:
+                return out
+            stop -= size - stride
     while True:
         stop = min(start + size, n)
         out.append((start, stop))
@@ -46,7 +55,7 @@ def windows(n: int, size: int, stride: int) -> List[Tuple[int, int]]:
 
 
 def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, stride: int,
-         overflow: bool) -> List[Tuple[Tuple[int, int], Optional[Tuple[int, int]]]]:
+         overflow: bool, left: bool = False) -> List[Tuple[Tuple[int, int], Optional[Tuple[int, int]]]]:
     """The rows of one example as ((a_start, a_stop), (b_start, b_stop) or None), main row first, in the
     order HF's tokenizers lists the overflowing encodings."""
     whole_b = None if n2 is None else (0, n2)
@@ -57,8 +66,8 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
     if n2 is None:
         if truncation == "only_second":
             raise ValueError("truncation='only_second' needs a text pair")
-        return [(w, None) for w in _cut(windows(n1, n1 - to_remove if truncation == "only_first" else target, stride),
-                                        overflow)]
+        size = n1 - to_remove if truncation == "only_first" else target
+        return [(w, None) for w in (windows(n1, size, stride, left) if overflow else [_kept(n1, size, left)])]
     if truncation == "longest_first":
         s1, s2 = (n1, n2) if n1 <= n2 else (n2, n1)
         s2 = s1 if s1 > target else max(s1, target - s1)
@@ -68,10 +77,10 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
         if n1 > n2:
             s1, s2 = s2, s1
         if not overflow:
-            return [((0, min(n1, s1)), (0, min(n2, s2)))]
+            return [(_kept(n1, s1, left), _kept(n2, s2, left))]
         # both texts are windowed; HF's Encoding.merge_with lists a0+b0, then for each later window ai of
         # the first: ai+b0, ai+b1, ai+b2...; then a0+b1, a0+b2...
-        wa, wb = windows(n1, min(n1, s1), stride), windows(n2, min(n2, s2), stride)
+        wa, wb = windows(n1, min(n1, s1), stride, left), windows(n2, min(n2, s2), stride, left)
         rows = [(wa[0], wb[0])]
         for ai in wa[1:]:
             rows += [(ai, bj) for bj in wb]
@@ -81,17 +90,21 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
     if have <= to_remove:  # as HF: the truncated sequence must keep at least one token
         raise ValueError(f"the sequence to truncate is too short to fit max_length ({target} tokens besides "
                          "special tokens); use truncation='longest_first' or a larger max_length")
-    parts = _cut(windows(have, have - to_remove, stride), overflow)
+    parts = windows(have, have - to_remove, stride, left) if overflow else [_kept(have, have - to_remove, left)]
     return [(w, whole_b) for w in parts] if first else [((0, n1), w) for w in parts]
 
 
-def _cut(parts, overflow):
-    return parts if overflow else parts[:1]
+def _kept(n: int, size: int, left: bool) -> Tuple[int, int]:
+    """The part of n tokens that truncation to size keeps (without overflow the stride plays no part)."""
+    if n <= size:
+        return (0, n)
+    return (n - size, n) if left else (0, size)
 
 
 def assemble(examples: List[Tuple[Seq, Optional[Seq]]], *, add_special_tokens: bool, truncation: str,
              max_length: Optional[int], stride: int, overflow: bool, padding: str, pad_to_multiple_of: int,
-             cls_id: int, sep_id: int, pad_id: Optional[int], left: bool = False):
+             cls_id: int, sep_id: int, pad_id: Optional[int], left: bool = False,
+             left_truncation: bool = False):
     """Rows of (first, pair or None) sequences: (encode_batch-like dict, alignment rows, sample mapping)."""
     pair = any(b is not None for _, b in examples)
     specials = (3 if pair else 2) if add_special_tokens else 0
@@ -103,7 +116,8 @@ def assemble(examples: List[Tuple[Seq, Optional[Seq]]], *, add_special_tokens: b
                              "sequence")
     rows, mapping = [], []  # rows: (ids, type ids, special mask, offsets, seq ids, word ids)
     for k, (a, b) in enumerate(examples):
-        for (a0, a1), wb in plan(len(a[0]), None if b is None else len(b[0]), target, truncation, stride, overflow):
+        for (a0, a1), wb in plan(len(a[0]), None if b is None else len(b[0]), target, truncation, stride, overflow,
+                                 left_truncation):
             ids, types, special, offs, seqs, words = [], [], [], [], [], []
 
             def put(tok_id, seq, word=None, off=(0, 0), t=0):

@@ -146,3 +146,30 @@ def test_overflow_without_truncation_and_errors(pair):
                return_overflowing_tokens=True, padding=True, return_tensors="pt")
     assert enc["overflow_to_sample_mapping"].tolist() == [0, 0, 1, 1]
     assert np.array_equal(enc["input_ids"].numpy()[:2], enc["input_ids"].numpy()[2:])
+
+
+def test_truncation_side_left_matches_hf(minilm_dir):
+    """truncation_side='left' keeps the last tokens: plain calls (the C++ core), pairs with each strategy,
+    overflowing windows counted from the end, words; as an init option and set on the instance."""
+    hf = transformers.BertTokenizerFast.from_pretrained(minilm_dir, truncation_side="left")
+    fast = BertTokenizer.from_pretrained(minilm_dir, truncation_side="left")
+    rng = random.Random(23)
+    done = 0
+    for trial in range(30):
+        n = rng.randint(1, 4)
+        a = [_fuzz.random_text(rng) * rng.randint(1, 3) for _ in range(n)]
+        b = [_fuzz.random_text(rng) for _ in range(n)]
+        kw = dict(max_length=rng.choice([8, 16, 32]), return_offsets_mapping=True, padding=rng.random() < 0.5,
+                  truncation=rng.choice([True, "only_first", "only_second"]))
+        if trial % 2:
+            kw.update(stride=rng.choice([0, 1, 3]), return_overflowing_tokens=True)
+        done += _check(hf, fast, (a, b), kw, (trial, "pairs"))
+        if kw["truncation"] != "only_second":
+            done += _check(hf, fast, (a,), kw, (trial, "single"))
+            w = dict(kw, is_split_into_words=True)
+            done += _check(hf, fast, ([t.split(" ") for t in a],), w, (trial, "words"))
+    assert done > 40
+    fast.truncation_side = hf.truncation_side = "right"
+    _check(hf, fast, (["a b c d e f g"],), dict(max_length=5, truncation=True), "back to right")
+    with pytest.raises(ValueError, match="truncation_side"):
+        BertTokenizer.from_pretrained(minilm_dir, truncation_side="middle")
