@@ -157,12 +157,12 @@ class AddedTokensMixin:
     def _load_added(self, added: Dict[int, Any], extra) -> None:
         """Added tokens saved by transformers or fastbert (id -> AddedToken dict), with their ids."""
         for i, a in sorted(added.items()):
-            spec = self._added_spec(a, False)
-            if not spec["content"]:
+            content = a.get("content") if isinstance(a, dict) else getattr(a, "content", a)
+            if not content:
                 continue
-            if (spec["content"] in self._matched and spec["special"] and not spec["normalized"]
-                    and self._tok.token_to_id(spec["content"]) == i):
-                continue  # the tokenizer's own special tokens
+            if content in self._matched and self._tok.token_to_id(content) == i:
+                continue  # the tokenizer's own special tokens (matched verbatim already, whatever their flags)
+            spec = self._added_spec(a, False)
             self._register(spec, i, spec["special"])
         self._extra_special = [_token_str(t) for t in extra if _token_str(t)] if isinstance(extra, list) else []
         if self._added_map:
