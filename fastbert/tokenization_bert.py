@@ -29,7 +29,7 @@ from . import tokenization_cuda, tokenization_windows
 from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
 from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
 from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
-from .tokenization_outputs import BatchEncoding, _Alignment, _Rows  # noqa: F401 - BatchEncoding is public
+from .tokenization_outputs import BatchEncoding, _Alignment, _Rows, _Sliced  # noqa: F401 - BatchEncoding is public
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
 # the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
@@ -324,8 +324,8 @@ class BertTokenizer(AddedTokensMixin):
         padding = getattr(padding, "value", padding)
         if padding not in _PADDING:
             raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
-        if truncation is None:
-            truncation = "longest_first" if max_length is not None else "do_not_truncate"
+        if truncation is None:  # as transformers: max_length alone truncates, but not when padding too
+            truncation = "longest_first" if max_length is not None and padding == "do_not_pad" else "do_not_truncate"
         elif isinstance(truncation, bool):
             truncation = "longest_first" if truncation else "do_not_truncate"
         truncation = getattr(truncation, "value", truncation)
@@ -460,7 +460,14 @@ class BertTokenizer(AddedTokensMixin):
                 text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
             texts, pairs, batched = self._as_text_batch(text, text_pair)
         extra = {}
-        if is_split_into_words or return_overflowing_tokens:
+        strided = False
+        if stride:  # HF's checks: stride against max_length - 2 up front, against each window when cutting
+            _, trunc, ml = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation, max_length)
+            strided = trunc != "do_not_truncate" and ml is not None
+            if strided and stride > ml - 2:
+                raise ValueError(f"stride={stride} is larger than max_length={ml} minus 2 special tokens: each window "
+                                 "must move forward (HF's tokenizers raises the same)")
+        if is_split_into_words or return_overflowing_tokens or strided:
             r, origin = self._assembled(texts, pairs, is_split_into_words, stride, return_overflowing_tokens,
                                         padding_side, run_args)
             if return_overflowing_tokens:
@@ -471,7 +478,44 @@ class BertTokenizer(AddedTokensMixin):
             as_lists = return_tensors is None and padding_side == "right"
             r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, as_lists=as_lists, **run_args)
             origin = _Alignment(self, texts, pairs, run_args, padding_side)
+        widths = self._ragged_widths(r, len(texts), pairs, run_args)
+        if widths is not None:  # padding='max_length' without truncation, rows longer than max_length: as HF
+            if return_tensors is not None:
+                raise ValueError(f"padding='max_length' without truncation leaves rows longer than max_length="
+                                 f"{run_args['max_length']}: pass truncation=True to get a tensor")
+            r = self._unpad_rows(r, keys, widths, padding_side)
+            origin = _Sliced(origin, widths, padding_side == "left")
         return self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+
+    def _ragged_widths(self, r, n_texts, pairs, run_args):
+        """Per-row widths when padding='max_length' meets rows longer than max_length (no truncation): HF
+        pads each row to max_length and leaves the longer ones as they are."""
+        if not r["padded"]:
+            return None
+        padding, _, max_length = self._resolve(n_texts, pairs, run_args["add_special_tokens"], run_args["padding"],
+                                               run_args["truncation"], run_args["max_length"])
+        if padding != "max_length" or max_length is None:
+            return None
+        target, multiple = int(max_length), int(run_args["pad_to_multiple_of"] or 0)
+        if multiple and target % multiple:
+            target += multiple - target % multiple
+        lengths = r["lengths"]
+        if not len(lengths) or int(lengths.max()) <= target:
+            return None
+        return np.maximum(lengths, target)
+
+    def _unpad_rows(self, r, keys, widths, padding_side):
+        """The padded rows of r cut to their own widths (Python lists; left padding applied first)."""
+        if padding_side == "left" and not r.get("lists"):
+            self._pad_left(r, keys, r["lengths"])
+        out = dict(r, lists=True, padded=True, ragged=widths)
+        for k in keys:
+            rows = r[k] if r.get("lists") else r[k].tolist()
+            if k == "offset_mapping" and not r.get("lists"):
+                rows = [[tuple(o) for o in row] for row in rows]
+            out[k] = [row[len(row) - w:] if padding_side == "left" else row[:w]
+                      for row, w in zip(rows, widths.tolist())]
+        return out
 
     def _as_text_batch(self, text, text_pair):
         texts, batched = self._as_batch(text, "text")
@@ -551,10 +595,12 @@ class BertTokenizer(AddedTokensMixin):
 
     def _outputs(self, r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device):
         lengths = r["lengths"]
-        if r["padded"] and padding_side == "left":
+        if r["padded"] and padding_side == "left" and not r.get("lists"):
             self._pad_left(r, keys, lengths)
         # HF's "length" counts padding too
-        if r["padded"]:
+        if r.get("ragged") is not None:
+            out_lengths = r["ragged"]
+        elif r["padded"]:
             width = len(r["input_ids"][0]) if r.get("lists") and len(lengths) else np.shape(r["input_ids"])[-1]
             out_lengths = np.full_like(lengths, width)
         else:

@@ -24,7 +24,8 @@ def encode_packed_device(tok, texts, truncation, max_length, add_special_tokens,
     if add_special_tokens and (tok._post_ids[0] is None or tok._post_ids[1] is None):
         raise ValueError("the vocabulary has no [CLS]/[SEP] token: pass add_special_tokens=False")
     if max_length is not None and max_length < specials:
-        raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each sequence")
+        raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each "
+                         "sequence")
     sw = tok._tok.split_words(texts)
     starts, fixed, raw = sw["starts"], sw["fixed"], sw["bytes"]
     nwords, ntexts = len(starts), len(texts)

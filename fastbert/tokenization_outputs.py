@@ -100,6 +100,18 @@ class _Rows:
         return self.rows[i]
 
 
+class _Sliced:
+    """Alignment rows cut to per-row widths (padding='max_length' rows left longer, as HF)."""
+
+    def __init__(self, origin, widths, left: bool):
+        self.origin, self.widths, self.left = origin, [int(w) for w in widths], left
+        self.mapping = getattr(origin, "mapping", None)
+
+    def row(self, i: int):
+        w = self.widths[i]
+        return tuple((x[len(x) - w:] if self.left else x[:w]) for x in self.origin.row(i))
+
+
 class _NoEncodings(AttributeError, NotImplementedError):
     """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
 

@@ -32,8 +32,8 @@ def windows(n: int, size: int, stride: int, left: bool = False) -> List[Tuple[in
     backwards, each ending size - stride before the previous one, until one reaches the start)."""
     if n <= size:
         return [(0, n)]
-    if size == 0:
-        raise ValueError("max_length leaves no room for the sequence's tokens besides the special tokens")
+    if size == 0:  # as HF: nothing kept, the whole sequence is the one overflowing part
+        return [(0, 0), (0, n)]
     if stride >= size:
         raise ValueError(f"stride={stride} must be smaller than max_length minus the special tokens ({size}): "
                          "each window must move forward (HF's tokenizers panics here)")
@@ -67,7 +67,7 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
         if truncation == "only_second":
             raise ValueError("truncation='only_second' needs a text pair")
         size = n1 - to_remove if truncation == "only_first" else target
-        return [(w, None) for w in (windows(n1, size, stride, left) if overflow else [_kept(n1, size, left)])]
+        return [(w, None) for w in _cut(windows(n1, size, stride, left), overflow)]
     if truncation == "longest_first":
         s1, s2 = (n1, n2) if n1 <= n2 else (n2, n1)
         s2 = s1 if s1 > target else max(s1, target - s1)
@@ -77,7 +77,7 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
         if n1 > n2:
             s1, s2 = s2, s1
         if not overflow:
-            return [(_kept(n1, s1, left), _kept(n2, s2, left))]
+            return [(windows(n1, min(n1, s1), stride, left)[0], windows(n2, min(n2, s2), stride, left)[0])]
         # both texts are windowed; HF's Encoding.merge_with lists a0+b0, then for each later window ai of
         # the first: ai+b0, ai+b1, ai+b2...; then a0+b1, a0+b2...
         wa, wb = windows(n1, min(n1, s1), stride, left), windows(n2, min(n2, s2), stride, left)
@@ -90,15 +90,13 @@ def plan(n1: int, n2: Optional[int], target: Optional[int], truncation: str, str
     if have <= to_remove:  # as HF: the truncated sequence must keep at least one token
         raise ValueError(f"the sequence to truncate is too short to fit max_length ({target} tokens besides "
                          "special tokens); use truncation='longest_first' or a larger max_length")
-    parts = windows(have, have - to_remove, stride, left) if overflow else [_kept(have, have - to_remove, left)]
+    parts = _cut(windows(have, have - to_remove, stride, left), overflow)
     return [(w, whole_b) for w in parts] if first else [((0, n1), w) for w in parts]
 
 
-def _kept(n: int, size: int, left: bool) -> Tuple[int, int]:
-    """The part of n tokens that truncation to size keeps (without overflow the stride plays no part)."""
-    if n <= size:
-        return (0, n)
-    return (n - size, n) if left else (0, size)
+def _cut(parts, overflow):
+    """All the windows, or only the kept part (HF still checks the stride against the window size then)."""
+    return parts if overflow else parts[:1]
 
 
 def assemble(examples: List[Tuple[Seq, Optional[Seq]]], *, add_special_tokens: bool, truncation: str,

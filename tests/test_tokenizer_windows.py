@@ -134,6 +134,26 @@ def test_overflow_without_truncation_and_errors(pair):
     kw = dict(return_overflowing_tokens=True, stride=2)
     for args in (("one two",), (["one", "two three"],), ("q", "one two")):
         _check(hf, fast, args, kw, args)
+    # max_length alone truncates, but not with padding (transformers' default); max_length = the special
+    # tokens: nothing kept, the whole text overflows
+    for kw in (dict(max_length=3), dict(max_length=3, padding="max_length"), dict(max_length=3, padding=True),
+               dict(max_length=3, padding="max_length", return_overflowing_tokens=True),
+               dict(max_length=2, truncation=True, return_overflowing_tokens=True, stride=1),
+               dict(max_length=2, truncation=True), dict(max_length=4, padding="max_length", padding_side="left",
+                                                         return_offsets_mapping=True, return_length=True),
+               dict(max_length=3, padding="max_length", pad_to_multiple_of=4, return_special_tokens_mask=True)):
+        _check(hf, fast, (["", "a b c d e"],), kw, kw)
+        if kw["max_length"] >= 3:  # below the 3 special tokens of a pair fastbert raises (HF logs and goes on)
+            _check(hf, fast, (["a b c d e"], ["x"]), kw, kw)
+    for kw in (dict(max_length=3, stride=1), dict(max_length=3, stride=2), dict(max_length=6, stride=4),
+               dict(max_length=4, stride=2, add_special_tokens=False),
+               dict(max_length=4, stride=3, add_special_tokens=False),
+               dict(max_length=3, stride=9, truncation=False)):
+        kw = dict(dict(truncation=True), **kw)
+        _check(hf, fast, (["a b c d e", "x"],), kw, kw)  # stride without overflow: HF's checks still apply
+        _check(hf, fast, (["a b c d e", "x"], ["y", "z"]), kw, kw)
+    with pytest.raises(ValueError, match="truncation=True"):
+        fast(["", "a b c d e"], max_length=4, padding="max_length", return_tensors="np")
     with pytest.raises(ValueError, match="stride"):
         fast("one two three four five six", max_length=6, truncation=True, stride=4, return_overflowing_tokens=True)
     for a, b, n, s in (("a b c d e f g", "one two three four five", 9, 1), ("a b c d e f g", "one two", 8, 0)):
