@@ -146,3 +146,39 @@ def test_added_token_objects_and_decode_quirks(minilm_dir):
                     tok.decode(ids), tok.decode(ids, skip_special_tokens=True),
                     tok.encode(["Hello", "Wörld"], is_split_into_words=True)))
     assert out[1] == out[0]
+
+
+def test_random_added_token_sets_match_hf(minilm_dir):
+    """Random added tokens drawn from the fuzzer's pieces (combining marks, CJK, controls, odd spaces...),
+    some special, uncased and cased, on texts holding them: ids and offsets. Not drawn: two tokens that
+    normalize alike (HashMap order in HF) and the tokenizer's own special tokens re-added as plain tokens
+    (HF then stops splitting them out at all; fastbert keeps matching them verbatim)."""
+    rng = random.Random(31)
+    own = {"[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"}
+    for trial in range(12):
+        kw = dict(do_lower_case=False, strip_accents=False) if trial % 2 else {}
+        hf = transformers.BertTokenizerFast.from_pretrained(minilm_dir, **kw)
+        fast = BertTokenizer.from_pretrained(minilm_dir, **kw)
+        norm = hf.backend_tokenizer.normalizer.normalize_str
+        toks, seen = [], set()
+        for _ in range(rng.randint(1, 8)):
+            t = (_fuzz._piece(rng).strip() or "q")[:rng.randint(1, 6)]
+            if norm(t) and norm(t) not in seen and t not in own:
+                seen.add(norm(t))
+                toks.append(t)
+        toks = toks or ["q"]
+        special = [t for t in toks if rng.random() < 0.3]
+        for tok in (hf, fast):
+            tok.add_tokens([t for t in toks if t not in special])
+            tok.add_tokens(special, special_tokens=True)
+        texts = []
+        for _ in range(25):
+            parts = [_fuzz.random_text(rng)[:30]]
+            for _ in range(rng.randint(0, 5)):
+                x = rng.choice(toks)
+                parts += [rng.choice([x, x.upper(), x.lower()]), rng.choice(["", " ", "a", _fuzz.random_text(rng)[:8]])]
+            texts.append("".join(parts))
+        ref, got = hf(texts, return_offsets_mapping=True), fast(texts, return_offsets_mapping=True)
+        for i, t in enumerate(texts):
+            assert (got["input_ids"][i], got["offset_mapping"][i]) == (ref["input_ids"][i], ref["offset_mapping"][i]), \
+                (toks, special, t)
