@@ -92,13 +92,13 @@ struct IntCache {
   }
 };
 
-// Rows of `v` (a value per token, or 2 for offsets: tuples) as a list of lists, built directly.
-py::list rows_as_lists(const std::vector<int64_t>& v, const BatchOutput& r, IntCache& cache, bool pairs_of_two) {
-  const size_t rows = static_cast<size_t>(r.rows);
-  py::list out(rows);
+// Rows of `v` (a value per token, or 2 per token for offsets: tuples) as a list of lists, built directly;
+// row i has sizes[i] tokens, rows laid end to end.
+py::list lists_of(const int64_t* v, const std::vector<size_t>& sizes, IntCache& cache, bool pairs_of_two) {
+  py::list out(sizes.size());
   size_t at = 0;
-  for (size_t i = 0; i < rows; ++i) {
-    const size_t n = r.padded ? static_cast<size_t>(r.width) : static_cast<size_t>(r.lengths[i]);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const size_t n = sizes[i];
     PyObject* row = PyList_New(static_cast<Py_ssize_t>(n));
     if (!row) throw py::error_already_set();
     for (size_t k = 0; k < n; ++k) {
@@ -122,7 +122,17 @@ py::list rows_as_lists(const std::vector<int64_t>& v, const BatchOutput& r, IntC
   return out;
 }
 
-// encode_batch's output as Python lists of lists (what tok(texts) returns), made here rather than from numpy.
+std::vector<size_t> row_sizes(const BatchOutput& r) {
+  std::vector<size_t> sizes(static_cast<size_t>(r.rows));
+  for (size_t i = 0; i < sizes.size(); ++i)
+    sizes[i] = r.padded ? static_cast<size_t>(r.width) : static_cast<size_t>(r.lengths[i]);
+  return sizes;
+}
+
+py::list rows_as_lists(const std::vector<int64_t>& v, const BatchOutput& r, IntCache& cache, bool pairs_of_two) {
+  return lists_of(v.data(), row_sizes(r), cache, pairs_of_two);
+}
+
 // The cyclic GC is paused while the lists are made: they hold only ints and tuples of ints, and the
 // collections a million new containers trigger cost more than making them (~15% of tok(texts)).
 struct GcPause {
@@ -161,6 +171,39 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__build_info__") = py::str("cpp17");
   m.attr("unicode_classes_version") = py::str(fastbert::unicode::kClassesVersion);
   m.attr("unicode_mappings_version") = py::str(fastbert::unicode::kMappingsVersion);
+
+  m.def(
+      "to_lists",
+      [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> a, py::object lengths, bool tuples) {
+        // numpy (rows, width[, 2]) or flat (n[, 2]) with per-row `lengths` -> lists of lists (of tuples)
+        std::vector<size_t> sizes;
+        if (lengths.is_none()) {
+          if (a.ndim() < 2) throw py::value_error("to_lists: a 2-D array, or a flat one with lengths");
+          sizes.assign(static_cast<size_t>(a.shape(0)), static_cast<size_t>(a.shape(1)));
+        } else {
+          auto l = lengths.cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>();
+          size_t total = 0;
+          for (py::ssize_t i = 0; i < l.size(); ++i) {
+            if (l.data()[i] < 0) throw py::value_error("to_lists: negative length");
+            sizes.push_back(static_cast<size_t>(l.data()[i]));
+            total += sizes.back();
+          }
+          if (total * (tuples ? 2 : 1) > static_cast<size_t>(a.size()))
+            throw py::value_error("to_lists: lengths exceed the array");
+        }
+        if (tuples && (a.ndim() < 2 || a.shape(a.ndim() - 1) != 2))
+          throw py::value_error("to_lists: tuples need a last dimension of 2");
+        GcPause pause;
+        const int64_t* v = a.data();
+        int64_t top = 0;
+        const bool big = !tuples && a.size() > 4096;
+        if (big)
+          for (py::ssize_t i = 0; i < a.size(); ++i) top = std::max(top, v[i]);
+        IntCache cache(big ? static_cast<size_t>(std::min<int64_t>(top, 1 << 22)) + 1 : 0);
+        return lists_of(v, sizes, cache, tuples);
+      },
+      py::arg("array"), py::arg("lengths") = py::none(), py::arg("tuples") = false,
+      "Rows of an int64 array as Python lists (offsets as tuples), made in C++ with the GC paused.");
 
   py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "Tokenizer")
       .def(py::init([](std::vector<std::string> vocab, bool clean_text, bool tokenize_chinese_chars,

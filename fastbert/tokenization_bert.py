@@ -29,7 +29,7 @@ from . import tokenization_cuda, tokenization_windows
 from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
 from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
 from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
-from .tokenization_outputs import BatchEncoding, _Alignment, _Rows, _Sliced  # noqa: F401 - BatchEncoding is public
+from .tokenization_outputs import BatchEncoding, _Alignment, _Sliced  # noqa: F401 - BatchEncoding is public
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
 # the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
@@ -132,7 +132,8 @@ class BertTokenizer(AddedTokensMixin):
     is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
 
     def __getstate__(self):  # the C++ core is rebuilt from the vocabulary on unpickling (DataLoader workers)
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_tok", "_tok_plain", "_device_tries")}
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_tok", "_tok_plain", "_device_tries", "_starts_cache")}
         return state
 
     def __setstate__(self, state):
@@ -147,6 +148,7 @@ class BertTokenizer(AddedTokensMixin):
                                       **self._core_args)
         self._tok_plain = None
         self._vocab = None
+        self._starts_cache = None
         self._added_display = {i: (self._tok.normalize(a["content"]) if a["normalized"] else a["content"])
                                for i, a in self._added_by_id.items()}
 
@@ -510,9 +512,8 @@ class BertTokenizer(AddedTokensMixin):
             self._pad_left(r, keys, r["lengths"])
         out = dict(r, lists=True, padded=True, ragged=widths)
         for k in keys:
-            rows = r[k] if r.get("lists") else r[k].tolist()
-            if k == "offset_mapping" and not r.get("lists"):
-                rows = [[tuple(o) for o in row] for row in rows]
+            rows = r[k] if r.get("lists") else _core().to_lists(np.ascontiguousarray(r[k], dtype=np.int64), None,
+                                                                 k == "offset_mapping")
             out[k] = [row[len(row) - w:] if padding_side == "left" else row[:w]
                       for row, w in zip(rows, widths.tolist())]
         return out
@@ -551,32 +552,40 @@ class BertTokenizer(AddedTokensMixin):
         return texts, pairs, batched
 
     def _sequences(self, items, words: bool, split_special_tokens: bool, num_threads):
-        """(ids, offsets, word ids) per item, without special tokens: a text, or a list of words (each word
-        tokenized alone, offsets relative to it, its index as word id, as HF's pre-tokenized input)."""
+        """The items' tokens without special tokens, flat (tokenization_windows.Side): texts, or lists of words
+        (each word tokenized alone, offsets relative to it, its index as word id, as HF's pre-tokenized input)."""
         flat = [w for item in items for w in item] if words else list(items)
         r = self._run(flat, None, add_special_tokens=False, offsets=True, arrays=(), num_threads=num_threads,
                       split_special_tokens=split_special_tokens)
-        lengths = r["lengths"]
-        cut = np.cumsum(lengths)[:-1]
-        ids = np.split(r["input_ids"], cut) if len(lengths) else []
-        offs = np.split(r["offset_mapping"], cut) if len(lengths) else []
+        ids, offs, lengths = r["input_ids"], r["offset_mapping"].reshape(-1, 2), r["lengths"]
         if not words:
-            starts = self._starts_word
-            return [(i, o, tokenization_windows.word_ids(i.tolist(), starts)) for i, o in zip(ids, offs)]
-        out, k = [], 0
-        for item in items:
-            n = len(item)
-            part_ids, part_offs = ids[k:k + n], offs[k:k + n]
-            wids = [w for w, x in enumerate(part_ids) for _ in range(len(x))]
-            cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape, np.int64)  # noqa: E731
-            out.append((cat(part_ids, (0,)), cat(part_offs, (0, 2)), wids))
-            k += n
-        return out
+            wids = tokenization_windows.word_ids_by_pieces(ids, lengths, self._word_starts())
+            count = lengths
+        else:
+            k = np.array([len(item) for item in items], dtype=np.int64)  # words per item
+            first_word = np.concatenate(([0], np.cumsum(k)[:-1])).astype(np.int64)
+            word_in_item = np.arange(len(flat), dtype=np.int64) - np.repeat(first_word, k)
+            wids = np.repeat(word_in_item, lengths)
+            item_of_word = np.repeat(np.arange(len(items)), k)
+            count = np.bincount(item_of_word, weights=lengths, minlength=len(items)).astype(np.int64)
+        start = np.concatenate(([0], np.cumsum(count)[:-1])).astype(np.int64)
+        return tokenization_windows.Side(ids, offs, wids, start, count)
 
-    def _starts_word(self, i: int) -> bool:
-        """Whether token id i starts a word (anything but a "##" piece of the vocabulary; added tokens do)."""
-        return i in self._added_by_id or i >= len(self._tokens) or not self._tokens[i].startswith("##") \
-            or self._tokens[i] in self._matched
+    def _word_starts(self) -> np.ndarray:
+        """Per token id: whether it starts a word (anything but a "##" piece of the vocabulary; added and
+        special tokens do). Cached until the vocabulary changes."""
+        if getattr(self, "_starts_cache", None) is None:
+            starts = np.ones(self._id_space(), dtype=bool)
+            matched = set(self._matched)
+            for i, t in enumerate(self._tokens):
+                if t.startswith("##") and t not in matched:
+                    starts[i] = False
+            starts[list(self._added_by_id)] = True
+            self._starts_cache = starts
+        return self._starts_cache
+
+    def _id_space(self) -> int:
+        return max(len(self._tokens), max(self._added_by_id, default=-1) + 1)
 
     def _assembled(self, texts, pairs, words, stride, overflow, padding_side, run_args):
         padding, truncation, max_length = self._resolve(len(texts), pairs, run_args["add_special_tokens"],
@@ -584,14 +593,15 @@ class BertTokenizer(AddedTokensMixin):
                                                         run_args["max_length"])
         a = self._sequences(texts, words, run_args["split_special_tokens"], run_args["num_threads"])
         b = self._sequences(pairs, words, run_args["split_special_tokens"], run_args["num_threads"]) \
-            if pairs is not None else [None] * len(a)
-        r, align, mapping = tokenization_windows.assemble(
-            list(zip(a, b)), add_special_tokens=run_args["add_special_tokens"], truncation=truncation,
+            if pairs is not None else None
+        r, rows, mapping = tokenization_windows.assemble(
+            a, b, add_special_tokens=run_args["add_special_tokens"], truncation=truncation,
             max_length=max_length, stride=int(stride), overflow=bool(overflow), padding=padding,
             left_truncation=self.truncation_side == "left",
             pad_to_multiple_of=int(run_args["pad_to_multiple_of"] or 0), cls_id=self._post_ids[0],
             sep_id=self._post_ids[1], pad_id=self.pad_token_id, left=padding_side == "left")
-        return r, _Rows(align, mapping)
+        rows.mapping = mapping
+        return r, rows
 
     def _outputs(self, r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device):
         lengths = r["lengths"]
@@ -614,14 +624,10 @@ class BertTokenizer(AddedTokensMixin):
             return out
         if return_tensors is None:
             out = BatchEncoding()
+            to_lists = _core().to_lists  # C++: no numpy .tolist() / np.split per row
             for k in keys:
-                a = r[k]
-                if r["padded"]:
-                    rows = a.tolist()
-                else:
-                    rows = [x.tolist() for x in np.split(a, np.cumsum(lengths)[:-1])] if len(lengths) else []
-                if k == "offset_mapping":
-                    rows = [[tuple(o) for o in row] for row in rows]
+                a = np.ascontiguousarray(r[k], dtype=np.int64)
+                rows = to_lists(a, None if r["padded"] else lengths, k == "offset_mapping")
                 out[k] = rows if batched else rows[0]
             if return_length:
                 out["length"] = out_lengths.tolist()  # HF: a list even for one text

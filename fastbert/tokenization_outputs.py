@@ -88,18 +88,6 @@ class BatchEncoding(dict):
         return (hits[0], hits[-1] + 1) if hits else None
 
 
-class _Rows:
-    """Alignment rows computed with the rows themselves (is_split_into_words, overflowing windows)."""
-
-    def __init__(self, rows, mapping):
-        self.rows, self.mapping = rows, mapping
-
-    def row(self, i: int):
-        if not -len(self.rows) <= i < len(self.rows):
-            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
-        return self.rows[i]
-
-
 class _Sliced:
     """Alignment rows cut to per-row widths (padding='max_length' rows left longer, as HF)."""
 
@@ -133,7 +121,8 @@ class _Alignment:
     def _compute(self):
         tok = self.tok
         if tok.truncation_side == "left":  # word ids count the words cut from the front: whole sequences first
-            return tok._assembled(self.texts, self.pairs, False, 0, False, self.side, self.run_args)[1].rows
+            rows = tok._assembled(self.texts, self.pairs, False, 0, False, self.side, self.run_args)[1]
+            return [rows.row(i) for i in range(len(rows))]
         keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
         r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
         lengths = r["lengths"]

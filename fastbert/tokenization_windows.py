@@ -1,29 +1,51 @@
-"""Rows built in Python from per-sequence tokens: ``is_split_into_words=True`` (NER) and ``stride`` +
-``return_overflowing_tokens`` (QA sliding windows), with HF tokenizers' truncation, window order,
-special tokens and padding. The plain calls never come here: the C++ core does those whole.
+"""Rows built from per-sequence tokens: ``is_split_into_words=True`` (NER) and ``stride`` +
+``return_overflowing_tokens`` (QA sliding windows), with HF tokenizers' truncation, window order, special
+tokens and padding. The plain calls never come here: the C++ core does those whole.
 
-A sequence is (ids, offsets (n, 2), word ids): from the C++ core without special tokens. ``assemble``
-returns the same dict layout as the core's ``encode_batch`` (packed + lengths, or padded rows), the
-alignment of every row (sequence ids, word ids, offsets: what BatchEncoding.word_ids() reads) and
+The sequences come from the C++ core without special tokens, as flat arrays (``Side``: ids, offsets, word ids,
+and where each item starts); ``plan`` picks each row's windows in Python (a few operations per row), and
+``assemble`` lays out every token with numpy index arithmetic: no Python loop per token. It returns the
+same dict layout as the core's ``encode_batch`` (packed + lengths, or padded rows), the alignment (sequence
+ids, word ids, offsets: what BatchEncoding.word_ids() reads, made per row on first use) and
 ``overflow_to_sample_mapping``.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-Seq = Tuple[np.ndarray, np.ndarray, List[int]]  # ids (n,), offsets (n, 2), word ids (n)
+
+class Side(NamedTuple):
+    """The first (or second) sequences of a batch, flat: token ids, offsets (n, 2), word ids, and each
+    item's first token and token count."""
+    ids: np.ndarray
+    offsets: np.ndarray
+    words: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
 
 
-def word_ids(ids: Sequence[int], starts_word) -> List[int]:
-    """Word index of each token of one sequence: a token starts a word unless it is a "##" piece."""
-    out, w = [], -1
-    for i in ids:
-        if starts_word(i) or w < 0:
-            w += 1
-        out.append(w)
-    return out
+def word_ids_by_pieces(ids: np.ndarray, lengths: np.ndarray, starts_word: np.ndarray) -> np.ndarray:
+    """Word index of each token, counted per sequence: a token starts a word unless it is a "##" piece
+    (``starts_word[id]`` False); a sequence's first token always does."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    begins = starts_word[ids].copy()
+    begins[first[lengths > 0]] = True
+    cs = np.cumsum(begins)
+    return cs - np.repeat(cs[np.minimum(first, n - 1)], lengths)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges [starts[i], starts[i] + lengths[i])."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    return np.repeat(starts - offsets, lengths) + np.arange(total)
 
 
 def windows(n: int, size: int, stride: int, left: bool = False) -> List[Tuple[int, int]]:
@@ -99,72 +121,102 @@ def _cut(parts, overflow):
     return parts if overflow else parts[:1]
 
 
-def assemble(examples: List[Tuple[Seq, Optional[Seq]]], *, add_special_tokens: bool, truncation: str,
-             max_length: Optional[int], stride: int, overflow: bool, padding: str, pad_to_multiple_of: int,
-             cls_id: int, sep_id: int, pad_id: Optional[int], left: bool = False,
-             left_truncation: bool = False):
-    """Rows of (first, pair or None) sequences: (encode_batch-like dict, alignment rows, sample mapping)."""
-    pair = any(b is not None for _, b in examples)
-    specials = (3 if pair else 2) if add_special_tokens else 0
+def assemble(a: Side, b: Optional[Side], *, add_special_tokens: bool, truncation: str, max_length: Optional[int],
+             stride: int, overflow: bool, padding: str, pad_to_multiple_of: int, cls_id: int, sep_id: int,
+             pad_id: Optional[int], left: bool = False, left_truncation: bool = False):
+    """Rows of the examples (a[i], b[i] or none): (encode_batch-like dict, Rows alignment, sample mapping)."""
+    pair = b is not None
+    sp = bool(add_special_tokens)
+    specials = (3 if pair else 2) if sp else 0
     target = None
     if truncation != "do_not_truncate" and max_length is not None:
         target = max_length - specials
         if target < 0:
             raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each "
                              "sequence")
-    rows, mapping = [], []  # rows: (ids, type ids, special mask, offsets, seq ids, word ids)
-    for k, (a, b) in enumerate(examples):
-        for (a0, a1), wb in plan(len(a[0]), None if b is None else len(b[0]), target, truncation, stride, overflow,
-                                 left_truncation):
-            ids, types, special, offs, seqs, words = [], [], [], [], [], []
-
-            def put(tok_id, seq, word=None, off=(0, 0), t=0):
-                ids.append(tok_id)
-                types.append(t)
-                special.append(1 if seq is None else 0)
-                offs.append(off)
-                seqs.append(seq)
-                words.append(word)
-
-            if add_special_tokens:
-                put(cls_id, None)
-            for i in range(a0, a1):
-                put(int(a[0][i]), 0, a[2][i], (int(a[1][i][0]), int(a[1][i][1])))
-            if add_special_tokens:
-                put(sep_id, None)
-            if b is not None:
-                for i in range(wb[0], wb[1]):
-                    put(int(b[0][i]), 1, b[2][i], (int(b[1][i][0]), int(b[1][i][1])), 1)
-                if add_special_tokens:
-                    put(sep_id, None, t=1)
-            rows.append((ids, types, special, offs, seqs, words))
+    a_lo, a_hi, b_lo, b_hi, mapping = [], [], [], [], []
+    a_start, a_count = a.start.tolist(), a.count.tolist()
+    b_start, b_count = (b.start.tolist(), b.count.tolist()) if pair else (None, None)
+    for k in range(len(a_count)):
+        n2 = b_count[k] if pair else None
+        for (x0, x1), wb in plan(a_count[k], n2, target, truncation, stride, overflow, left_truncation):
+            a_lo.append(a_start[k] + x0)
+            a_hi.append(a_start[k] + x1)
+            if pair:
+                b_lo.append(b_start[k] + wb[0])
+                b_hi.append(b_start[k] + wb[1])
             mapping.append(k)
-    lengths = np.array([len(r[0]) for r in rows], dtype=np.int64)
-    longest = int(lengths.max()) if len(rows) else 0
+    i64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    a_lo, a_hi = i64(a_lo), i64(a_hi)
+    la = a_hi - a_lo
+    lb = (i64(b_hi) - i64(b_lo)) if pair else np.zeros_like(la)
+    lengths = la + lb + specials
+    rows = len(lengths)
+    row_start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if rows else i64([])
+    total = int(lengths.sum())
+    ids = np.empty(total, dtype=np.int64)
+    types = np.zeros(total, dtype=np.int64)
+    special = np.zeros(total, dtype=np.int64)
+    offs = np.zeros((total, 2), dtype=np.int64)
+    seq = np.full(total, -1, dtype=np.int64)
+    word = np.full(total, -1, dtype=np.int64)
+    a_dst = row_start + (1 if sp else 0)
+    if sp:
+        ids[row_start], special[row_start] = cls_id, 1
+        sep1 = a_dst + la
+        ids[sep1], special[sep1] = sep_id, 1
+    src, dst = _ranges(a_lo, la), _ranges(a_dst, la)
+    ids[dst], offs[dst], seq[dst], word[dst] = a.ids[src], a.offsets[src], 0, a.words[src]
+    if pair:
+        b_dst = a_dst + la + (1 if sp else 0)
+        src, dst = _ranges(i64(b_lo), lb), _ranges(b_dst, lb)
+        ids[dst], offs[dst], seq[dst], word[dst], types[dst] = b.ids[src], b.offsets[src], 1, b.words[src], 1
+        if sp:
+            sep2 = b_dst + lb
+            ids[sep2], special[sep2], types[sep2] = sep_id, 1, 1
     padded = padding != "do_not_pad"
-    width = longest
+    width = int(lengths.max()) if rows else 0
     if padding == "max_length" and max_length is not None:
-        width = max(longest, max_length)
+        width = max(width, max_length)
     if padded and pad_to_multiple_of and width % pad_to_multiple_of:
         width += pad_to_multiple_of - width % pad_to_multiple_of
-    names = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
-    fills = (pad_id, 0, 1, (0, 0))
-    out = {}
-    for j, (name, fill) in enumerate(zip(names, fills)):
-        if padded:
-            data = [r[j] + [fill] * (width - len(r[j])) for r in rows]
-        else:
-            data = [x for r in rows for x in r[j]]
-        out[name] = np.array(data, dtype=np.int64).reshape(
-            ((len(rows), width) if padded else (-1,)) + ((2,) if name == "offset_mapping" else ()))
-    mask = [[1] * len(r[0]) + [0] * ((width if padded else len(r[0])) - len(r[0])) for r in rows]
-    out["attention_mask"] = (np.array(mask, dtype=np.int64).reshape(len(rows), width) if padded
-                             else np.array([x for m in mask for x in m], dtype=np.int64))
-    out["lengths"], out["padded"] = lengths, padded
-    align = []
-    for r in rows:
-        gap = (width - len(r[0])) if padded else 0
-        pad = ([None] * gap, [None] * gap, [(0, 0)] * gap)
-        mine = (r[4], r[5], [tuple(o) for o in r[3]])
-        align.append(tuple(p + m if left else m + p for p, m in zip(pad, mine)))
-    return out, align, mapping
+    out = {"lengths": lengths, "padded": padded}
+    flat = {"input_ids": ids, "token_type_ids": types, "special_tokens_mask": special, "offset_mapping": offs,
+            "attention_mask": np.ones(total, dtype=np.int64)}
+    if padded:
+        row_of = np.repeat(np.arange(rows), lengths)
+        col = np.arange(total) - np.repeat(row_start, lengths)
+        fills = {"input_ids": pad_id, "token_type_ids": 0, "special_tokens_mask": 1, "offset_mapping": 0,
+                 "attention_mask": 0}
+        for name, v in flat.items():
+            m = np.full((rows, width) + v.shape[1:], fills[name], dtype=np.int64)
+            m[row_of, col] = v
+            out[name] = m
+    else:
+        out.update(flat)
+    return out, Rows(seq, word, offs, row_start, lengths, width if padded else None, left), mapping
+
+
+class Rows:
+    """Alignment of assembled rows (sequence ids, word ids, offsets), each row made on first use."""
+
+    def __init__(self, seq, word, offs, row_start, lengths, width, left):
+        self.seq, self.word, self.offs = seq, word, offs
+        self.row_start, self.lengths, self.width, self.left = row_start.tolist(), lengths.tolist(), width, left
+        self.mapping = None
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def row(self, i: int):
+        if not -len(self.lengths) <= i < len(self.lengths):
+            raise IndexError(f"batch index {i} is out of range for {len(self.lengths)} rows")
+        a, n = self.row_start[i], self.lengths[i]
+        seq = [None if x < 0 else x for x in self.seq[a:a + n].tolist()]
+        word = [None if x < 0 else x for x in self.word[a:a + n].tolist()]
+        offs = [tuple(o) for o in self.offs[a:a + n].tolist()]
+        gap = (self.width - n) if self.width is not None else 0
+        if gap:
+            pads = ([None] * gap, [None] * gap, [(0, 0)] * gap)
+            seq, word, offs = ((p + x) if self.left else (x + p) for p, x in zip(pads, (seq, word, offs)))
+        return seq, word, offs
