@@ -10,6 +10,11 @@
   * ``fastbert_single`` / ``fastbert_batch``: fastbert's core on 1 thread / all cores, offsets included
     (the same information as HF's Encoding);
   * ``fastbert_packed_single``: the public ``BertTokenizer.encode_packed`` (ids + cu_seqlens, torch);
+  * ``call_lists_*``: ``tok(texts)`` returning Python lists, fastbert.BertTokenizer vs
+    transformers.BertTokenizerFast (same vocab), one thread (TOKENIZERS_PARALLELISM=false, num_threads=1)
+    and all cores;
+  * ``call_np128_*``: ``tok(texts, truncation=True, max_length=128, padding=True, return_tensors="np")``,
+    the same two tokenizers, one thread and all cores;
 and the ratios fastbert / HF. The default corpus is the Debian multilingual corpus of the parity tests
 (scripts/build_tokenizer_corpus.py). Results are also written to benchmarks/results/tokenizer.json.
 
@@ -94,6 +99,26 @@ def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = old
+    # __call__ as users call it: Python lists, and padded numpy at max_length 128, against transformers'
+    import transformers
+
+    hf_call = transformers.BertTokenizerFast(vocab_file=vocab, do_lower_case=True)
+    np128 = dict(truncation=True, max_length=128, padding=True, return_tensors="np")
+    calls = {}
+    try:
+        for par in (False, True):
+            os.environ["TOKENIZERS_PARALLELISM"] = "true" if par else "false"
+            tag = "all" if par else "single"
+            calls[f"hf_call_lists_{tag}"] = _best(lambda: hf_call(texts), repeat)
+            calls[f"hf_call_np128_{tag}"] = _best(lambda: hf_call(texts, **np128), repeat)
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+    for tag, n in (("single", 1), ("all", 0)):
+        calls[f"fastbert_call_lists_{tag}"] = _best(lambda: fast(texts, num_threads=n or threads), repeat)
+        calls[f"fastbert_call_np128_{tag}"] = _best(lambda: fast(texts, num_threads=n or threads, **np128), repeat)
     t_single = _best(lambda: core.encode_batch(texts, offsets=True, num_threads=1, **ids), repeat)
     t_batch = _best(lambda: core.encode_batch(texts, offsets=True, num_threads=0, **ids), repeat)
     t_packed = _best(lambda: fast.encode_packed(texts, max_length=10**9, num_threads=1), repeat)
@@ -113,6 +138,11 @@ def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
     short = " ".join(doc.split()[:400])
     for name, x in (("truncate_1mb_doc_to_512_ms", doc), ("truncate_512_token_text_ms", short)):
         res[name] = 1e3 * _best(lambda: fast(x, truncation=True, max_length=512, num_threads=1), max(repeat, 5))
+    for k, t in calls.items():
+        res[f"{k}_mb_s"] = mb / t
+    for what in ("lists", "np128"):
+        for tag in ("single", "all"):
+            res[f"speedup_call_{what}_{tag}"] = calls[f"hf_call_{what}_{tag}"] / calls[f"fastbert_call_{what}_{tag}"]
     res["speedup_single"] = res["fastbert_single_mb_s"] / res["hf_single_mb_s"]
     res["speedup_batch"] = res["fastbert_batch_mb_s"] / res["hf_batch_mb_s"]
     res["meta"] = {"tokenizers": tokenizers.__version__, "python": sys.version.split()[0],

@@ -300,8 +300,46 @@ Tokenizer::Tokenizer(std::vector<std::string> vocab, TokenizerOptions options)
     specials_.push_back(Special{s, id, chars});
     special_first_byte_[static_cast<uint8_t>(s[0])] = true;
   }
+  for (const auto& a : opts_.added) {
+    if (a.content.empty()) continue;
+    if (a.id < 0) throw std::invalid_argument("added token '" + a.content + "' has a negative id");
+    int64_t chars = 0;
+    uint32_t cp;
+    for (size_t p = 0; p < a.content.size();) {
+      size_t n = decode_utf8(a.content, p, &cp);
+      if (n == 0) throw std::invalid_argument("added token is not valid UTF-8");
+      p += n;
+      ++chars;
+    }
+    if (!a.normalized) {
+      specials_.push_back(Special{a.content, a.id, chars});
+      special_first_byte_[static_cast<uint8_t>(a.content[0])] = true;
+    }
+  }
   std::stable_sort(specials_.begin(), specials_.end(),
                    [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
+  // Normalized added tokens: their content normalized as HF's AddedVocabulary does (with the normalizer).
+  std::vector<uint32_t> cps;
+  for (const auto& a : opts_.added) {
+    if (a.content.empty() || !a.normalized) continue;
+    cps.clear();
+    Sink sink{nullptr, nullptr};
+    sink.normalized = &cps;
+    scan(a.content, sink);
+    if (!cps.empty()) norm_added_.push_back(NormAdded{cps, a.id});
+  }
+  std::stable_sort(norm_added_.begin(), norm_added_.end(),
+                   [](const NormAdded& a, const NormAdded& b) { return a.cps.size() > b.cps.size(); });
+}
+
+std::string Tokenizer::normalize(std::string_view text) const {
+  std::vector<uint32_t> cps;
+  Sink sink{nullptr, nullptr};
+  sink.normalized = &cps;
+  scan(text, sink);
+  std::string out;
+  for (uint32_t c : cps) append_utf8(out, c);
+  return out;
 }
 
 int32_t Tokenizer::token_to_id(std::string_view token) const {
@@ -371,17 +409,25 @@ void Tokenizer::split_words(std::string_view text, std::string& bytes, std::vect
 }
 
 void Tokenizer::scan(std::string_view text, const Sink& sink) const {
-  std::vector<int32_t>& ids = *sink.ids;
+  thread_local std::vector<int32_t> no_ids;
+  std::vector<int32_t>& ids = sink.ids ? *sink.ids : no_ids;
   std::vector<int64_t>* offsets = sink.offsets;
   thread_local Word w;
   w.clear();
   using namespace unicode;
   const bool clean = opts_.clean_text, cjk = opts_.tokenize_chinese_chars;
   const bool strip = opts_.strip_accents, lower = opts_.lowercase;
-  const bool have_specials = !specials_.empty();
+  const bool normalize_only = sink.normalized != nullptr;
+  const bool have_specials = !specials_.empty() && !normalize_only;
+  // With normalized added tokens (or in normalize() mode) the normalized characters between two verbatim
+  // matches are held in `buf` (HF's NormalizedString, CJK padding spaces included), the added tokens are
+  // matched there, leftmost-longest, and the rest goes on to pre-tokenization and WordPiece.
+  const bool buffering = normalize_only || !norm_added_.empty();
+  thread_local std::vector<NChar> buf;
+  buf.clear();
   int64_t ci = 0;  // code point index of the character at byte pos
   // Emits one normalized character of input character `orig`.
-  auto emit = [&](uint32_t c, int64_t orig) {
+  auto emit_word = [&](uint32_t c, int64_t orig) {
     const uint8_t g = char_flags(c);
     if (g & kSpace) {
       flush(w, sink);
@@ -392,6 +438,48 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
     } else {
       w.push(c, orig);
     }
+  };
+  auto emit = [&](uint32_t c, int64_t orig) {
+    if (buffering)
+      buf.push_back(NChar{c, orig});
+    else
+      emit_word(c, orig);
+  };
+  // The normalized characters in `buf`: added tokens out, the rest to emit_word.
+  auto drain = [&]() {
+    if (normalize_only) {
+      for (const NChar& c : buf) sink.normalized->push_back(c.cp);
+      buf.clear();
+      return;
+    }
+    const size_t n = buf.size();
+    for (size_t i = 0; i < n;) {
+      const NormAdded* hit = nullptr;
+      for (const NormAdded& a : norm_added_) {  // longest first: leftmost-longest
+        const size_t len = a.cps.size();
+        if (len > n - i || a.cps[0] != buf[i].cp) continue;
+        size_t k = 1;
+        while (k < len && a.cps[k] == buf[i + k].cp) ++k;
+        if (k == len) {
+          hit = &a;
+          break;
+        }
+      }
+      if (!hit) {
+        emit_word(buf[i].cp, buf[i].orig);
+        ++i;
+        continue;
+      }
+      flush(w, sink);
+      if (sink.words) sink.starts->push_back(static_cast<int64_t>(sink.words->size()));
+      ids.push_back(hit->id);
+      if (offsets) {
+        offsets->push_back(buf[i].orig);
+        offsets->push_back(buf[i + hit->cps.size() - 1].orig + 1);
+      }
+      i += hit->cps.size();
+    }
+    buf.clear();
   };
   auto emit_lower = [&](uint32_t c, int64_t orig) {
     if (lower && (char_flags(c) & kLower)) {
@@ -461,6 +549,7 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
       size_t n = match_special(text, pos, &sid);
       if (n) {
         flush_run();
+        if (buffering) drain();
         flush(w, sink);
         int64_t chars = 0;
         for (size_t p = pos; p < pos + n; ++p) chars += (static_cast<unsigned char>(text[p]) & 0xC0) != 0x80;
@@ -475,7 +564,7 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
         continue;
       }
     }
-    if (b < 0x80) {  // ASCII fast path: no CJK, no decomposition, lower case is A-Z only
+    if (b < 0x80 && !buffering) {  // ASCII fast path: no CJK, no decomposition, lower case is A-Z only
       const int64_t orig = ci++;
       ++pos;
       const uint8_t f = char_flags(b);
@@ -501,22 +590,34 @@ void Tokenizer::scan(std::string_view text, const Sink& sink) const {
     if (clean && (f & kRemove)) continue;
     if (f & kSpace) {
       flush_run();
-      flush(w, sink);
+      if (buffering)
+        buf.push_back(NChar{clean ? uint32_t{' '} : cp, orig});
+      else
+        flush(w, sink);
       continue;
     }
     const bool is_cjk = cjk && (f & kCjk);
     if (is_cjk) {
       flush_run();
-      flush(w, sink);
+      if (buffering)
+        buf.push_back(NChar{' ', orig});  // HF pads CJK characters with spaces
+      else
+        flush(w, sink);
     }
     if (strip) {
       nfd_char(cp, f, orig);
     } else {
       emit_lower(cp, orig);
     }
-    if (is_cjk) flush(w, sink);
+    if (is_cjk) {
+      if (buffering)
+        buf.push_back(NChar{' ', orig});
+      else
+        flush(w, sink);
+    }
   }
   flush_run();
+  if (buffering) drain();
   flush(w, sink);
 }
 
@@ -530,9 +631,15 @@ struct Row {
 };
 
 // HF tokenizers' truncate_encodings; target excludes special tokens.
-void truncate(Row& r, bool pair, int64_t target, Truncation how) {
-  auto cut = [](std::vector<int32_t>& v, std::vector<int64_t>& o, int64_t n) {
+void truncate(Row& r, bool pair, int64_t target, Truncation how, bool left) {
+  auto cut = [left](std::vector<int32_t>& v, std::vector<int64_t>& o, int64_t n) {
     if (static_cast<int64_t>(v.size()) > n) {
+      if (left) {  // keep the last n
+        const size_t drop = v.size() - static_cast<size_t>(n);
+        v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(drop));
+        if (!o.empty()) o.erase(o.begin(), o.begin() + static_cast<std::ptrdiff_t>(2 * drop));
+        return;
+      }
       v.resize(static_cast<size_t>(n));
       if (!o.empty()) o.resize(static_cast<size_t>(2 * n));
     }
@@ -599,7 +706,7 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
   // kept, so truncate() sees that it must cut and raises where it would have): a 1 MB document cut to
   // 512 tokens costs what 512 tokens cost.
   size_t limit = SIZE_MAX;
-  if (!b && o.truncation != Truncation::kNone && o.max_length >= specials)
+  if (!b && !o.truncate_left && o.truncation != Truncation::kNone && o.max_length >= specials)
     limit = static_cast<size_t>(o.max_length - specials) + 1;
   tok.tokenize(a, r.a, o.offsets ? &r.oa : nullptr, limit);
   if (b) tok.tokenize(*b, r.b, o.offsets ? &r.ob : nullptr);
@@ -608,7 +715,7 @@ void encode_row(const Tokenizer& tok, std::string_view a, const std::string_view
     if (target < 0)
       throw std::invalid_argument("max_length=" + std::to_string(o.max_length) + " is smaller than the " +
                                   std::to_string(specials) + " special tokens added to each sequence");
-    truncate(r, b != nullptr, target, o.truncation);
+    truncate(r, b != nullptr, target, o.truncation, o.truncate_left);
   }
 }
 

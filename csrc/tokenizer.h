@@ -33,6 +33,14 @@ struct TokenizerOptions {
   std::string unk_token = "[UNK]";
   std::string continuing_subword_prefix = "##";
   std::vector<std::string> never_split;  // matched verbatim (leftmost-longest) before normalization
+  // Added tokens (HF's AddedVocabulary) with their ids: `normalized` ones are matched (leftmost-longest)
+  // in the normalized text of what lies between the verbatim matches; the others verbatim, like never_split.
+  struct Added {
+    std::string content;
+    int32_t id;
+    bool normalized;
+  };
+  std::vector<Added> added;
 };
 
 // Vocabulary trie with LinMaxMatch failure links and pops.
@@ -117,6 +125,11 @@ class Tokenizer {
   void split_words(std::string_view text, std::string& bytes, std::vector<int64_t>& starts,
                    std::vector<int32_t>& fixed) const;
 
+  // The normalized text (BertNormalizer: cleaning, CJK padding, accent stripping, lower case) as HF's
+  // NormalizedString holds it, UTF-8; no special-token matching.
+  std::string normalize(std::string_view text) const;
+  bool has_normalized_added() const { return !norm_added_.empty(); }
+
  private:
   struct Word;
   struct Sink {
@@ -125,7 +138,13 @@ class Tokenizer {
     std::string* words = nullptr;  // split_words mode
     std::vector<int64_t>* starts = nullptr;
     size_t limit = SIZE_MAX;
+    std::vector<uint32_t>* normalized = nullptr;  // normalize() mode: the normalized characters only
   };
+  struct NChar {
+    uint32_t cp;
+    int64_t orig;
+  };
+
   void scan(std::string_view text, const Sink& sink) const;
   void flush(Word& w, const Sink& sink) const;
   size_t match_special(std::string_view text, size_t pos, int32_t* id) const;
@@ -141,6 +160,11 @@ class Tokenizer {
     int64_t chars;
   };
   std::vector<Special> specials_;  // sorted longest first
+  struct NormAdded {
+    std::vector<uint32_t> cps;  // normalized content
+    int32_t id;
+  };
+  std::vector<NormAdded> norm_added_;  // sorted longest first (stable: earlier added wins a tie)
   bool special_first_byte_[256] = {};
 };
 
@@ -155,6 +179,7 @@ struct EncodeOptions {
   Truncation truncation = Truncation::kNone;
   Padding padding = Padding::kNone;
   int64_t pad_to_multiple_of = 0;
+  bool truncate_left = false;  // HF's truncation_side="left": keep the last tokens
   bool offsets = false;
   bool type_ids = true, attention_mask = true, special_tokens_mask = true;  // which arrays to fill
   int num_threads = 1;  // <= 0: all hardware threads

@@ -11,7 +11,10 @@ Output is identical to Hugging Face `tokenizers` (``transformers.BertTokenizer``
 follows the Rust one; docs/tokenizer.md lists the differences and the few places fastbert raises a clear
 error where HF returns something surprising (max_length smaller than the special tokens, ragged tensors).
 
-Packed output for the variable-length kernels: :meth:`BertTokenizer.encode_packed`.
+Packed output for the variable-length kernels: :meth:`BertTokenizer.encode_packed`. The rest of the API
+lives next door: tokenization_outputs (BatchEncoding), tokenization_added (add_tokens), tokenization_windows
+(is_split_into_words, overflowing windows), tokenization_files (vocab.txt, tokenizer.json),
+tokenization_cuda (encode_packed on a GPU).
 """
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-VERY_LARGE_INTEGER = int(1e30)  # HF's "no model_max_length"
+from . import tokenization_cuda, tokenization_windows
+from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
+from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
+from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
+from .tokenization_outputs import BatchEncoding, _Alignment, _Sliced  # noqa: F401 - BatchEncoding is public
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
 # the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
@@ -31,7 +38,6 @@ _CALL_KEYWORDS = frozenset({
     "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids", "return_attention_mask",
     "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
     "verbose", "split_special_tokens", "device", "num_threads"})
-_SPECIAL_ATTRS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def _core():
@@ -55,166 +61,7 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load_vocab(vocab_file: Union[str, os.PathLike]) -> List[str]:
-    """Tokens of a BERT vocab.txt, one per line, in id order (trailing whitespace trimmed, as HF does)."""
-    path = Path(vocab_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocab file not found: {path} (a BERT vocab.txt, one token per line)")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"vocab file {path} is not valid UTF-8 ({e}); is it really a BERT vocab.txt?") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    tokens = [line.rstrip() for line in lines]
-    if not any(tokens):
-        raise ValueError(f"vocab file {path} is empty (a BERT vocab.txt has one token per line)")
-    return tokens
-
-
-def _token_str(value) -> Optional[str]:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "content" in value:  # AddedToken serialized by transformers
-        return value["content"]
-    return str(value)
-
-
-class BatchEncoding(dict):
-    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
-
-    def __getattr__(self, name):
-        if name == "encodings":  # HF fast tokenizers' tokenizers.Encoding list: not built, say so
-            self._no_encodings()
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def to(self, device):
-        for k, v in self.items():
-            if hasattr(v, "to"):
-                self[k] = v.to(device)
-        return self
-
-    @property
-    def data(self):
-        return dict(self)
-
-    # ---- alignment (HF's fast-tokenizer BatchEncoding methods) --------------------------------------
-    # Computed on first use by re-running the C++ core on the same texts with offsets (the hot path
-    # pays nothing): _origin is set by BertTokenizer.__call__.
-    _origin = None
-    is_fast = True
-
-    def _no_encodings(self):
-        raise _NoEncodings("fastbert builds no tokenizers.Encoding objects: use the BatchEncoding methods "
-                           "word_ids(i), sequence_ids(i), token_to_word, char_to_token, token_to_chars")
-
-    def _row(self, i: int):
-        if self._origin is None:
-            raise ValueError("this BatchEncoding was not made by fastbert.BertTokenizer.__call__ on texts "
-                             "(pad() output has no alignment): word_ids / char_to_token are not available")
-        return self._origin.row(i)
-
-    @staticmethod
-    def _split(batch_or_index, index):
-        return (0, batch_or_index) if index is None else (batch_or_index, index)
-
-    def sequence_ids(self, batch_index: int = 0) -> List[Optional[int]]:
-        return list(self._row(batch_index)[0])
-
-    def word_ids(self, batch_index: int = 0) -> List[Optional[int]]:
-        return list(self._row(batch_index)[1])
-
-    words = word_ids
-
-    def token_to_sequence(self, batch_or_token_index: int, token_index: Optional[int] = None):
-        b, t = self._split(batch_or_token_index, token_index)
-        return self._row(b)[0][t]
-
-    def token_to_word(self, batch_or_token_index: int, token_index: Optional[int] = None):
-        b, t = self._split(batch_or_token_index, token_index)
-        return self._row(b)[1][t]
-
-    def token_to_chars(self, batch_or_token_index: int, token_index: Optional[int] = None):
-        """(start, end) code point offsets of a token, None for special tokens and padding."""
-        b, t = self._split(batch_or_token_index, token_index)
-        seq, _, offs = self._row(b)
-        return None if seq[t] is None else offs[t]
-
-    def char_to_token(self, batch_or_char_index: int, char_index: Optional[int] = None,
-                      sequence_index: int = 0) -> Optional[int]:
-        """Index of the token holding character `char_index` of sequence `sequence_index`, or None."""
-        b, c = self._split(batch_or_char_index, char_index)
-        seq, _, offs = self._row(b)
-        for t, (s, o) in enumerate(zip(seq, offs)):
-            if s == sequence_index and o[0] <= c < o[1]:
-                return t
-        return None
-
-    def word_to_tokens(self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0):
-        """(start, end) token span of a word, or None."""
-        b, w = self._split(batch_or_word_index, word_index)
-        seq, words, _ = self._row(b)
-        hits = [t for t, (s, x) in enumerate(zip(seq, words)) if s == sequence_index and x == w]
-        return (hits[0], hits[-1] + 1) if hits else None
-
-
-class _NoEncodings(AttributeError, NotImplementedError):
-    """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
-
-
-class _Alignment:
-    """Sequence ids, word ids and offsets of the rows of one __call__, computed on first use."""
-
-    def __init__(self, tok, texts, pairs, run_args, padding_side):
-        self.tok, self.texts, self.pairs, self.run_args, self.side = tok, texts, pairs, run_args, padding_side
-        self.rows = None
-
-    def row(self, i: int):
-        if self.rows is None:
-            self.rows = self._compute()
-        if not -len(self.rows) <= i < len(self.rows):
-            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
-        return self.rows[i]
-
-    def _compute(self):
-        tok = self.tok
-        keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
-        r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
-        lengths = r["lengths"]
-        if r["padded"] and self.side == "left":
-            tok._pad_left(r, keys, lengths)
-        if r["padded"]:
-            rows = [[r[k][i] for k in keys] for i in range(len(lengths))]
-        else:
-            cut = np.cumsum(lengths)[:-1]
-            rows = list(zip(*(np.split(r[k], cut) for k in keys))) if len(lengths) else []
-        matched = {tok._tok.token_to_id(t) for t in tok._matched} - {-1}
-        tokens = tok._tokens
-        out = []
-        for ids, types, special, offs in rows:
-            seq = [None if m else int(t) for t, m in zip(types.tolist(), special.tolist())]
-            words, w, last = [], -1, None
-            for s, i in zip(seq, ids.tolist()):
-                if s is None:
-                    words.append(None)
-                    continue
-                if s != last:
-                    w, last = -1, s
-                if i in matched or i >= len(tokens) or not tokens[i].startswith("##") or w < 0:
-                    w += 1  # a continuation piece ("##...") stays in its word; anything else starts one
-                words.append(w)
-            out.append((seq, words, [tuple(o) for o in offs.tolist()]))
-        return out
-
-
-class BertTokenizer:
+class BertTokenizer(AddedTokensMixin):
     """BERT WordPiece tokenizer with Hugging Face's API and output, computed in C++.
 
     Args mirror ``transformers.BertTokenizer``: ``do_lower_case``, ``strip_accents`` (None: same as
@@ -239,8 +86,8 @@ class BertTokenizer:
             raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
-        if truncation_side != "right":
-            raise NotImplementedError(f"truncation_side={truncation_side!r}: only 'right' is supported")
+        if truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side={truncation_side!r}: use 'right' or 'left'")
         self.padding_side, self.truncation_side = padding_side, truncation_side
         self.split_special_tokens = bool(split_special_tokens)
         if isinstance(vocab_file, (list, tuple)):  # the tokens themselves (tokenizer.json's vocab)
@@ -264,23 +111,46 @@ class BertTokenizer:
                                strip_accents=strip, lowercase=self.do_lower_case,
                                max_input_chars_per_word=self.max_input_chars_per_word, unk_token=self.unk_token or "",
                                continuing_subword_prefix="##")
+        # added tokens (HF's AddedVocabulary): content -> id, id -> spec, the special ones and the others in
+        # the order added (HF's pattern order), and the extra special tokens (additional_special_tokens)
+        self._added_map: Dict[str, int] = {}
+        self._added_by_id: Dict[int, Dict[str, Any]] = {}
+        self._added_special: List[Dict[str, Any]] = []
+        self._added_plain: List[Dict[str, Any]] = []
+        self._added_display: Dict[int, str] = {}
+        self._extra_special: List[str] = []
         try:
-            self._tok = _core().Tokenizer(self._tokens, never_split=matched, **self._core_args)
+            self._build_core()
         except ValueError as e:
             raise ValueError(f"cannot build a tokenizer from {self.vocab_file}: {e}") from None
-        self._tok_plain = None
-        self._vocab = None
+        # the [CLS] / [SEP] ids put around sequences are fixed here, as in HF's post-processor (setting
+        # cls_token later, e.g. by add_special_tokens, does not change them)
+        self._post_ids = (self.cls_token_id, self.sep_token_id)
+        self._init_specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token,
+                                           self.mask_token) if t]
 
     is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
 
     def __getstate__(self):  # the C++ core is rebuilt from the vocabulary on unpickling (DataLoader workers)
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_tok", "_tok_plain", "_device_tries")}
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_tok", "_tok_plain", "_device_tries", "_starts_cache")}
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, **self._core_args)
+        self._build_core()
+        if "_post_ids" not in state:  # pickled by an older fastbert
+            self._post_ids = (self.cls_token_id, self.sep_token_id)
+            self._init_specials = list(self.all_special_tokens)
+
+    def _build_core(self):
+        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, added=self._added_patterns(),
+                                      **self._core_args)
         self._tok_plain = None
+        self._vocab = None
+        self._starts_cache = None
+        self._added_display = {i: (self._tok.normalize(a["content"]) if a["normalized"] else a["content"])
+                               for i, a in self._added_by_id.items()}
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -316,8 +186,16 @@ class BertTokenizer:
         args = {k: v for k, v in config.items() if k in allowed}
         if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
             args["model_max_length"] = None
+        added = {}
+        if isinstance(kwargs.get("_added_tokens"), list):  # from tokenizer.json
+            added = {int(a["id"]): a for a in kwargs.pop("_added_tokens") if "id" in a}
+        if isinstance(config.get("added_tokens_decoder"), dict):
+            added.update({int(i): a for i, a in config["added_tokens_decoder"].items()})
+        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
         args.update(kwargs)
-        return cls(vocab, **args)
+        tok = cls(vocab, **args)
+        tok._load_added(added, extra)
+        return tok
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> tuple:
         """Writes vocab.txt, tokenizer_config.json and special_tokens_map.json: the files
@@ -336,6 +214,9 @@ class BertTokenizer:
                   "model_max_length": self.model_max_length, **self.special_tokens_map}
         if self.never_split:
             config["never_split"] = self.never_split
+        if self._added_map or self._extra_special:  # what transformers writes and reads back
+            config["added_tokens_decoder"] = {str(i): a for i, a in self.added_tokens_decoder.items()}
+            config["extra_special_tokens"] = list(self._extra_special)
         files = (d / "tokenizer_config.json", d / "special_tokens_map.json", d / "vocab.txt")
         files[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         files[1].write_text(json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
@@ -349,16 +230,25 @@ class BertTokenizer:
         return len(self._tokens)
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        """Size of the vocabulary with the added tokens (HF: len(get_vocab()))."""
+        if not self._added_map:
+            return len(self._tokens)
+        if self._vocab is None:
+            self.get_vocab()
+        return len(self._vocab)
 
     def get_vocab(self) -> Dict[str, int]:
         if self._vocab is None:
             self._vocab = {t: i for i, t in enumerate(self._tokens)}
+            self._vocab.update(self._added_map)
         return dict(self._vocab)
 
     def _id(self, token: Optional[str]) -> Optional[int]:
         if token is None:
             return None
+        i = self._added_map.get(token)
+        if i is not None:
+            return i
         i = self._tok.token_to_id(token)
         return i if i >= 0 else None
 
@@ -371,7 +261,8 @@ class BertTokenizer:
 
     @property
     def all_special_tokens(self) -> List[str]:
-        return [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token) if t]
+        named = [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token) if t]
+        return named + [t for t in self._extra_special if t not in named]
 
     @property
     def all_special_ids(self) -> List[int]:
@@ -384,8 +275,8 @@ class BertTokenizer:
     def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]):
         unk = self.unk_token_id
         if isinstance(tokens, str):
-            i = self._tok.token_to_id(tokens)
-            return i if i >= 0 else unk
+            i = self._id(tokens)
+            return i if i is not None else unk
         return [self.convert_tokens_to_ids(t) for t in tokens]
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
@@ -396,6 +287,8 @@ class BertTokenizer:
         return [self._id_to_token(int(i)) for i in ids if int(i) not in special]
 
     def _id_to_token(self, i: int) -> str:
+        if i in self._added_display:  # HF: a normalized added token reads as its normalized content
+            return self._added_display[i]
         if not 0 <= i < len(self._tokens):
             raise IndexError(f"token id {i} is out of range for a vocabulary of {len(self._tokens)} tokens")
         return self._tokens[i]
@@ -426,16 +319,15 @@ class BertTokenizer:
             return self._texts(text, what), True
         raise TypeError(f"{what} must be a str or a list/tuple of str, not {type(text).__name__}")
 
-    def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
-             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
-             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False):
+    def _resolve(self, n_texts, pairs, add_special_tokens, padding, truncation, max_length):
+        """HF's padding / truncation / max_length arguments as (padding, truncation, max_length or None)."""
         if isinstance(padding, bool):
             padding = "longest" if padding else "do_not_pad"
         padding = getattr(padding, "value", padding)
         if padding not in _PADDING:
             raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
-        if truncation is None:
-            truncation = "longest_first" if max_length is not None else "do_not_truncate"
+        if truncation is None:  # as transformers: max_length alone truncates, but not when padding too
+            truncation = "longest_first" if max_length is not None and padding == "do_not_pad" else "do_not_truncate"
         elif isinstance(truncation, bool):
             truncation = "longest_first" if truncation else "do_not_truncate"
         truncation = getattr(truncation, "value", truncation)
@@ -446,29 +338,39 @@ class BertTokenizer:
             max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
         if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 0):
             raise ValueError(f"max_length must be a non-negative int, got {max_length!r}")
-        if pairs is not None and len(pairs) != len(texts):
-            raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs: they must match one to one")
-        if add_special_tokens and (self.cls_token_id is None or self.sep_token_id is None):
+        if pairs is not None and len(pairs) != n_texts:
+            raise ValueError(f"got {n_texts} texts but {len(pairs)} text pairs: they must match one to one")
+        if add_special_tokens and None in self._post_ids:
             raise ValueError(f"the vocabulary has no {self.cls_token!r} / {self.sep_token!r} token: "
                              "pass add_special_tokens=False")
         if padding != "do_not_pad" and self.pad_token_id is None:
             raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
+        return padding, truncation, max_length
+
+    def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
+             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
+             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False,
+             as_lists=False):
+        padding, truncation, max_length = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation,
+                                                        max_length)
         threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
         core = self._plain_core() if split_special_tokens else self._tok
         return core.encode_batch(
             texts, pairs, add_special_tokens=add_special_tokens,
             max_length=-1 if max_length is None else int(max_length), truncation=_TRUNCATION[truncation],
             padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
-            num_threads=threads, cls_id=self.cls_token_id if add_special_tokens else -1,
-            sep_id=self.sep_token_id if add_special_tokens else -1,
+            num_threads=threads, cls_id=self._post_ids[0] if add_special_tokens else -1,
+            sep_id=self._post_ids[1] if add_special_tokens else -1,
             pad_id=-1 if self.pad_token_id is None else self.pad_token_id,
             type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
-            special_tokens_mask="special_tokens_mask" in arrays)
+            special_tokens_mask="special_tokens_mask" in arrays, as_lists=as_lists,
+            truncate_left=self.truncation_side == "left")
 
     def _plain_core(self):
         """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
         if self._tok_plain is None:
-            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split), **self._core_args)
+            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split),
+                                                added=self._added_patterns(special=False), **self._core_args)
         return self._tok_plain
 
     def _pad_left(self, r, keys, lengths):
@@ -533,17 +435,13 @@ class BertTokenizer:
                      return_attention_mask, return_overflowing_tokens, return_special_tokens_mask,
                      return_offsets_mapping, return_length, verbose, split_special_tokens, device=None,
                      num_threads=None) -> BatchEncoding:
-        if is_split_into_words:
-            raise NotImplementedError("is_split_into_words=True is not supported by fastbert.BertTokenizer yet: "
-                                      "join the words with spaces, or use transformers' tokenizer")
-        if return_overflowing_tokens or stride:
-            raise NotImplementedError("return_overflowing_tokens / stride are not supported by fastbert.BertTokenizer "
-                                      "yet: use transformers' tokenizer for sliding windows")
+        if not isinstance(stride, (int, np.integer)) or stride < 0:
+            raise ValueError(f"stride must be a non-negative int, got {stride!r}")
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
-        if self.truncation_side != "right":
-            raise NotImplementedError(f"truncation_side={self.truncation_side!r}: only 'right' is supported")
+        if self.truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side={self.truncation_side!r}: use 'right' or 'left'")
         keys = ["input_ids"]
         if return_token_type_ids is None or return_token_type_ids:
             keys.append("token_type_ids")
@@ -553,9 +451,74 @@ class BertTokenizer:
             keys.append("special_tokens_mask")
         if return_offsets_mapping:
             keys.append("offset_mapping")
-        if (text_pair is None and isinstance(text, (list, tuple)) and text
-                and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
-            text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
+        run_args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, num_threads=num_threads,
+                        split_special_tokens=split_special_tokens)
+        if is_split_into_words:
+            texts, pairs, batched = self._as_word_batch(text, text_pair)
+        else:
+            if (text_pair is None and isinstance(text, (list, tuple)) and text
+                    and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
+                text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
+            texts, pairs, batched = self._as_text_batch(text, text_pair)
+        extra = {}
+        strided = False
+        if stride:  # HF's checks: stride against max_length - 2 up front, against each window when cutting
+            _, trunc, ml = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation, max_length)
+            strided = trunc != "do_not_truncate" and ml is not None
+            if strided and stride > ml - 2:
+                raise ValueError(f"stride={stride} is larger than max_length={ml} minus 2 special tokens: each window "
+                                 "must move forward (HF's tokenizers raises the same)")
+        if is_split_into_words or return_overflowing_tokens or strided:
+            r, origin = self._assembled(texts, pairs, is_split_into_words, stride, return_overflowing_tokens,
+                                        padding_side, run_args)
+            if return_overflowing_tokens:
+                extra["overflow_to_sample_mapping"] = origin.mapping
+                batched = True  # as HF: the windows of one text come back as a batch
+        else:
+            # Python lists straight from C++ unless left padding (moved on the numpy arrays) or tensors
+            as_lists = return_tensors is None and padding_side == "right"
+            r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, as_lists=as_lists, **run_args)
+            origin = _Alignment(self, texts, pairs, run_args, padding_side)
+        widths = self._ragged_widths(r, len(texts), pairs, run_args)
+        if widths is not None:  # padding='max_length' without truncation, rows longer than max_length: as HF
+            if return_tensors is not None:
+                raise ValueError(f"padding='max_length' without truncation leaves rows longer than max_length="
+                                 f"{run_args['max_length']}: pass truncation=True to get a tensor")
+            r = self._unpad_rows(r, keys, widths, padding_side)
+            origin = _Sliced(origin, widths, padding_side == "left")
+        return self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+
+    def _ragged_widths(self, r, n_texts, pairs, run_args):
+        """Per-row widths when padding='max_length' meets rows longer than max_length (no truncation): HF
+        pads each row to max_length and leaves the longer ones as they are."""
+        if not r["padded"]:
+            return None
+        padding, _, max_length = self._resolve(n_texts, pairs, run_args["add_special_tokens"], run_args["padding"],
+                                               run_args["truncation"], run_args["max_length"])
+        if padding != "max_length" or max_length is None:
+            return None
+        target, multiple = int(max_length), int(run_args["pad_to_multiple_of"] or 0)
+        if multiple and target % multiple:
+            target += multiple - target % multiple
+        lengths = r["lengths"]
+        if not len(lengths) or int(lengths.max()) <= target:
+            return None
+        return np.maximum(lengths, target)
+
+    def _unpad_rows(self, r, keys, widths, padding_side):
+        """The padded rows of r cut to their own widths (Python lists; left padding applied first)."""
+        if padding_side == "left" and not r.get("lists"):
+            self._pad_left(r, keys, r["lengths"])
+        out = dict(r, lists=True, padded=True, ragged=widths)
+        for k in keys:
+            rows = r[k] if r.get("lists") else _core().to_lists(np.ascontiguousarray(r[k], dtype=np.int64), None,
+                                                                 k == "offset_mapping")
+            out[k] = [row[len(row) - w:] if padding_side == "left" else row[:w]
+                      for row, w in zip(rows, widths.tolist())]
+        return out
+
+    def _as_text_batch(self, text, text_pair):
         texts, batched = self._as_batch(text, "text")
         pairs = None
         if not batched and isinstance(text_pair, str) and not text_pair:
@@ -564,29 +527,111 @@ class BertTokenizer:
             pairs, pair_batched = self._as_batch(text_pair, "text_pair")
             if pair_batched != batched:
                 raise TypeError("text and text_pair must both be a str or both be a list of str")
-        run_args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, num_threads=num_threads,
-                        split_special_tokens=split_special_tokens)
-        r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, **run_args)
-        origin = _Alignment(self, texts, pairs, run_args, padding_side)
+        return texts, pairs, batched
+
+    def _as_word_batch(self, text, text_pair):
+        """is_split_into_words: one list of words, or a batch of them (HF: batched when text[0] is a list)."""
+        def examples(x, what):
+            if not isinstance(x, (list, tuple)):
+                raise TypeError(f"with is_split_into_words=True, {what} must be a list of words (str) or a list "
+                                f"of such lists, not {type(x).__name__}")
+            batched = bool(x) and isinstance(x[0], (list, tuple))
+            items = list(x) if batched else [x]
+            for i, words in enumerate(items):
+                if not isinstance(words, (list, tuple)):
+                    raise TypeError(f"{what}[{i}] is {type(words).__name__}: with is_split_into_words=True each item "
+                                    "is a list of words")
+                self._texts(words, f"{what}[{i}]" if batched else what)
+            return [list(w) for w in items], batched
+        texts, batched = examples(text, "text")
+        pairs = None
+        if text_pair is not None:
+            pairs, pair_batched = examples(text_pair, "text_pair")
+            if pair_batched != batched or len(pairs) != len(texts):
+                raise TypeError("text and text_pair must both be lists of words, or both batches of the same size")
+        return texts, pairs, batched
+
+    def _sequences(self, items, words: bool, split_special_tokens: bool, num_threads):
+        """The items' tokens without special tokens, flat (tokenization_windows.Side): texts, or lists of words
+        (each word tokenized alone, offsets relative to it, its index as word id, as HF's pre-tokenized input)."""
+        flat = [w for item in items for w in item] if words else list(items)
+        r = self._run(flat, None, add_special_tokens=False, offsets=True, arrays=(), num_threads=num_threads,
+                      split_special_tokens=split_special_tokens)
+        ids, offs, lengths = r["input_ids"], r["offset_mapping"].reshape(-1, 2), r["lengths"]
+        if not words:
+            wids = tokenization_windows.word_ids_by_pieces(ids, lengths, self._word_starts())
+            count = lengths
+        else:
+            k = np.array([len(item) for item in items], dtype=np.int64)  # words per item
+            first_word = np.concatenate(([0], np.cumsum(k)[:-1])).astype(np.int64)
+            word_in_item = np.arange(len(flat), dtype=np.int64) - np.repeat(first_word, k)
+            wids = np.repeat(word_in_item, lengths)
+            item_of_word = np.repeat(np.arange(len(items)), k)
+            count = np.bincount(item_of_word, weights=lengths, minlength=len(items)).astype(np.int64)
+        start = np.concatenate(([0], np.cumsum(count)[:-1])).astype(np.int64)
+        return tokenization_windows.Side(ids, offs, wids, start, count)
+
+    def _word_starts(self) -> np.ndarray:
+        """Per token id: whether it starts a word (anything but a "##" piece of the vocabulary; added and
+        special tokens do). Cached until the vocabulary changes."""
+        if getattr(self, "_starts_cache", None) is None:
+            starts = np.ones(self._id_space(), dtype=bool)
+            matched = set(self._matched)
+            for i, t in enumerate(self._tokens):
+                if t.startswith("##") and t not in matched:
+                    starts[i] = False
+            starts[list(self._added_by_id)] = True
+            self._starts_cache = starts
+        return self._starts_cache
+
+    def _id_space(self) -> int:
+        return max(len(self._tokens), max(self._added_by_id, default=-1) + 1)
+
+    def _assembled(self, texts, pairs, words, stride, overflow, padding_side, run_args):
+        padding, truncation, max_length = self._resolve(len(texts), pairs, run_args["add_special_tokens"],
+                                                        run_args["padding"], run_args["truncation"],
+                                                        run_args["max_length"])
+        a = self._sequences(texts, words, run_args["split_special_tokens"], run_args["num_threads"])
+        b = self._sequences(pairs, words, run_args["split_special_tokens"], run_args["num_threads"]) \
+            if pairs is not None else None
+        r, rows, mapping = tokenization_windows.assemble(
+            a, b, add_special_tokens=run_args["add_special_tokens"], truncation=truncation,
+            max_length=max_length, stride=int(stride), overflow=bool(overflow), padding=padding,
+            left_truncation=self.truncation_side == "left",
+            pad_to_multiple_of=int(run_args["pad_to_multiple_of"] or 0), cls_id=self._post_ids[0],
+            sep_id=self._post_ids[1], pad_id=self.pad_token_id, left=padding_side == "left")
+        rows.mapping = mapping
+        return r, rows
+
+    def _outputs(self, r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device):
         lengths = r["lengths"]
-        if r["padded"] and padding_side == "left":
+        if r["padded"] and padding_side == "left" and not r.get("lists"):
             self._pad_left(r, keys, lengths)
         # HF's "length" counts padding too
-        out_lengths = np.full_like(lengths, r["input_ids"].shape[1]) if r["padded"] else lengths
+        if r.get("ragged") is not None:
+            out_lengths = r["ragged"]
+        elif r["padded"]:
+            width = len(r["input_ids"][0]) if r.get("lists") and len(lengths) else np.shape(r["input_ids"])[-1]
+            out_lengths = np.full_like(lengths, width)
+        else:
+            out_lengths = lengths
+        if r.get("lists"):
+            out = BatchEncoding({k: r[k] if batched else r[k][0] for k in keys})
+            if return_length:
+                out["length"] = out_lengths.tolist()
+            out.update(extra)
+            out._origin = origin
+            return out
         if return_tensors is None:
             out = BatchEncoding()
+            to_lists = _core().to_lists  # C++: no numpy .tolist() / np.split per row
             for k in keys:
-                a = r[k]
-                if r["padded"]:
-                    rows = a.tolist()
-                else:
-                    rows = [x.tolist() for x in np.split(a, np.cumsum(lengths)[:-1])] if len(lengths) else []
-                if k == "offset_mapping":
-                    rows = [[tuple(o) for o in row] for row in rows]
+                a = np.ascontiguousarray(r[k], dtype=np.int64)
+                rows = to_lists(a, None if r["padded"] else lengths, k == "offset_mapping")
                 out[k] = rows if batched else rows[0]
             if return_length:
                 out["length"] = out_lengths.tolist()  # HF: a list even for one text
+            out.update(extra)
             out._origin = origin
             return out
         if return_tensors not in ("pt", "np"):
@@ -601,6 +646,7 @@ class BertTokenizer:
             arrays = {k: r[k] for k in keys}
         if return_length:
             arrays["length"] = out_lengths
+        arrays.update({k: np.asarray(v, dtype=np.int64) for k, v in extra.items()})
         out = BatchEncoding(arrays)
         if return_tensors == "pt":
             import torch
@@ -713,7 +759,7 @@ class BertTokenizer:
     def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
                max_length: Optional[int] = None, return_tensors: Optional[str] = None, **kwargs):
         """Ids of one text (or pair): a list of int, or a (1, n) tensor with return_tensors."""
-        if not isinstance(text, (str, bytes, bytearray)):
+        if not isinstance(text, (str, bytes, bytearray)) and not kwargs.get("is_split_into_words"):
             raise TypeError(f"encode() takes one text (str), not {type(text).__name__}; use __call__ for batches")
         enc = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                    max_length=max_length, return_tensors=return_tensors, return_token_type_ids=False,
@@ -723,7 +769,7 @@ class BertTokenizer:
     def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False, **kwargs) -> List[str]:
         """Word-piece strings of one text (no special tokens unless asked)."""
         ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
-        return [self._tokens[i] for i in ids]
+        return [self._id_to_token(i) for i in ids]
 
     def encode_packed(self, text, text_pair=None, *, truncation=True, max_length: Optional[int] = None,
                       return_tensors: str = "pt", add_special_tokens: bool = True, device=None,
@@ -738,7 +784,9 @@ class BertTokenizer:
         pairs = None
         if text_pair is not None:
             pairs, _ = self._as_batch(text_pair, "text_pair")
-        if device is not None and pairs is None and return_tensors == "pt" and cuda_wordpiece_available():
+        if (device is not None and pairs is None and return_tensors == "pt" and not self._tok.has_normalized_added
+                and self.truncation_side == "right"
+                and cuda_wordpiece_available()):
             import torch
 
             if torch.device(device).type == "cuda":
@@ -761,60 +809,9 @@ class BertTokenizer:
         return BatchEncoding(out)
 
     def _encode_packed_device(self, texts, truncation, max_length, add_special_tokens, device, launch):
-        """encode_packed with WordPiece on `device`: words from the C++ core (CPU), LinMaxMatch by `launch`
-        (the CUDA kernel), compaction, truncation and special tokens with torch ops on the device."""
-        import torch
-
-        if truncation is True or truncation == "longest_first":
-            if max_length is None and self.model_max_length < VERY_LARGE_INTEGER:
-                max_length = self.model_max_length
-        elif truncation not in (False, None, "do_not_truncate"):
-            raise ValueError(f"truncation={truncation!r}: encode_packed on a device supports True / False")
-        else:
-            max_length = None
-        specials = 2 if add_special_tokens else 0
-        if add_special_tokens and (self.cls_token_id is None or self.sep_token_id is None):
-            raise ValueError("the vocabulary has no [CLS]/[SEP] token: pass add_special_tokens=False")
-        if max_length is not None and max_length < specials:
-            raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each sequence")
-        sw = self._tok.split_words(texts)
-        starts, fixed, raw = sw["starts"], sw["fixed"], sw["bytes"]
-        nwords, ntexts = len(starts), len(texts)
-        cap = np.maximum(np.diff(np.append(starts, len(raw))), 1)
-        out_start = np.zeros(nwords, dtype=np.int64)
-        if nwords:
-            np.cumsum(cap[:-1], out=out_start[1:])
-        total_cap = int(cap.sum())
-        out_ids = torch.empty(max(total_cap, 1), dtype=torch.int32, device=device)
-        out_count = torch.zeros(nwords, dtype=torch.int32, device=device)
-        launch(self, device, raw, starts, fixed, out_start, out_ids, out_count)
-        ar = lambda n: torch.arange(n, device=device)  # noqa: E731
-        cap_d = torch.from_numpy(cap).to(device)
-        word_of_slot = torch.repeat_interleave(ar(nwords), cap_d)
-        keep = (ar(total_cap) - torch.from_numpy(out_start).to(device)[word_of_slot]) < out_count[word_of_slot]
-        ids = out_ids[:total_cap][keep].long()                                    # (tokens,) word order
-        words_per_text = torch.from_numpy(sw["words_per_text"]).to(device)
-        text_of_word = torch.repeat_interleave(ar(ntexts), words_per_text)
-        per_text = torch.zeros(ntexts, dtype=torch.int64, device=device).index_add_(0, text_of_word, out_count.long())
-        text_of_tok = torch.repeat_interleave(ar(ntexts), per_text)
-        first_tok = torch.cumsum(per_text, 0) - per_text
-        pos = ar(ids.numel()) - first_tok[text_of_tok]
-        if max_length is not None:
-            limit = max_length - specials
-            kept = pos < limit
-            ids, text_of_tok, pos = ids[kept], text_of_tok[kept], pos[kept]
-            per_text = per_text.clamp(max=limit)
-        lengths = per_text + specials
-        cu = torch.zeros(ntexts + 1, dtype=torch.int32, device=device)
-        cu[1:] = torch.cumsum(lengths, 0).to(torch.int32)
-        total = int(cu[-1]) if ntexts else 0
-        flat = torch.empty(total, dtype=torch.int64, device=device)
-        flat[cu[:-1].long()[text_of_tok] + (1 if specials else 0) + pos] = ids
-        if specials:
-            flat[cu[:-1].long()] = self.cls_token_id
-            flat[cu[1:].long() - 1] = self.sep_token_id
-        return BatchEncoding({"input_ids": flat, "token_type_ids": torch.zeros_like(flat), "cu_seqlens": cu,
-                              "max_seqlen": int(lengths.max()) if ntexts else 0})
+        """encode_packed with WordPiece on `device` (fastbert/tokenization_cuda.py)."""
+        return tokenization_cuda.encode_packed_device(self, texts, truncation, max_length, add_special_tokens,
+                                                      device, launch)
 
     # ---- decoding ----------------------------------------------------------------------------------
 
@@ -828,7 +825,11 @@ class BertTokenizer:
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
+        tokens = [self._id_to_token(int(i)) for i in token_ids]
+        if skip_special_tokens:  # HF's backend: a token whose string is a special token's content
+            special = set(self._init_specials) | set(self.all_special_tokens)
+            special |= {a["content"] for a in self._added_by_id.values() if a["special"]}
+            tokens = [t for t in tokens if t not in special]
         parts = []
         for i, tok in enumerate(tokens):
             if i and tok.startswith("##"):
@@ -847,78 +848,6 @@ class BertTokenizer:
         return (f"fastbert.BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
                 f"model_max_length={self.model_max_length})")
-
-
-def _from_tokenizer_json(path: Path, kwargs: Dict[str, Any]):
-    """Tokens and options of a HF `tokenizers` tokenizer.json holding a BERT WordPiece pipeline."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    model, norm = data.get("model") or {}, data.get("normalizer") or {}
-    if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
-        raise ValueError(f"{path} is not a BERT WordPiece tokenizer (model type {model.get('type')!r}): "
-                         "fastbert.BertTokenizer reads WordPiece vocabularies with the '##' prefix only")
-    if norm.get("type") != "BertNormalizer":
-        raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not BertNormalizer; fastbert runs BERT's only")
-    vocab = model["vocab"]
-    tokens = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        tokens[i] = t
-    opts = {"do_lower_case": norm.get("lowercase", True), "strip_accents": norm.get("strip_accents"),
-            "tokenize_chinese_chars": norm.get("handle_chinese_chars", True),
-            "clean_text": norm.get("clean_text", True),
-            "max_input_chars_per_word": model.get("max_input_chars_per_word", 100),
-            "unk_token": model.get("unk_token", "[UNK]")}
-    opts.update(kwargs)
-    return tokens, opts
-
-
-def cuda_wordpiece_available() -> bool:
-    """True when the CUDA WordPiece module (fastbert._C_cuda) is built and a GPU is visible."""
-    try:
-        import torch
-
-        from . import _C_cuda  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def _trie_on(tok: "BertTokenizer", device):
-    import torch
-
-    cache = tok.__dict__.setdefault("_device_tries", {})
-    if device not in cache:
-        t = tok._tok.trie_arrays()
-        arrays = {k: torch.from_numpy(np.ascontiguousarray(t[k], dtype=np.int32)).to(device)
-                  for k in ("nodes", "edge_bytes", "edge_child", "dense", "pops")}
-        for k, v in arrays.items():  # never pass a null pointer
-            if v.numel() == 0:
-                arrays[k] = torch.full((1,), -1, dtype=torch.int32, device=device)
-        cache[device] = (arrays, t["suffix_root"], t["dense_from"])
-    return cache[device]
-
-
-def _launch_cuda(tok, device, raw, starts, fixed, out_start, out_ids, out_count):
-    import torch
-
-    from . import _C_cuda
-
-    if len(starts) == 0:
-        return
-    arrays, suffix_root, dense_from = _trie_on(tok, device)
-    raw_d = torch.from_numpy(raw if len(raw) else np.zeros(1, np.uint8)).to(device)
-    starts_d = torch.from_numpy(starts).to(device)
-    fixed_d = torch.from_numpy(fixed).to(device)
-    out_start_d = torch.from_numpy(out_start).to(device)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    _C_cuda.launch_wordpiece(raw_d.data_ptr(), starts_d.data_ptr(), fixed_d.data_ptr(), out_start_d.data_ptr(),
-                             len(starts), len(raw), arrays["nodes"].data_ptr(), arrays["edge_bytes"].data_ptr(),
-                             arrays["edge_child"].data_ptr(), arrays["dense"].data_ptr(), arrays["pops"].data_ptr(),
-                             int(suffix_root), int(dense_from), int(tok._tok.unk_id), out_ids.data_ptr(),
-                             out_count.data_ptr(), stream)
-    torch.cuda.current_stream(device).synchronize()  # the host buffers above must outlive the kernel
 
 
 def _cleanup(s: str) -> str:

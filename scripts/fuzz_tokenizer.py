@@ -4,10 +4,12 @@ Random texts are drawn from awkward Unicode: characters from every plane (those 
 Unicode assigns: the lower-case mapping of a character Python does not know is a documented difference),
 combining marks stacked in every order (canonical reordering), controls, odd spaces, CJK, Hangul, long
 words, and special-token look-alikes ("[CLS]", "[unused1]", "[cls]", "[[SEP]"). Each batch runs through
-four tokenizers: the MiniLM vocab and the Chinese (cn-clip) vocab, uncased (lower-case + strip accents)
-and cased; single texts without truncation, single texts and pairs truncated to a random max_length.
+six tokenizers: the MiniLM vocab and the Chinese (cn-clip) vocab, uncased (lower-case + strip accents)
+and cased, and the MiniLM vocab uncased and cased with added tokens (add_tokens and special ones, which
+the texts contain in random spellings); single texts without truncation, single texts and pairs
+truncated to a random max_length.
 
-    python scripts/fuzz_tokenizer.py --n 1000000            # on demand: 0 mismatches expected
+    python scripts/fuzz_tokenizer.py --n 1000000            # on demand: 0 mismatches expected (see docs)
     python scripts/fuzz_tokenizer.py --n 2000 --seed 1      # the CI slice (tests/test_tokenizer_fuzz.py)
 
 Exit status 1 when any text differs; the first differing texts are printed with both outputs.
@@ -32,6 +34,10 @@ LOOKALIKES = ["[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]", "[unused1]", "[unuse
               "[[SEP]]", "[MASK][MASK]", "x[SEP]y", "[ CLS ]", "[ＣＬＳ]"]
 WORDS = ["the", "Hello", "world", "don't", "unaffable", "naïve", "café", "Straße", "ΟΔΥΣΣΕΥΣ", "İstanbul",
          "中文分词", "日本語", "한국어", "русский", "emoji🥰", "3.14", "e-mail", "C++", "a.b.c", "ǅemal"]
+# added tokens (add_tokens: matched in the normalized text; special: verbatim), drawn in random spellings.
+# None two that normalize alike: HF picks among those by a Rust HashMap's order (random per process).
+ADDED = ["NewTok", "hello", "Ünïcode", "中x", "a b", "foo-bar", "NewTokLonger", "x.y", "ẞig"]
+ADDED_SPECIAL = ["SpecX", "<ent>", "[E1]"]
 CJK = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2B820, 0x2B92F), (0xF900, 0xFAFF)]
 
 
@@ -64,8 +70,11 @@ def _piece(rng: random.Random) -> str:
         return "".join(chr(rng.randint(a, b)) for _ in range(rng.randint(1, 5)))
     if k < 0.78:  # long words: around max_input_chars_per_word (100)
         return rng.choice("abcxyz") * rng.randint(95, 105) if rng.random() < 0.5 else "ab" * rng.randint(20, 60)
-    if k < 0.88:
+    if k < 0.85:
         return rng.choice(LOOKALIKES)
+    if k < 0.88:
+        t = rng.choice(ADDED + ADDED_SPECIAL)
+        return rng.choice([t, t.upper(), t.lower(), t.title()])
     if k < 0.94:
         return rng.choice(PRECOMPOSED)
     return rng.choice("!?.,;:'\"()[]{}<>-_/\\|@#$%^&*~`+=")
@@ -96,6 +105,16 @@ def tokenizer_pairs():
             ref = tokenizers.BertWordPieceTokenizer(vocab, lowercase=not cased, strip_accents=not cased)
             ours = BertTokenizer(vocab, do_lower_case=not cased, strip_accents=not cased)
             out.append((f"{name}-{'cased' if cased else 'uncased'}", ours, ref))
+    if default_model_dir() is not None:  # with added tokens (add_tokens / add_special_tokens)
+        vocab = str(default_model_dir() / "vocab.txt")
+        for cased in (False, True):
+            ref = tokenizers.BertWordPieceTokenizer(vocab, lowercase=not cased, strip_accents=not cased)
+            ours = BertTokenizer(vocab, do_lower_case=not cased, strip_accents=not cased)
+            ref.add_tokens(ADDED)
+            ref.add_special_tokens(ADDED_SPECIAL)
+            ours.add_tokens(ADDED)
+            ours.add_tokens(ADDED_SPECIAL, special_tokens=True)
+            out.append((f"minilm-{'cased' if cased else 'uncased'}-added", ours, ref))
     return out
 
 
@@ -152,7 +171,8 @@ def fuzz(n: int, seed: int = 0, batch: int = 500, time_limit: float = None, show
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=10000, help="texts to draw (each checked in 4 tokenizers x 3 modes)")
+    ap.add_argument("--n", type=int, default=10000,
+                    help="texts to draw (each checked in 6 tokenizers x 3 modes); 1000000 for the full run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")

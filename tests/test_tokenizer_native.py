@@ -71,6 +71,8 @@ def test_core_under_asan_ubsan(tmp_path, minilm_dir):
     assert int(m.group(3)) == len(HOSTILE), r.stdout  # each hostile line rejected with an exception
     assert int(m.group(2)) > 1000
     assert "batch error: text" in r.stdout and "invalid UTF-8" in r.stdout  # the batch names the bad text
+    m = re.search(r"added-token hits (\d+)", r.stdout)  # the buffered (normalized added tokens) path ran
+    assert m and int(m.group(1)) > 4 * len(lines), r.stdout
 
 
 def _nvcc():

@@ -89,6 +89,28 @@ int main(int argc, char** argv) {
   } catch (const std::invalid_argument& e) {
     std::cout << "batch error: " << e.what() << "\n";
   }
+  // Added tokens (normalized ones switch scan to its buffered path; special ones are verbatim): every
+  // line with the tokens around it, alone and in a 2-thread batch, split_words and normalize.
+  fastbert::TokenizerOptions aopts = opts;
+  const int32_t n = static_cast<int32_t>(vocab.size());
+  aopts.added = {{"NewTok", n, true}, {"\xe4\xb8\xad" "x", n + 1, true}, {"a b", n + 2, true},
+                 {"SpecX", n + 3, false}, {"\xc3\x9cn\xc3\xaf" "code", n + 4, true}};
+  fastbert::Tokenizer atok(vocab, aopts);
+  std::vector<std::string> decorated;
+  for (auto v : valid) decorated.push_back("NEWTOK" + std::string(v) + "SpecX a  b A B \xe4\xb8\xad" "x" + std::string(v));
+  uint64_t added_hits = 0;
+  for (const auto& s : decorated) {
+    ids.clear();
+    offsets.clear();
+    atok.tokenize(s, ids, &offsets);
+    for (int32_t id : ids) added_hits += id >= n;
+    checksum = checksum * 1000003u + atok.normalize(s).size();
+    atok.split_words(s, words, starts, fixed);
+  }
+  std::vector<std::string_view> dviews(decorated.begin(), decorated.end());
+  auto aout = fastbert::encode_batch(atok, dviews, nullptr, eo);
+  batch_cells += aout.ids.size();
+  std::printf("added-token hits %llu\n", (unsigned long long)added_hits);
   std::printf("words %zu\n", starts.size());
   std::printf("lines %zu tokens %llu invalid %llu checksum %llu batch_cells %llu MB/s %.1f\n", lines.size(),
               (unsigned long long)tokens, (unsigned long long)invalid, (unsigned long long)checksum,

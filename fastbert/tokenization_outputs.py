@@ -1,0 +1,152 @@
+"""What fastbert.BertTokenizer returns: BatchEncoding (a dict with HF's alignment methods: word_ids,
+sequence_ids, char_to_token...) and the alignment rows behind those methods, computed on first use."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+
+class BatchEncoding(dict):
+    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
+
+    def __getattr__(self, name):
+        if name == "encodings":  # HF fast tokenizers' tokenizers.Encoding list: not built, say so
+            self._no_encodings()
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device):
+        for k, v in self.items():
+            if hasattr(v, "to"):
+                self[k] = v.to(device)
+        return self
+
+    @property
+    def data(self):
+        return dict(self)
+
+    # ---- alignment (HF's fast-tokenizer BatchEncoding methods) --------------------------------------
+    # Computed on first use by re-running the C++ core on the same texts with offsets (the hot path
+    # pays nothing): _origin is set by BertTokenizer.__call__.
+    _origin = None
+    is_fast = True
+
+    def _no_encodings(self):
+        raise _NoEncodings("fastbert builds no tokenizers.Encoding objects: use the BatchEncoding methods "
+                           "word_ids(i), sequence_ids(i), token_to_word, char_to_token, token_to_chars")
+
+    def _row(self, i: int):
+        if self._origin is None:
+            raise ValueError("this BatchEncoding was not made by fastbert.BertTokenizer.__call__ on texts "
+                             "(pad() output has no alignment): word_ids / char_to_token are not available")
+        return self._origin.row(i)
+
+    @staticmethod
+    def _split(batch_or_index, index):
+        return (0, batch_or_index) if index is None else (batch_or_index, index)
+
+    def sequence_ids(self, batch_index: int = 0) -> List[Optional[int]]:
+        return list(self._row(batch_index)[0])
+
+    def word_ids(self, batch_index: int = 0) -> List[Optional[int]]:
+        return list(self._row(batch_index)[1])
+
+    words = word_ids
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: Optional[int] = None):
+        b, t = self._split(batch_or_token_index, token_index)
+        return self._row(b)[0][t]
+
+    def token_to_word(self, batch_or_token_index: int, token_index: Optional[int] = None):
+        b, t = self._split(batch_or_token_index, token_index)
+        return self._row(b)[1][t]
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: Optional[int] = None):
+        """(start, end) code point offsets of a token, None for special tokens and padding."""
+        b, t = self._split(batch_or_token_index, token_index)
+        seq, _, offs = self._row(b)
+        return None if seq[t] is None else offs[t]
+
+    def char_to_token(self, batch_or_char_index: int, char_index: Optional[int] = None,
+                      sequence_index: int = 0) -> Optional[int]:
+        """Index of the token holding character `char_index` of sequence `sequence_index`, or None."""
+        b, c = self._split(batch_or_char_index, char_index)
+        seq, _, offs = self._row(b)
+        for t, (s, o) in enumerate(zip(seq, offs)):
+            if s == sequence_index and o[0] <= c < o[1]:
+                return t
+        return None
+
+    def word_to_tokens(self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0):
+        """(start, end) token span of a word, or None."""
+        b, w = self._split(batch_or_word_index, word_index)
+        seq, words, _ = self._row(b)
+        hits = [t for t, (s, x) in enumerate(zip(seq, words)) if s == sequence_index and x == w]
+        return (hits[0], hits[-1] + 1) if hits else None
+
+
+class _Sliced:
+    """Alignment rows cut to per-row widths (padding='max_length' rows left longer, as HF)."""
+
+    def __init__(self, origin, widths, left: bool):
+        self.origin, self.widths, self.left = origin, [int(w) for w in widths], left
+        self.mapping = getattr(origin, "mapping", None)
+
+    def row(self, i: int):
+        w = self.widths[i]
+        return tuple((x[len(x) - w:] if self.left else x[:w]) for x in self.origin.row(i))
+
+
+class _NoEncodings(AttributeError, NotImplementedError):
+    """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
+
+
+class _Alignment:
+    """Sequence ids, word ids and offsets of the rows of one __call__, computed on first use."""
+
+    def __init__(self, tok, texts, pairs, run_args, padding_side):
+        self.tok, self.texts, self.pairs, self.run_args, self.side = tok, texts, pairs, run_args, padding_side
+        self.rows = None
+
+    def row(self, i: int):
+        if self.rows is None:
+            self.rows = self._compute()
+        if not -len(self.rows) <= i < len(self.rows):
+            raise IndexError(f"batch index {i} is out of range for {len(self.rows)} rows")
+        return self.rows[i]
+
+    def _compute(self):
+        tok = self.tok
+        if tok.truncation_side == "left":  # word ids count the words cut from the front: whole sequences first
+            rows = tok._assembled(self.texts, self.pairs, False, 0, False, self.side, self.run_args)[1]
+            return [rows.row(i) for i in range(len(rows))]
+        keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
+        r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
+        lengths = r["lengths"]
+        if r["padded"] and self.side == "left":
+            tok._pad_left(r, keys, lengths)
+        if r["padded"]:
+            rows = [[r[k][i] for k in keys] for i in range(len(lengths))]
+        else:
+            cut = np.cumsum(lengths)[:-1]
+            rows = list(zip(*(np.split(r[k], cut) for k in keys))) if len(lengths) else []
+        matched = ({tok._tok.token_to_id(t) for t in tok._matched} - {-1}) | set(tok._added_by_id)
+        tokens = tok._tokens
+        out = []
+        for ids, types, special, offs in rows:
+            seq = [None if m else int(t) for t, m in zip(types.tolist(), special.tolist())]
+            words, w, last = [], -1, None
+            for s, i in zip(seq, ids.tolist()):
+                if s is None:
+                    words.append(None)
+                    continue
+                if s != last:
+                    w, last = -1, s
+                if i in matched or i >= len(tokens) or not tokens[i].startswith("##") or w < 0:
+                    w += 1  # a continuation piece ("##...") stays in its word; anything else starts one
+                words.append(w)
+            out.append((seq, words, [tuple(o) for o in offs.tolist()]))
+        return out
