@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -59,6 +60,15 @@ def _default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _clean_up_tokenization(text: str) -> str:
@@ -806,14 +816,19 @@ class BertTokenizer(AddedTokensMixin):
         pairs = None
         if text_pair is not None:
             pairs, _ = self._as_batch(text_pair, "text_pair")
-        if (device is not None and pairs is None and return_tensors == "pt" and not self._tok.has_normalized_added
-                and self.truncation_side == "right"
-                and cuda_wordpiece_available()):
+        if device is not None and return_tensors == "pt":
             import torch
 
             if torch.device(device).type == "cuda":
-                return self._encode_packed_device(texts, truncation, max_length, add_special_tokens,
-                                                  torch.device(device), _launch_cuda)
+                why = ("text pairs" if pairs is not None else
+                       "added tokens matched in the normalized text" if self._tok.has_normalized_added else
+                       "truncation_side='left'" if self.truncation_side != "right" else
+                       None if cuda_wordpiece_available() else "fastbert._C_cuda is not built or no GPU is visible")
+                if why is None:
+                    return self._encode_packed_device(texts, truncation, max_length, add_special_tokens,
+                                                      torch.device(device), _launch_cuda)
+                _warn_once(f"encode_packed(device={str(device)!r}): the CUDA WordPiece path does not take {why}; "
+                           "tokenizing on the CPU and copying the result to the device (same output)")
         r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=False, truncation=truncation,
                       max_length=max_length, num_threads=num_threads, arrays=("token_type_ids",))
         lengths = r["lengths"]

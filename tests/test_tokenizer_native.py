@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,11 @@ def test_cuda_tokenizer_matches_cpp_on_fuzz_texts(minilm_dir, max_length):
     ml = max_length or 10**6
     for a, b in ((texts, None), (texts, pairs)):
         cpu = tok.encode_packed(a, b, max_length=ml)
-        gpu = tok.encode_packed(a, b, max_length=ml, device="cuda")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gpu = tok.encode_packed(a, b, max_length=ml, device="cuda")
+        # pairs take the C++ path and say so (once per process: the first pair call warns)
+        assert all("text pairs" in str(w.message) for w in caught), [str(w.message) for w in caught]
         for k in ("input_ids", "token_type_ids", "cu_seqlens"):
             assert torch.equal(gpu[k].cpu(), cpu[k]), k
         assert gpu["max_seqlen"] == cpu["max_seqlen"]
@@ -213,3 +218,32 @@ def test_device_path_glue_on_cpu(minilm_dir, max_length):
     assert torch.equal(got["cu_seqlens"], ref["cu_seqlens"])
     assert torch.equal(got["token_type_ids"], ref["token_type_ids"])
     assert got["max_seqlen"] == ref["max_seqlen"]
+
+
+def test_device_request_the_cuda_path_cannot_take_falls_back_and_says_so(minilm_dir, monkeypatch):
+    """encode_packed(device="cuda") for input the CUDA WordPiece path does not take (pairs; on a machine
+    without a GPU or without fastbert._C_cuda, anything): the C++ result copied to the device, and one warning
+    saying why."""
+    import torch
+
+    import fastbert.tokenization_bert as tb
+
+    tok = tb.BertTokenizer.from_pretrained(minilm_dir)
+    gpu = tb.cuda_wordpiece_available()
+    if not gpu:  # no device to copy to: record the copy instead
+        monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: t)
+    monkeypatch.setattr(tb, "_WARNED", set())
+    texts, pairs = ["a first text", "and another"], ["its pair", "and the other pair"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = tok.encode_packed(texts, pairs, device="cuda")
+        tok.encode_packed(texts, pairs, device="cuda")
+    msgs = [str(w.message) for w in caught if "CUDA WordPiece" in str(w.message)]
+    assert len(msgs) == 1 and ("text pairs" in msgs[0]), msgs
+    assert torch.equal(out["input_ids"].cpu(), tok.encode_packed(texts, pairs)["input_ids"])
+    if not gpu:
+        monkeypatch.setattr(tb, "_WARNED", set())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tok.encode_packed(texts, device="cuda")
+        assert any("not built or no GPU" in str(w.message) for w in caught)
