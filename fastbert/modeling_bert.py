@@ -148,22 +148,13 @@ class BertSelfAttention(nn.Module):
     def forward(self, hidden_states, batch: Batch, output_attentions=False, head_mask=None):
         nh, hd = self.num_attention_heads, self.attention_head_size
         dropout_p = self.dropout_p if self.training else 0.0
-        if batch.backend == "triton" and not _plain_linear(self.query, self.key, self.value):
-            # Adapters (PEFT's LoRA) wrap query/key/value: run the modules, so they take part; one kernel still.
-            qkv = torch.stack([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -2)
-            qkv = qkv.view(*hidden_states.shape[:-1], 3, nh, hd)
-            q, k, v = qkv.unbind(dim=-3)
-            out = ops.attention(
-                q, k, v,
-                key_padding_mask=None if batch.packed else batch.mask,
-                cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen,
-                dropout_p=dropout_p, softmax_scale=self.scaling,
-            )
-            return out.reshape(*hidden_states.shape[:-1], self.all_head_size), None
         if batch.backend == "triton":
-            # One GEMM for Q, K and V; the kernel reads them as strided views.
-            weight, bias = self._fused_qkv()
-            qkv = F.linear(hidden_states, weight, bias)
+            if _plain_linear(self.query, self.key, self.value):
+                # One GEMM for Q, K and V; the kernel reads them as strided views.
+                weight, bias = self._fused_qkv()
+                qkv = F.linear(hidden_states, weight, bias)
+            else:  # adapters (PEFT's LoRA) wrap query/key/value: run the modules, so they take part
+                qkv = torch.stack([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -2)
             qkv = qkv.view(*hidden_states.shape[:-1], 3, nh, hd)  # (B, S, 3, nh, hd) or (T, 3, nh, hd)
             q, k, v = qkv.unbind(dim=-3)
             out = ops.attention(
