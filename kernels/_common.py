@@ -1,4 +1,4 @@
-"""Helpers shared by the elementwise kernels (layer_norm, gelu)."""
+"""Helpers shared by the kernels (layer_norm, gelu, attention)."""
 import functools
 import os
 

@@ -40,14 +40,13 @@ autotuner would consider instead (fast start-up, the tests); under ``TRITON_INTE
 import contextlib
 import functools
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled
+from ._common import autotune_enabled, interpret
 
 LOG2E = 1.4426950408889634
 
@@ -567,10 +566,6 @@ def _tuned(name: str):
                            reset_to_zero=reset, cache_results=True)(kernel)
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 _FORCED: dict = {}  # kernel name -> triton.Config launched instead of autotuning (forced_config)
 
 
@@ -601,20 +596,20 @@ def _untuned_config(name: str, meta: dict, seq_bucket: int):
 
 
 def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict, seq_bucket: int):
-    forced = _FORCED.get(name)
-    if forced is None and args[0].is_cuda and not _interpret() and not autotune_enabled():
-        forced = _untuned_config(name, meta, seq_bucket)
-    if forced is not None:
-        blocks = dict(forced.kwargs)
-        hw = {} if _interpret() or not args[0].is_cuda else dict(num_warps=forced.num_warps,
-                                                                  num_stages=forced.num_stages)
-        with torch.cuda.device(args[0].device) if args[0].is_cuda else contextlib.nullcontext():
-            kernel[grid_of(blocks)](*args, **meta, **blocks, **hw)
-    elif _interpret() or not args[0].is_cuda:
-        kernel[grid_of(fixed)](*args, **meta, **fixed)
-    else:
-        with torch.cuda.device(args[0].device):  # the tensors' device, not the current one
+    on_gpu = args[0].is_cuda and not interpret()
+    config = _FORCED.get(name)
+    if config is None and on_gpu and not autotune_enabled():
+        config = _untuned_config(name, meta, seq_bucket)
+    if not on_gpu:  # the interpreter: block sizes only (warps and stages mean nothing there)
+        blocks = fixed if config is None else config.kwargs
+        kernel[grid_of(blocks)](*args, **meta, **blocks)
+        return
+    with torch.cuda.device(args[0].device):  # the tensors' device, not the current one
+        if config is None:
             _tuned(name)[grid_of](*args, **meta)
+        else:
+            kernel[grid_of(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
+                                           num_stages=config.num_stages)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
