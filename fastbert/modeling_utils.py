@@ -273,6 +273,8 @@ class BertPreTrainedModel(_Base):
             kwargs.pop(key, None)
         hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
         _check_attn_implementation(attn_implementation)
+        if device is not None and device_map is not None:
+            raise ValueError(f"from_pretrained got both device={device!r} and device_map={device_map!r}: pass one")
         target_device = _device_from_map(device_map) if device_map is not None else device
         path = None if pretrained_model_name_or_path is None else str(pretrained_model_name_or_path)
 

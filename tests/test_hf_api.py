@@ -53,6 +53,8 @@ def test_unknown_keywords_raise_like_transformers(mlm_dir):
         fastbert.BertModel.from_pretrained(mlm_dir, attn_implementation="flash_attention_2")
     with pytest.raises(NotImplementedError, match="device_map"):
         fastbert.BertModel.from_pretrained(mlm_dir, device_map={"embeddings": "cpu", "encoder": "cuda:0"})
+    with pytest.raises(ValueError, match="both device="):
+        fastbert.BertModel.from_pretrained(mlm_dir, device="cpu", device_map="cpu")
     with pytest.raises(NotImplementedError, match="quantization_config"):
         fastbert.BertModel.from_pretrained(mlm_dir, quantization_config={})
 
