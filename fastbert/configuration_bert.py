@@ -115,7 +115,6 @@ if HAS_TRANSFORMERS:
             for key in ("_from_auto", "_from_pipeline", "trust_remote_code"):
                 kwargs.pop(key, None)
             data = _read_json(_config_path(pretrained_model_name_or_path, hub))
-            _check_model_type(data)
             return cls.from_dict(data, **kwargs)
 
         @classmethod
