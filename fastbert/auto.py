@@ -96,8 +96,6 @@ class AutoTokenizer:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         _check_bert("AutoTokenizer", pretrained_model_name_or_path)
-        for key in ("use_fast", "trust_remote_code", "_from_auto"):
-            kwargs.pop(key, None)
         from .tokenization_bert import BertTokenizer
 
         return BertTokenizer.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
