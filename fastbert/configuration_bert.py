@@ -264,9 +264,12 @@ else:
             data = _read_json(_config_path(pretrained_model_name_or_path, hub))
             return cls.from_dict(data, **kwargs)
 
-        def save_pretrained(self, save_directory, **kwargs):
-            if kwargs.get("push_to_hub"):
+        def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+            if push_to_hub:
                 raise NotImplementedError("push_to_hub needs transformers installed")
+            if kwargs:  # transformers passes these on to push_to_hub only
+                raise TypeError(f"BertConfig.save_pretrained got {sorted(kwargs)}: without transformers it only "
+                                "writes config.json (push_to_hub needs transformers installed)")
             os.makedirs(save_directory, exist_ok=True)
             self.to_json_file(os.path.join(save_directory, CONFIG_NAME))
 

@@ -211,6 +211,11 @@ try:
     raise SystemExit("no TypeError")
 except TypeError:
     pass
+try:
+    cfg.save_pretrained({str(tmp_path)!r}, a_typo=1)
+    raise SystemExit("no TypeError from config.save_pretrained")
+except TypeError as e:
+    assert "a_typo" in str(e)
 for call in (lambda: m.save_pretrained({str(tmp_path)!r}, max_shard_size="1MB"), lambda: m.resize_token_embeddings(5)):
     try:
         call()
