@@ -13,7 +13,6 @@ checkpoints load with no remapping. The backend is decided once per forward, in 
   tokens only (packed variable-length attention), and the padded layout is restored at the end.
 """
 import functools
-import warnings
 from typing import Optional
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
 from . import ops
+from ._warnings import warn_once
 from .configuration_bert import BertConfig
 from .modeling_outputs import (
     BaseModelOutput,
@@ -382,7 +382,7 @@ class BertModel(BertPreTrainedModel):
         if facts.soft_bias:  # an additive mask that is not just 0 / -inf per key: a bias, the general path
             mask, bias = None, attention_mask
         if bias is not None and backend == "triton":
-            _warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
+            warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
                        "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
             backend = "torch"
         all_real = bias is None and (mask is None or facts.total == B * S)
@@ -595,15 +595,6 @@ def _capturing() -> bool:
 
 
 _MASKED = -1e4  # an additive mask value at or below this masks the key (HF: finfo(dtype).min, or -inf)
-_WARNED = set()
-
-
-def _warn_once(key, message):
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, stacklevel=3)
-
-
 def _check_mask(attention_mask, shape, ref):
     """(key-padding mask (B, S) bool or None, general mask or None), as Hugging Face reads ``attention_mask``:
 

@@ -31,10 +31,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from ._warnings import warn_once
 
 ATTN_IMPLEMENTATION = "fastbert"
 _PATCHED = "_fastbert_patched"  # instance attribute naming what was rebound (not a parameter or buffer)
-_warned_fallbacks = set()
 
 
 # ------------------------------------------------------------------------------------------ attention
@@ -79,12 +79,6 @@ def fastbert_attention_forward(module, query, key, value, attention_mask, scalin
     return out, None
 
 
-def _warn_fallback_once(what):
-    if what not in _warned_fallbacks:
-        _warned_fallbacks.add(what)
-        warnings.warn(f"fastbert.patch: {what}: this call runs Hugging Face's own attention", stacklevel=3)
-
-
 def _self_attention_forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
     # BertSelfAttention.forward with fastbert's attention; HF's forward for what this cannot run.
     reason = None
@@ -103,7 +97,7 @@ def _self_attention_forward(self, hidden_states, attention_mask=None, past_key_v
         except _Fallback as e:
             reason = str(e)
     if reason is not None:
-        _warn_fallback_once(reason)
+        warn_once(("patch", reason), f"fastbert.patch: {reason}: this call runs Hugging Face's own attention")
         return type(self).forward(self, hidden_states, attention_mask=attention_mask,
                                   past_key_values=past_key_values, **kwargs)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)  # (B, S, H, D)

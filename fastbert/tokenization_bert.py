@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import tokenization_cuda, tokenization_windows
+from ._warnings import warn_once
 from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
 from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
 from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
@@ -60,15 +60,6 @@ def _default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-_WARNED = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, stacklevel=3)
 
 
 def _clean_up_tokenization(text: str) -> str:
@@ -827,8 +818,9 @@ class BertTokenizer(AddedTokensMixin):
                 if why is None:
                     return self._encode_packed_device(texts, truncation, max_length, add_special_tokens,
                                                       torch.device(device), _launch_cuda)
-                _warn_once(f"encode_packed(device={str(device)!r}): the CUDA WordPiece path does not take {why}; "
-                           "tokenizing on the CPU and copying the result to the device (same output)")
+                warn_once(("encode_packed", str(device), why),
+                          f"encode_packed(device={str(device)!r}): the CUDA WordPiece path does not take {why}; "
+                          "tokenizing on the CPU and copying the result to the device (same output)")
         r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=False, truncation=truncation,
                       max_length=max_length, num_threads=num_threads, arrays=("token_type_ids",))
         lengths = r["lengths"]

@@ -10,7 +10,7 @@ import transformers
 
 import fastbert
 from conftest import HAS_CUDA
-from fastbert.modeling_bert import _WARNED
+from fastbert._warnings import WARNED as _WARNED
 
 CFG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99,
            max_position_embeddings=32)

@@ -226,13 +226,14 @@ def test_device_request_the_cuda_path_cannot_take_falls_back_and_says_so(minilm_
     saying why."""
     import torch
 
+    import fastbert._warnings
     import fastbert.tokenization_bert as tb
 
     tok = tb.BertTokenizer.from_pretrained(minilm_dir)
     gpu = tb.cuda_wordpiece_available()
     if not gpu:  # no device to copy to: record the copy instead
         monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: t)
-    monkeypatch.setattr(tb, "_WARNED", set())
+    monkeypatch.setattr(fastbert._warnings, "WARNED", set())
     texts, pairs = ["a first text", "and another"], ["its pair", "and the other pair"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -242,7 +243,7 @@ def test_device_request_the_cuda_path_cannot_take_falls_back_and_says_so(minilm_
     assert len(msgs) == 1 and ("text pairs" in msgs[0]), msgs
     assert torch.equal(out["input_ids"].cpu(), tok.encode_packed(texts, pairs)["input_ids"])
     if not gpu:
-        monkeypatch.setattr(tb, "_WARNED", set())
+        monkeypatch.setattr(fastbert._warnings, "WARNED", set())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             tok.encode_packed(texts, device="cuda")

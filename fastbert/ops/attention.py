@@ -9,12 +9,12 @@ head_dim)`` with ``cu_seqlens (batch + 1,)`` int32 and ``max_seqlen``. q, k, v m
 one fused QKV projection). Masked keys get no weight; a query whose keys are all masked outputs zeros.
 """
 import operator
-import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
 
+from .._warnings import warn_once
 from ._dispatch import kernels, use_triton
 from .padding import cu_seqlens_to_mask, mask_indices, pad_input
 
@@ -65,9 +65,6 @@ def _check_cu_seqlens(cu_seqlens, total, max_seqlen, device):
         raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest}) in cu_seqlens")
     _checked_cu.update(ref=weakref.ref(cu_seqlens), version=cu_seqlens._version, key=(total, max_seqlen))
     return max_seqlen
-
-
-_WARNED_HEAD_DIMS = set()
 
 
 def kernel_supports_head_dim(head_dim: int) -> bool:
@@ -230,10 +227,9 @@ def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=Non
     """
     triton_path = isinstance(q, torch.Tensor) and use_triton(q)
     if triton_path and not kernel_supports_head_dim(q.shape[-1]):
-        if q.shape[-1] not in _WARNED_HEAD_DIMS:
-            _WARNED_HEAD_DIMS.add(q.shape[-1])
-            warnings.warn(f"fastbert attention: head_dim={q.shape[-1]} is not a multiple of 8 between 8 and 256, "
-                          "which the Triton kernel needs: using PyTorch's scaled_dot_product_attention", stacklevel=2)
+        warn_once(("head_dim", q.shape[-1]),
+                  f"fastbert attention: head_dim={q.shape[-1]} is not a multiple of 8 between 8 and 256, which the "
+                  "Triton kernel needs: using PyTorch's scaled_dot_product_attention")
         triton_path = False
     max_seqlen = _check_inputs(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, triton_path)
     if not triton_path:
