@@ -848,12 +848,10 @@ class BertTokenizer(AddedTokensMixin):
         return " ".join(tokens).replace(" ##", "").strip()
 
     def decode(self, token_ids, skip_special_tokens: bool = False,
-               clean_up_tokenization_spaces: Optional[bool] = None, **kwargs) -> str:
+               clean_up_tokenization_spaces: Optional[bool] = None) -> str:
         """Text of a list of ids, as HF's WordPiece decoder writes it (## joined, spaces before punctuation
         removed), then, when ``clean_up_tokenization_spaces`` (default: the tokenizer's own, False unless set),
         HF's English clean-up (``" 's"`` -> ``"'s"``, ``" n't"`` -> ``"n't"``, ...)."""
-        if kwargs:
-            raise TypeError(f"decode got unexpected keyword argument(s) {sorted(kwargs)}")
         if hasattr(token_ids, "tolist"):
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
