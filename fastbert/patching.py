@@ -80,10 +80,14 @@ def fastbert_attention_forward(module, query, key, value, attention_mask, scalin
 
 
 def _self_attention_forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
-    # BertSelfAttention.forward with fastbert's attention; HF's forward for what this cannot run.
-    reason = None
+    # BertSelfAttention.forward with fastbert's attention; HF's forward for what this cannot run. The KV cache
+    # is `cache` from transformers 5.2x on, `past_key_values` before: either one falls back, and the fallback
+    # hands on only what the caller passed (both names at once make HF warn on every call).
     if past_key_values is not None:
-        reason = "a KV cache (past_key_values)"
+        kwargs["past_key_values"] = past_key_values
+    reason = None
+    if past_key_values is not None or kwargs.get("cache") is not None:
+        reason = "a KV cache"
     elif kwargs.get("output_attentions"):
         reason = "output_attentions=True"
     elif kwargs.get("head_mask") is not None:
@@ -98,8 +102,7 @@ def _self_attention_forward(self, hidden_states, attention_mask=None, past_key_v
             reason = str(e)
     if reason is not None:
         warn_once(("patch", reason), f"fastbert.patch: {reason}: this call runs Hugging Face's own attention")
-        return type(self).forward(self, hidden_states, attention_mask=attention_mask,
-                                  past_key_values=past_key_values, **kwargs)
+        return type(self).forward(self, hidden_states, attention_mask=attention_mask, **kwargs)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)  # (B, S, H, D)
     q = self.query(hidden_states).view(shape)
     k = self.key(hidden_states).view(shape)

@@ -175,6 +175,39 @@ def test_unsupported_left_alone_and_reported(launches, device):
         torch.testing.assert_close(a, b)
 
 
+
+def test_kv_cache_falls_back_under_the_name_hf_takes(launches, device):
+    """A KV cache handed to a patched self-attention (``cache`` from transformers 5.2x, ``past_key_values``
+    before) runs HF's own attention over the cached keys, equal to HF's; the fallback passes on only the name
+    the caller used (both at once make HF warn about the deprecated one on every call)."""
+    import inspect
+
+    torch.manual_seed(8)
+    ref = transformers.BertModel(_config(attn_implementation="eager")).to(device).eval()
+    model = copy.deepcopy(ref)
+    fastbert.patch(model)
+    sa_ref, sa = ref.encoder.layer[0].attention.self, model.encoder.layer[0].attention.self
+    params = inspect.signature(type(sa_ref).forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    h = torch.randn(2, 5, 64, device=device)
+    k0, v0 = (torch.randn(2, 4, 3, 16, device=device) for _ in range(2))
+
+    def cache():
+        c = transformers.DynamicCache()
+        c.update(k0.clone(), v0.clone(), sa_ref.layer_idx or 0)
+        return c
+
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        got = sa(h, None, **{name: cache()})[0]
+        want = sa_ref(h, None, **{name: cache()})[0]
+        ids, mask = (t.to(device) for t in _batch(torch.Generator().manual_seed(9)))
+        model(ids, attention_mask=mask, output_attentions=True)  # a fallback without a cache
+    torch.testing.assert_close(got, want)
+    messages = [str(w.message) for w in caught]
+    assert sum("a KV cache" in m for m in messages) == 1, messages
+    assert not any("deprecated" in m for m in messages), messages
+
 def test_sentence_transformer_encode(launches, minilm_dir):
     st = pytest.importorskip("sentence_transformers")
     model = st.SentenceTransformer(str(minilm_dir), device="cpu")
