@@ -643,7 +643,7 @@ def _plain_linear(*modules) -> bool:
 
 def _reject_unsupported(kwargs):
     kwargs = {k: v for k, v in kwargs.items() if v is not None and v is not False}
-    for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache"):
+    for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache", "use_cache"):
         if name in kwargs:
             raise NotImplementedError(f"{name}: fastbert is an encoder-only BERT (no decoder / cross-attention)")
     if kwargs:
