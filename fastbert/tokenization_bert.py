@@ -128,7 +128,7 @@ class BertTokenizer(AddedTokensMixin):
             _token_str(t) for t in (unk_token, sep_token, pad_token, cls_token, mask_token))
         self.never_split = [s for s in (never_split or []) if s]
         specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token) if t]
-        matched = self._matched = list(dict.fromkeys(specials + self.never_split))
+        self._matched = list(dict.fromkeys(specials + self.never_split))
         strip = self.do_lower_case if strip_accents is None else bool(strip_accents)
         self._core_args = dict(clean_text=self.clean_text, tokenize_chinese_chars=self.tokenize_chinese_chars,
                                strip_accents=strip, lowercase=self.do_lower_case,

@@ -2,7 +2,6 @@
 compiles without register spills in its heaviest variants, and the backward's dQ atomics are relaxed (plain
 RED reductions, no per-atomic fence). The full sweep (every variant, head dims 32/64/128) is
 `python scripts/compile_report.py` (exit 1 on a spill); this is its CI slice."""
-import importlib.util
 import os
 import subprocess
 import sys

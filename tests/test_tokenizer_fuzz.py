@@ -34,7 +34,6 @@ def test_canonical_reordering_offsets(minilm_dir):
 def test_combining_classes_hf_knows(minilm_dir):
     """Every code point with a combining class (for the building Python), after U+0345 (class 240): HF
     reorders it when its NFD knows the class (Unicode 9.0), else it is a starter. Offsets must agree."""
-    import sys
     import unicodedata
 
     tokenizers = pytest.importorskip("tokenizers")
