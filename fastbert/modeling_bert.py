@@ -383,7 +383,7 @@ class BertModel(BertPreTrainedModel):
             mask, bias = None, attention_mask
         if bias is not None and backend == "triton":
             warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
-                       "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
+                      "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
             backend = "torch"
         all_real = bias is None and (mask is None or facts.total == B * S)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
@@ -595,6 +595,8 @@ def _capturing() -> bool:
 
 
 _MASKED = -1e4  # an additive mask value at or below this masks the key (HF: finfo(dtype).min, or -inf)
+
+
 def _check_mask(attention_mask, shape, ref):
     """(key-padding mask (B, S) bool or None, general mask or None), as Hugging Face reads ``attention_mask``:
 

@@ -175,7 +175,6 @@ def test_unsupported_left_alone_and_reported(launches, device):
         torch.testing.assert_close(a, b)
 
 
-
 def test_kv_cache_falls_back_under_the_name_hf_takes(launches, device):
     """A KV cache handed to a patched self-attention (``cache`` from transformers 5.2x, ``past_key_values``
     before) runs HF's own attention over the cached keys, equal to HF's; the fallback passes on only the name
@@ -207,6 +206,7 @@ def test_kv_cache_falls_back_under_the_name_hf_takes(launches, device):
     messages = [str(w.message) for w in caught]
     assert sum("a KV cache" in m for m in messages) == 1, messages
     assert not any("deprecated" in m for m in messages), messages
+
 
 def test_sentence_transformer_encode(launches, minilm_dir):
     st = pytest.importorskip("sentence_transformers")
