@@ -1,4 +1,4 @@
-"""The benchmark runner: ``python -m benchmarks`` or ``fastbert bench``.
+"""The benchmark runner: ``fastbert bench`` (``python -m fastbert.benchmarks``; in a checkout also ``python -m benchmarks``).
 
     python -m benchmarks                    gpu suite when CUDA is there, else the cpu suite
     python -m benchmarks --suite cpu --quick
@@ -28,7 +28,10 @@ from . import common
 from .common import (corpus_lengths, environment, fixed_lengths, hardware_line, padded_fraction_lengths,
                      uniform_lengths)
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# In a source checkout the results go beside the benchmarks (benchmarks/results/, committed); an installed
+# fastbert writes them under the current directory, never into site-packages.
+DEFAULT_OUT = (Path(__file__).resolve().parent / "results" if (common.REPO_ROOT / ".git").exists()
+               else Path.cwd() / "fastbert-bench-results")
 SECTIONS = ("inference", "training", "pretraining", "ops", "tokenizer")
 BASELINES = ("hf-eager", "hf-sdpa", "hf-compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -716,7 +719,7 @@ def update_readme(readme: Path, results: Dict, md_path: Path, plots: List[str]) 
 # Main
 # ------------------------------------------------------------------------------------------------------
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    p = argparse.ArgumentParser(prog="fastbert bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=["cpu", "gpu", "all"], default=None,
                    help="cpu: the PyTorch path vs Hugging Face on CPU; gpu: every provider on CUDA; all: both "

@@ -20,7 +20,7 @@ packed: a wrong kernel is never timed. On CPU only SDPA is
 timed (wall clock; the Triton interpreter is not a speed measurement).
 
     python -m pytest benchmarks/bench_attention.py -o addopts=""      # pytest-benchmark
-    python -c "import benchmarks.bench_attention as b, torch; print(b.run(torch.device('cuda')))"
+    python -c "import fastbert.benchmarks.bench_attention as b, torch; print(b.run(torch.device('cuda')))"
 """
 import contextlib
 import random
@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import check_against_reference, op_time_ms
+from fastbert.benchmarks.common import check_against_reference, op_time_ms
 from fastbert.ops import attention
 
 HEADS, HEAD_DIM = 12, 64

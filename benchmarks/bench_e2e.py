@@ -12,8 +12,8 @@ plots use the runner: ``python -m benchmarks``.
 import pytest
 import torch
 
-from benchmarks import providers as P
-from benchmarks.__main__ import W, _train_check_values, _train_errors
+from fastbert.benchmarks import providers as P
+from fastbert.benchmarks.__main__ import W, _train_check_values, _train_errors
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -6,7 +6,7 @@ the benchmark suite's corpus workloads use). Before timing, the two providers' e
 (cosine >= 0.9999 on every text, else nothing is timed). Throughput counts texts per second of ``encode``
 (tokenization included), CPU by default, fp32.
 
-    python -m benchmarks.bench_encode --texts 400 --rounds 3
+    python -m fastbert.benchmarks.bench_encode --texts 400 --rounds 3
 """
 import argparse
 import json
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import _corpus_paragraphs, environment
+from fastbert.benchmarks.common import _corpus_paragraphs, environment
 
 
 def run(device="cpu", n_texts=400, rounds=3, batch_size=32, model_dir=None):

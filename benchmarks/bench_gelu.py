@@ -11,14 +11,14 @@ writes y; backward reads dy and x and writes dx, plus the bias and its gradient.
 beyond that (PyTorch materializes x + bias, and saves it for its backward) lowers its GB/s.
 
     python -m pytest benchmarks/bench_gelu.py -o addopts=""      # pytest-benchmark
-    python -c "import benchmarks.bench_gelu as b, torch; print(b.run(torch.device('cuda')))"
+    python -c "import fastbert.benchmarks.bench_gelu as b, torch; print(b.run(torch.device('cuda')))"
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import check_against_reference, op_time_ms
+from fastbert.benchmarks.common import check_against_reference, op_time_ms
 from fastbert.ops import bias_gelu
 
 PROVIDERS = ("triton", "torch")

@@ -11,14 +11,14 @@ residual and writes y; backward reads dy and x + residual and writes one gradien
 parameters and their gradients. Anything a provider moves beyond that lowers its GB/s.
 
     python -m pytest benchmarks/bench_layer_norm.py -o addopts=""      # pytest-benchmark
-    python -c "import benchmarks.bench_layer_norm as b, torch; print(b.run(torch.device('cuda')))"
+    python -c "import fastbert.benchmarks.bench_layer_norm as b, torch; print(b.run(torch.device('cuda')))"
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import check_against_reference, op_time_ms
+from fastbert.benchmarks.common import check_against_reference, op_time_ms
 from fastbert.ops import layer_norm
 
 PROVIDERS = ("triton", "torch")

@@ -7,12 +7,12 @@ hidden / weight / bias gradients). Before timing, both providers' losses and gra
 fp32 reference (the fused one must be within 2x PyTorch's own error). Peak memory: the CUDA allocator's peak
 during one call (inputs included, the same for both). On CPU only the PyTorch provider is timed.
 
-    python -c "import benchmarks.bench_lm_head_ce as b, torch; print(b.run(torch.device('cuda')))"
+    python -c "import fastbert.benchmarks.bench_lm_head_ce as b, torch; print(b.run(torch.device('cuda')))"
 """
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import op_time_ms, peak_memory_mb, reset_peak_memory
+from fastbert.benchmarks.common import op_time_ms, peak_memory_mb, reset_peak_memory
 from fastbert.ops import linear_cross_entropy
 
 PROVIDERS = ("triton", "torch")

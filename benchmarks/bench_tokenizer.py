@@ -260,8 +260,7 @@ if __name__ == "__main__":
         sys.exit(0)
     result = run(args[0] if args else None, limit_mb=limit)
     try:  # the same environment record as the runner's results (commit, versions, CPU, load)
-        sys.path.insert(0, str(ROOT))
-        from benchmarks.common import environment
+        from fastbert.benchmarks.common import environment
 
         result["environment"] = environment(torch.device("cpu"))
     except Exception as e:  # noqa: BLE001 - the numbers are still worth keeping

@@ -3,7 +3,7 @@ BertTokenizerFast, CPU time of one call each on the same inputs (2,000 paragraph
 over 400 characters; questions = their first 80 characters, contexts = their first 3,000; words = the
 paragraphs split on spaces). One thread on both sides (TOKENIZERS_PARALLELISM=false, num_threads=1).
 
-    python benchmarks/bench_tokenizer_windows.py
+    python -m fastbert.benchmarks.bench_tokenizer_windows
 """
 import os
 import sys
@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def run(n=2000):
-    import bench_tokenizer as b
+    from fastbert.benchmarks import bench_tokenizer as b
     import transformers
 
     from fastbert.assets import default_model_dir

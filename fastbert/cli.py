@@ -160,16 +160,8 @@ def main(argv=None) -> int:
 
         return train_cli.main(argv)
     if argv and argv[0] == "bench":
-        import os
+        from .benchmarks.__main__ import main as bench_main
 
-        if os.path.isfile(os.path.join("benchmarks", "__main__.py")) and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # a source checkout: benchmarks/ is not installed with fastbert
-        try:
-            from benchmarks.__main__ import main as bench_main
-        except ImportError:
-            print("fastbert bench runs from a source checkout: cd into the fastbert repository "
-                  "(it holds benchmarks/) and run `python -m benchmarks`", file=sys.stderr)
-            return 2
         return bench_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="fastbert", description=__doc__,

@@ -3,8 +3,8 @@ checks pass on the real kernels and catch a broken one. CPU: the Triton interpre
 import pytest
 import torch
 
-from benchmarks import bench_attention, bench_gelu, bench_layer_norm
-from benchmarks.common import check_against_reference
+from fastbert.benchmarks import bench_attention, bench_gelu, bench_layer_norm
+from fastbert.benchmarks.common import check_against_reference
 from fastbert.ops import attention
 
 

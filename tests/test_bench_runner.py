@@ -7,7 +7,7 @@ pytest.importorskip("transformers")
 
 
 def test_quick_cpu_run_writes_json_table_and_plot(tmp_path):
-    from benchmarks.__main__ import main
+    from fastbert.benchmarks.__main__ import main
 
     rc = main(["--suite", "cpu", "--quick", "--models", "tiny", "--only", "inference,training",
                "--threads", "1", "--reps", "3", "--out", str(tmp_path)])
@@ -54,7 +54,7 @@ def _has_matplotlib():
 def test_pretraining_section_checks_the_mlm_loss_and_flushes_per_section(tmp_path, monkeypatch):
     """The pre-training step (MLM + NSP heads) runs, is checked against HF BertForPreTraining, and its rows are
     on disk as soon as the section ends: a run killed later (here: in the tokenizer section) keeps them."""
-    import benchmarks.__main__ as runner
+    import fastbert.benchmarks.__main__ as runner
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what the device tool's time limit does to a section
