@@ -180,14 +180,37 @@ class SentenceEncoder:
             return emb.cpu().numpy()
         return list(emb) if not single else emb
 
+    def tokenize(self, texts: List[str], truncation: bool = True):
+        """One packed batch of ``texts`` as the model takes it: the tokenizer's ``encode_packed`` output
+        (``input_ids``, ``token_type_ids``, ``cu_seqlens``, ``max_seqlen``), lower-cased first when the
+        pipeline says so and truncated at ``max_seq_length`` (with ``truncation=False`` a longer text raises)."""
+        if self.spec["do_lower_case"]:
+            texts = [t.lower() for t in texts]
+        if truncation:
+            return self.tokenizer.encode_packed(texts, truncation=True, max_length=self.max_seq_length)
+        enc = self.tokenizer.encode_packed(texts)
+        lengths = (enc["cu_seqlens"][1:] - enc["cu_seqlens"][:-1]).tolist()
+        too_long = [i for i, n in enumerate(lengths) if n > self.max_seq_length]
+        if too_long:
+            raise ValueError(f"text {too_long[0]} is {lengths[too_long[0]]} tokens long, more than this model's "
+                             f"max_seq_length ({self.max_seq_length}); truncate it or pass truncation=True")
+        return enc
+
+    @torch.inference_mode()
+    def embed_packed(self, enc, normalize: Optional[bool] = None) -> torch.Tensor:
+        """(B, H) float32 sentence embeddings of one packed batch (``tokenize``'s output), in its order: the
+        packed forward, then the pipeline's pooling (and its Normalize, unless ``normalize=False``)."""
+        hidden = self._forward(enc)
+        cu = enc["cu_seqlens"].to(hidden.device)
+        normalize = self.spec["normalize"] if normalize is None else (normalize and self.spec["normalize"])
+        return pool_packed(hidden.float(), cu, self.spec, normalize=normalize)
+
     @torch.inference_mode()
     def _embed(self, texts: List[str], batch_size: int, show_progress_bar=None, normalize_module: bool = True):
         """(N, H) fp32 embeddings in input order: packed batches, longest texts first."""
         hidden_size = self.model.config.hidden_size
         if not texts:
             return torch.zeros(0, hidden_size, device=self.model.device)
-        if self.spec["do_lower_case"]:
-            texts = [t.lower() for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = torch.empty(len(texts), hidden_size, device=self.model.device)
         starts = range(0, len(texts), batch_size)
@@ -195,10 +218,10 @@ class SentenceEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, total=math.ceil(len(texts) / batch_size), desc="Batches")
+
         def tokenize(start):
             idx = order[start:start + batch_size]
-            return idx, self.tokenizer.encode_packed([texts[i] for i in idx], truncation=True,
-                                                     max_length=self.max_seq_length)
+            return idx, self.tokenize([texts[i] for i in idx])
 
         # The C++ tokenizer releases the GIL: batch i+1 is tokenized on a worker thread while the model runs
         # batch i.
@@ -209,10 +232,7 @@ class SentenceEncoder:
                 idx, enc = pending.result()
                 if start is not None:
                     pending = pool.submit(tokenize, start)
-                hidden = self._forward(enc)
-                cu = enc["cu_seqlens"].to(hidden.device)
-                emb = pool_packed(hidden.float(), cu, self.spec, normalize=self.spec["normalize"] and normalize_module)
-                out[torch.tensor(idx, device=out.device)] = emb
+                out[torch.tensor(idx, device=out.device)] = self.embed_packed(enc, normalize=normalize_module)
         return out
 
     def similarity(self, a, b=None) -> torch.Tensor:
