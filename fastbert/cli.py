@@ -32,9 +32,10 @@ def _encode_parser(sub):
     p.add_argument("--model", help="a local BERT / sentence-transformers directory (default: the embedded "
                                    "all-MiniLM-L6-v2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="model dtype (default: float32 on CPU, float16 on GPU)")
-    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="model precision (default auto: bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, float32 on "
+                        "other CPUs, float16 on a GPU)")
+    p.add_argument("--backend", choices=["auto", "torch", "triton", "cpu"], default="auto")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-length", type=_positive_int, default=None,
                    help="truncate texts to this many tokens (default: the model's max_seq_length)")
@@ -105,8 +106,7 @@ def encode_main(args) -> int:
         raise ValueError(f"--device {args.device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    encoder = SentenceEncoder(args.model, device=device, dtype=dtype, backend=args.backend)
+    encoder = SentenceEncoder(args.model, device=device, dtype=args.dtype, backend=args.backend)
     if args.backend == "triton":
         encoder.backend(device)  # raises a clear error where the Triton path cannot run
     if args.max_length:
@@ -114,7 +114,8 @@ def encode_main(args) -> int:
     emb = encoder._embed(texts, args.batch_size, show_progress_bar=bool(args.file) and sys.stderr.isatty(),
                          normalize_module=not args.no_normalize).float().cpu()
     normalized = encoder.spec["normalize"] and not args.no_normalize
-    print(f"model: {encoder.model_dir}  device: {device}  dtype: {str(dtype).replace('torch.', '')}  "
+    print(f"model: {encoder.model_dir}  device: {device}  "
+          f"dtype: {str(encoder.dtype).replace('torch.', '')} ({encoder.dtype_reason})  "
           f"backend: {encoder.backend(device)}  tokenizer: {encoder.tokenizer_name}  "
           f"pooling: {encoder.spec['pooling']}  max_seq_length: {encoder.max_seq_length}")
     print(f"embeddings: {emb.shape[0]} x {emb.shape[1]}" + (" (L2-normalised)" if normalized else ""))

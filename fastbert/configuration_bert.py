@@ -7,9 +7,12 @@ Without ``transformers`` a small stand-alone class with the same fields, the sam
 behaviour is used, so ``import fastbert`` never needs it. fastbert adds two keys of its own, both ignored by
 Hugging Face:
 
-- ``backend``: ``"auto"`` (Triton for CUDA tensors, PyTorch otherwise), ``"torch"`` or ``"triton"``.
-- ``unpad``: with the Triton backend, remove padding once after the embeddings and run every layer on real
-  tokens only (packed variable-length attention). Padded positions of ``last_hidden_state`` are then zero.
+- ``backend``: ``"auto"`` (Triton for CUDA tensors; for CPU tensors ``"cpu"`` in inference, PyTorch
+  otherwise), ``"torch"``, ``"triton"`` or ``"cpu"`` (inference only: oneDNN GEMMs with the bias, GELU or
+  residual add fused, every layer on real tokens only).
+- ``unpad``: remove padding once after the embeddings and run every layer on real tokens only (the Triton and
+  cpu backends; packed inputs stay packed on the PyTorch path too). Padded positions of
+  ``last_hidden_state`` are then zero. ``False`` keeps the padded layout (the Triton and PyTorch paths).
 
 Values fastbert cannot run (another activation, relative position embeddings, a decoder) raise at
 construction, naming the key.
@@ -22,7 +25,7 @@ from typing import Any, Dict, Optional
 CONFIG_NAME = "config.json"
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 
 # FASTBERT_NO_TRANSFORMERS=1: the stand-alone classes even where transformers is installed (inference that
 # never meets Trainer/PEFT starts faster: `fastbert encode` sets it for itself).

@@ -20,9 +20,30 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from .assets import MISSING_MODEL_HELP, default_model_dir
+from .hardware import default_dtype
 from .modeling_bert import BertModel, resolve_backend
 
 POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype, device):
+    """(torch dtype, why) for the ``dtype`` argument: None / "auto" -> the device's default."""
+    if dtype is None or dtype == "auto":
+        chosen, why = default_dtype(device)
+        return chosen, f"auto: {why}"
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(DTYPES)} "
+                             "(or a torch dtype)")
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+    if torch.device(device).type == "cpu" and dtype == torch.float16:
+        return dtype, "asked for (float16 on a CPU is slow: most CPUs emulate it)"
+    return dtype, "asked for"
 
 
 def load_tokenizer(model_dir):
@@ -110,6 +131,9 @@ class SentenceEncoder:
     """sentence-transformers' ``encode`` on fastbert's model and tokenizer (see the module docstring)."""
 
     def __init__(self, model_dir=None, device=None, dtype=None, backend: str = "auto", cuda_graphs: bool = True):
+        """``dtype``: None or ``"auto"`` picks per device (``fastbert.hardware.default_dtype``: fp16 on a GPU,
+        bf16 on a CPU that multiplies bf16 natively, fp32 elsewhere); a torch dtype or its name overrides it.
+        ``self.dtype`` and ``self.dtype_reason`` say what runs and why."""
         if model_dir is None:
             model_dir = default_model_dir()
             if model_dir is None:
@@ -117,9 +141,9 @@ class SentenceEncoder:
         self.model_dir = model_dir
         self.spec = sentence_pipeline(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        self.model = BertModel.from_pretrained(model_dir, add_pooling_layer=False, backend=backend, dtype=dtype,
-                                               device=device)
+        self.dtype, self.dtype_reason = resolve_dtype(dtype, device)
+        self.model = BertModel.from_pretrained(model_dir, add_pooling_layer=False, backend=backend,
+                                               dtype=self.dtype, device=device).eval()
         self.tokenizer, self.tokenizer_name = load_tokenizer(model_dir)
         limit = self.model.config.max_position_embeddings
         self.max_seq_length = min(self.spec["max_seq_length"] or limit, limit)
@@ -139,7 +163,9 @@ class SentenceEncoder:
                           cu_seqlens=enc["cu_seqlens"], max_seqlen=enc["max_seqlen"]).last_hidden_state
 
     def backend(self, device=None) -> str:
-        return resolve_backend(self.model.config, torch.device(device) if device else self.model.device)
+        """The backend ``encode`` runs on (it runs in inference mode)."""
+        return resolve_backend(self.model.config, torch.device(device) if device else self.model.device,
+                               inference=True, dtype=self.model.dtype)
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.model.config.hidden_size

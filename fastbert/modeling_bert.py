@@ -52,10 +52,25 @@ ACT2FN = {
 }
 
 
-def resolve_backend(config: BertConfig, device: torch.device) -> str:
-    """The one place that picks the backend: 'torch' or 'triton'."""
+def resolve_backend(config: BertConfig, device: torch.device, inference: bool = False,
+                    dtype: torch.dtype = torch.float32) -> str:
+    """The one place that picks the backend: 'torch', 'triton' or 'cpu'.
+
+    ``inference``: gradients off, the model in eval mode and nothing tracing it; only then may the ``cpu``
+    backend (oneDNN GEMMs with fused epilogues, no autograd; fp32 and bf16 weights) run. ``auto`` takes it
+    for CPU tensors.
+    """
     if config.backend == "torch":
         return "torch"
+    cpu_ok = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and ops.cpu.fused_linear_available()
+    if config.backend == "cpu":
+        if not cpu_ok:
+            raise RuntimeError(f"backend='cpu' runs fp32 or bf16 weights on CPU tensors with a torch build that "
+                               f"has oneDNN (here: {dtype} on {device}); use backend='auto'")
+        if not inference:
+            raise RuntimeError("backend='cpu' is inference-only (no gradients, eval mode, not traced or compiled); "
+                               "use backend='auto' (which picks it for inference) or 'torch'")
+        return "cpu"
     triton_ok = triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpret_mode()))
     if config.backend == "triton":
         if not triton_ok:
@@ -64,7 +79,11 @@ def resolve_backend(config: BertConfig, device: torch.device) -> str:
                 "use backend='auto' or 'torch' on this machine"
             )
         return "triton"
-    return "triton" if triton_ok and device.type == "cuda" else "torch"
+    if triton_ok and device.type == "cuda":
+        return "triton"
+    if cpu_ok and inference and config.unpad:
+        return "cpu"
+    return "torch"
 
 
 class Batch:
@@ -74,12 +93,18 @@ class Batch:
     Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
     """
 
-    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None):
+    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, indices=None, gather=None):
         self.backend = backend
         self.mask = mask
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
         self.bias = bias  # torch path only: a general (B, 1 or heads, S, S) mask, bool (True = attend) or additive
+        # torch and cpu paths, packed: the (B, S) layout attention pads Q/K/V into (None when every sequence is
+        # max_seqlen long): mask (B, S) of real tokens; gather (B*S,), the packed row each padded position
+        # copies (a real token of the same sequence: finite, and masked out as a key); indices (T,), each packed
+        # token's flat position in it
+        self.indices = indices
+        self.gather = gather
 
     @property
     def packed(self) -> bool:
@@ -128,26 +153,20 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
         self.dropout_p = config.attention_probs_dropout_prob
         self.scaling = self.attention_head_size ** -0.5
-        self._qkv_cache = None  # (key, weight, bias): the fused Q/K/V parameters for inference
 
     def _fused_qkv(self):
-        """[Wq; Wk; Wv] and [bq; bk; bv]. With autograd recording, concatenated on every call (the gradient
-        flows back to the three Linear layers); otherwise cached and rebuilt only when a parameter changes
-        (a new tensor, an in-place update, another dtype or device): no copy per inference forward."""
-        params = (self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
-                  self.value.bias)
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-            self._qkv_cache = None
-            return torch.cat(params[:3]), torch.cat(params[3:])
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._qkv_cache is None or self._qkv_cache[0] != key:
-            with torch.no_grad():
-                self._qkv_cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
-        return self._qkv_cache[1], self._qkv_cache[2]
+        """[Wq; Wk; Wv] and [bq; bk; bv], concatenated on every call (a copy of 3H x H weights, small beside the
+        GEMM it feeds; the gradient flows back to the three Linear layers). Never cached: an optimizer can
+        update parameters in place without any trace a cache could check (torch.optim.AdamW(fused=True), the
+        Trainer's default, leaves ``_version`` unchanged), and a stale Q/K/V would be a silent wrong answer."""
+        return (torch.cat((self.query.weight, self.key.weight, self.value.weight)),
+                torch.cat((self.query.bias, self.key.bias, self.value.bias)))
 
     def forward(self, hidden_states, batch: Batch, output_attentions=False, head_mask=None):
         nh, hd = self.num_attention_heads, self.attention_head_size
         dropout_p = self.dropout_p if self.training else 0.0
+        if batch.backend == "cpu":
+            return self._packed_sdpa(hidden_states, batch, dropout_p), None
         if batch.backend == "triton":
             if _plain_linear(self.query, self.key, self.value):
                 # One GEMM for Q, K and V; the kernel reads them as strided views.
@@ -165,6 +184,8 @@ class BertSelfAttention(nn.Module):
             )
             return out.reshape(*hidden_states.shape[:-1], self.all_head_size), None
 
+        if batch.packed:
+            return self._packed_sdpa(hidden_states, batch, dropout_p), None
         B, S, _ = hidden_states.shape
         q = self.query(hidden_states).view(B, S, nh, hd).transpose(1, 2)  # (B, nh, S, hd)
         k = self.key(hidden_states).view(B, S, nh, hd).transpose(1, 2)
@@ -189,6 +210,27 @@ class BertSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(B, S, self.all_head_size), probs
 
 
+    def _packed_sdpa(self, hidden_states, batch: Batch, dropout_p):
+        """The PyTorch path on packed (T, H) tokens: the Q/K/V GEMM on real tokens only, then Q/K/V padded to
+        (B, nh, S, hd) for ``scaled_dot_product_attention`` and the output packed again."""
+        nh, hd, H = self.num_attention_heads, self.attention_head_size, self.all_head_size
+        B, S = batch.cu_seqlens.numel() - 1, batch.max_seqlen
+        if not _plain_linear(self.query, self.key, self.value):
+            # adapters (PEFT's LoRA) wrap query/key/value: run the modules, so they take part
+            qkv = torch.cat([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -1)
+        elif batch.backend == "cpu":
+            qkv = ops.cpu.linear(hidden_states, *self._fused_qkv())  # (T, 3H)
+        else:
+            qkv = F.linear(hidden_states, *self._fused_qkv())
+        if batch.gather is not None:
+            qkv = qkv.index_select(0, batch.gather)  # (B * S, 3H)
+        q, k, v = qkv.view(B, S, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, S, hd)
+        mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scaling)
+        out = out.transpose(1, 2).reshape(B * S, H)
+        return out if batch.indices is None else out.index_select(0, batch.indices)
+
+
 class BertSelfOutput(nn.Module):
     """LayerNorm(dropout(dense(h)) + input): on the Triton backend, one fused residual+LayerNorm."""
 
@@ -199,6 +241,8 @@ class BertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, input_tensor, batch: Batch):
+        if batch.backend == "cpu" and _plain_linear(self.dense):
+            return self.LayerNorm(ops.cpu.linear_add(hidden_states, self.dense.weight, self.dense.bias, input_tensor))
         hidden_states = self.dropout(self.dense(hidden_states))
         if batch.backend == "triton":
             return ops.layer_norm(hidden_states, self.LayerNorm.weight, self.LayerNorm.bias,
@@ -227,9 +271,12 @@ class BertIntermediate(nn.Module):
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states, batch: Batch):
-        if batch.backend == "triton" and self.hidden_act in ("gelu",) + _TANH_GELUS and _plain_linear(self.dense):
-            h = F.linear(hidden_states, self.dense.weight)
+        if batch.backend in ("triton", "cpu") and self.hidden_act in ("gelu",) + _TANH_GELUS and \
+                _plain_linear(self.dense):
             approximate = "none" if self.hidden_act == "gelu" else "tanh"
+            if batch.backend == "cpu":
+                return ops.cpu.linear(hidden_states, self.dense.weight, self.dense.bias, gelu=approximate)
+            h = F.linear(hidden_states, self.dense.weight)
             return ops.bias_gelu(h, self.dense.bias, approximate=approximate)
         return self.intermediate_act_fn(self.dense(hidden_states))
 
@@ -335,10 +382,8 @@ class BertModel(BertPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds
-        backend = resolve_backend(self.config, ref.device)
         head_mask = self._head_mask(head_mask)
-        if output_attentions or head_mask is not None:
-            backend = "torch"  # attention probabilities exist only on the explicit-softmax path
+        backend = self._backend(ref.device, output_attentions, output_hidden_states, head_mask)
 
         if cu_seqlens is not None:
             out = self._forward_packed(input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens,
@@ -348,6 +393,17 @@ class BertModel(BertPreTrainedModel):
             out = self._forward_padded(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
                                        backend, output_attentions, output_hidden_states, head_mask)
         return out if return_dict is not False else out.to_tuple()
+
+    def _backend(self, device, output_attentions, output_hidden_states, head_mask) -> str:
+        """``resolve_backend`` for this call: inference means no gradients, eval mode, nothing tracing."""
+        inference = not (torch.is_grad_enabled() or self.training or _tracing())
+        backend = resolve_backend(self.config, device, inference=inference,
+                                  dtype=self.embeddings.word_embeddings.weight.dtype)
+        if output_attentions or head_mask is not None:
+            return "torch"  # attention probabilities exist only on the explicit-softmax path
+        if backend == "cpu" and output_hidden_states:
+            return "torch"  # the cpu path runs packed; per-layer hidden states are returned padded
+        return backend
 
     def _head_mask(self, head_mask):
         """transformers 4.x's ``head_mask``: (heads,) for every layer or (layers, heads); 1 keeps a head, 0
@@ -384,17 +440,22 @@ class BertModel(BertPreTrainedModel):
         if bias is not None and backend == "triton":
             warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
                       "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
+        if bias is not None:
             backend = "torch"
         all_real = bias is None and (mask is None or facts.total == B * S)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
-        unpad = backend == "triton" and self.config.unpad and not output_hidden_states
+        unpad = backend in ("triton", "cpu") and self.config.unpad and not output_hidden_states
         if unpad and not all_real:
             unpadded = ops.unpad_input(embeddings, mask, total=facts.total, max_seqlen=facts.max_seqlen)
-            ops.trust_cu_seqlens(unpadded.cu_seqlens, unpadded.indices.numel(), unpadded.max_seqlen)
-            batch = Batch("triton", cu_seqlens=unpadded.cu_seqlens, max_seqlen=unpadded.max_seqlen)
+            batch = _packed_batch(backend, unpadded.cu_seqlens, unpadded.max_seqlen, unpadded.indices.numel())
             packed = self.encoder(unpadded.hidden_states, batch).last_hidden_state
             sequence_output = ops.pad_input(packed, unpadded.indices, B, S)
+            encoder_out = BaseModelOutput(last_hidden_state=sequence_output)
+        elif backend == "cpu":  # nothing padded: each row is one sequence of S tokens, run packed
+            cu_seqlens = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=embeddings.device)
+            packed = self.encoder(embeddings.reshape(B * S, -1), _packed_batch("cpu", cu_seqlens, S, B * S))
+            sequence_output = packed.last_hidden_state.view(B, S, -1)
             encoder_out = BaseModelOutput(last_hidden_state=sequence_output)
         else:
             # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is
@@ -424,8 +485,7 @@ class BertModel(BertPreTrainedModel):
             input_ids, token_type_ids, position_ids = (
                 t.to(device, non_blocking=True) if t is not None else None
                 for t in (input_ids, token_type_ids, position_ids))
-            backend = resolve_backend(self.config, device) if not (output_attentions or head_mask is not None) \
-                else "torch"
+            backend = self._backend(device, output_attentions, output_hidden_states, head_mask)
         seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         if position_ids is None:
             starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=T)
@@ -433,10 +493,12 @@ class BertModel(BertPreTrainedModel):
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (T, H)
         B = cu_seqlens.numel() - 1
 
-        if backend == "triton" and not output_hidden_states:
-            ops.trust_cu_seqlens(cu_seqlens, T, max_seqlen)
-            batch = Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-            encoder_out = self.encoder(embeddings, batch)
+        stay_packed = not output_hidden_states and (
+            backend in ("triton", "cpu") or (self.config.unpad and not output_attentions and head_mask is None))
+        if stay_packed:
+            # Every layer on real tokens only; on the PyTorch and cpu paths each layer's attention pads just
+            # Q/K/V (nothing when every sequence is max_seqlen long).
+            encoder_out = self.encoder(embeddings, _packed_batch(backend, cu_seqlens, max_seqlen, T))
             sequence_output = encoder_out.last_hidden_state
         else:  # the reference path works on the padded layout
             mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
@@ -563,6 +625,25 @@ class BertModel(BertPreTrainedModel):
                 raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest})")
         self._check_length(max_seqlen)
         return cu_seqlens, max_seqlen
+
+
+def _packed_batch(backend, cu_seqlens, max_seqlen, total) -> Batch:
+    """The Batch of packed sequences: the Triton kernels read ``cu_seqlens`` directly; the PyTorch and cpu
+    paths' attention also needs the padded (B, max_seqlen) layout it pads Q/K/V into (none when every sequence
+    is max_seqlen long)."""
+    if backend == "triton":
+        ops.trust_cu_seqlens(cu_seqlens, total, max_seqlen)
+        return Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    B = cu_seqlens.numel() - 1
+    if total == B * max_seqlen:
+        return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)  # (B, S)
+    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    pos = torch.arange(max_seqlen, device=cu_seqlens.device)
+    # a padded position copies its sequence's last token (any finite row would do: it is masked as a key)
+    gather = (starts[:, None] + torch.minimum(pos[None, :], (lengths - 1).clamp(min=0)[:, None])).reshape(-1)
+    return Batch(backend, mask=mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                 indices=ops.padding.mask_indices(mask, total), gather=gather.clamp(max=max(total - 1, 0)))
 
 
 def _check_id_range(name, limit, lo, hi):

@@ -40,7 +40,8 @@ def _variant(tmp_path, minilm_dir, pooling=None, normalize=True):
 
 def _compare(model_dir, texts):
     ref = st.SentenceTransformer(str(model_dir), device="cpu").encode(texts, convert_to_tensor=True)
-    ours = SentenceEncoder(model_dir, device="cpu").encode(texts, batch_size=4, convert_to_tensor=True)
+    ours = SentenceEncoder(model_dir, device="cpu", dtype=torch.float32).encode(texts, batch_size=4,
+                                                                                convert_to_tensor=True)
     assert ours.shape == ref.shape
     cos = torch.nn.functional.cosine_similarity(ours, ref)
     assert cos.min() > 0.99999, cos
@@ -58,7 +59,7 @@ def test_pooling_variants_match_sentence_transformers(pooling, normalize, tmp_pa
 
 
 def test_encode_conventions(minilm_dir):
-    enc = SentenceEncoder(minilm_dir, device="cpu")
+    enc = SentenceEncoder(minilm_dir, device="cpu", dtype="float32")
     one = enc.encode("A man is eating food.")
     assert isinstance(one, np.ndarray) and one.shape == (384,) and one.dtype == np.float32
     many = enc.encode(TEXTS[:3])

@@ -1,0 +1,39 @@
+"""Linear layers for CPU inference with their epilogue fused into the GEMM (fastbert's ``cpu`` backend).
+
+oneDNN's ``_linear_pointwise`` (what inductor's CPU path lowers ``F.linear`` to) computes ``x @ W.T + b``
+and then, before the result leaves the GEMM's tiles, GELU or the residual add: one pass over the output
+instead of two or three. In bfloat16 it runs on AMX (or AVX512-BF16) with fp32 accumulation, and the
+epilogue is applied in fp32 before the one rounding to bf16. Inference only: these ops have no autograd
+formula, so the ``cpu`` backend is chosen only with gradients off (``fastbert.modeling_bert.resolve_backend``).
+Inputs are packed ``(tokens, features)``.
+"""
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=None)
+def fused_linear_available() -> bool:
+    """Whether this torch build has oneDNN's fused linear ops (every x86-64 and aarch64 CPU wheel does)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias, gelu=None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then GELU when ``gelu`` is ``"none"`` (erf) or ``"tanh"``."""
+    if gelu is None:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "gelu", [], gelu)
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, bias, residual: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + residual``."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x.contiguous(), residual.contiguous(), weight, bias, "add")
+
+
+def reference_linear(x, weight, bias, gelu=None, residual=None):
+    """What ``linear`` / ``linear_add`` compute, in plain PyTorch (the tests' reference)."""
+    out = F.linear(x, weight, bias)
+    if gelu is not None:
+        out = F.gelu(out, approximate=gelu)
+    return out if residual is None else out + residual
