@@ -32,9 +32,9 @@ def _encode_parser(sub):
     p.add_argument("--model", help="a local BERT / sentence-transformers directory (default: the embedded "
                                    "all-MiniLM-L6-v2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"], default="auto",
                    help="model precision (default auto: bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, float32 on "
-                        "other CPUs, float16 on a GPU)")
+                        "other CPUs, float16 on a GPU; int8 is refused, with the measurements: docs/cpu.md)")
     p.add_argument("--backend", choices=["auto", "torch", "triton", "cpu"], default="auto")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-length", type=_positive_int, default=None,

@@ -27,6 +27,12 @@ POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8_REFUSAL = (
+    "dtype='int8': fastbert ships no int8 path. Measured on all-MiniLM-L6-v2 (600 real paragraphs, "
+    "scripts/int8_study.py): int8 per-channel weights with per-token int8 activations keep min cosine 0.992 to "
+    "fp32 (0.997 with SmoothQuant), below the 0.999 fastbert requires, and this torch's CPU int8 GEMM is slower "
+    "than bf16 on AMX. Use dtype='bfloat16' (min cosine 0.9999, the default on CPUs with AMX-BF16 or "
+    "AVX512-BF16) or 'float32'; see docs/cpu.md")
 
 
 def resolve_dtype(dtype, device):
@@ -34,6 +40,8 @@ def resolve_dtype(dtype, device):
     if dtype is None or dtype == "auto":
         chosen, why = default_dtype(device)
         return chosen, f"auto: {why}"
+    if dtype in ("int8", torch.int8, torch.qint8):
+        raise ValueError(INT8_REFUSAL)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(DTYPES)} "
