@@ -388,8 +388,8 @@ class BertModel(BertPreTrainedModel):
         all_real = bias is None and (mask is None or facts.total == B * S)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
-        unpad = backend == "triton" and self.config.unpad and not output_hidden_states
-        if unpad and not all_real:
+        unpad = backend == "triton" and self.config.unpad and not output_hidden_states and not all_real
+        if unpad and not torch.compiler.is_exporting():
             unpadded = ops.unpad_input(embeddings, mask, total=facts.total, max_seqlen=facts.max_seqlen)
             ops.trust_cu_seqlens(unpadded.cu_seqlens, unpadded.indices.numel(), unpadded.max_seqlen)
             batch = Batch("triton", cu_seqlens=unpadded.cu_seqlens, max_seqlen=unpadded.max_seqlen)
@@ -402,6 +402,8 @@ class BertModel(BertPreTrainedModel):
             encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask, bias=bias),
                                        output_attentions, output_hidden_states, head_mask)
             sequence_output = encoder_out.last_hidden_state
+            if unpad:  # torch.export: the token count is data, not a shape, so the padding stays; zeros as unpadded
+                sequence_output = sequence_output.masked_fill(~mask[..., None], 0)
         pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output, pooler_output=pooled,
@@ -426,10 +428,9 @@ class BertModel(BertPreTrainedModel):
                 for t in (input_ids, token_type_ids, position_ids))
             backend = resolve_backend(self.config, device) if not (output_attentions or head_mask is not None) \
                 else "torch"
-        seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        seq_of_token, position = ops.padding.packed_positions(cu_seqlens, T)
         if position_ids is None:
-            starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=T)
-            position_ids = torch.arange(T, device=cu_seqlens.device) - starts
+            position_ids = position
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (T, H)
         B = cu_seqlens.numel() - 1
 
@@ -440,7 +441,7 @@ class BertModel(BertPreTrainedModel):
             sequence_output = encoder_out.last_hidden_state
         else:  # the reference path works on the padded layout
             mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
-            indices = ops.padding.mask_indices(mask, T)
+            indices = seq_of_token * max_seqlen + position  # each token's place in the padded layout
             padded = ops.pad_input(embeddings, indices, B, max_seqlen)
             encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states,
                                        head_mask)
@@ -538,7 +539,7 @@ class BertModel(BertPreTrainedModel):
             raise ValueError(f"cu_seqlens must be 1-D with batch+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
-        if max_seqlen is not None:
+        if max_seqlen is not None and not isinstance(max_seqlen, torch.SymInt):  # a SymInt stays symbolic (export)
             max_seqlen = int(max_seqlen)
         if host_known:
             cu = cu_seqlens.numpy()
