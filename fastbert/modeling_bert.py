@@ -53,9 +53,10 @@ ACT2FN = {
 
 
 def resolve_backend(config: BertConfig, device: torch.device) -> str:
-    """The one place that picks the backend: 'torch' or 'triton'."""
+    """The one place that picks the backend: 'torch' (SDPA), 'eager' (the PyTorch path with an explicit softmax:
+    attn_implementation='eager') or 'triton'."""
     if config.backend == "torch":
-        return "torch"
+        return "eager" if config._attn_implementation == "eager" else "torch"
     triton_ok = triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpret_mode()))
     if config.backend == "triton":
         if not triton_ok:
@@ -172,7 +173,7 @@ class BertSelfAttention(nn.Module):
         attn_mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
         if batch.bias is not None:
             attn_mask = batch.bias if batch.bias.dtype == torch.bool else batch.bias.to(q.dtype)
-        if output_attentions or head_mask is not None:
+        if output_attentions or head_mask is not None or batch.backend == "eager":
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
             if attn_mask is not None and attn_mask.dtype == torch.bool:
                 scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
