@@ -510,7 +510,14 @@ class BertTokenizer(AddedTokensMixin):
                                  f"{run_args['max_length']}: pass truncation=True to get a tensor")
             r = self._unpad_rows(r, keys, widths, padding_side)
             origin = _Sliced(origin, widths, padding_side == "left")
-        return self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+        out = self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+        # .encodings, built on first access (tokenization_encoding), runs the same call again
+        out._encodings_source = (self, texts, pairs, is_split_into_words, dict(
+            add_special_tokens=add_special_tokens, padding=padding, truncation=truncation, max_length=max_length,
+            stride=stride, pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side,
+            return_overflowing_tokens=return_overflowing_tokens, verbose=verbose,
+            split_special_tokens=split_special_tokens, num_threads=num_threads))
+        return out
 
     def _ragged_widths(self, r, n_texts, pairs, run_args):
         """Per-row widths when padding='max_length' meets rows longer than max_length (no truncation): HF

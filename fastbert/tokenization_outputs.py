@@ -8,15 +8,40 @@ import numpy as np
 
 
 class BatchEncoding(dict):
-    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
+    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding; ``enc[i]``
+    (an int or a slice) is the encoding of row ``i``, as in HF."""
 
     def __getattr__(self, name):
-        if name == "encodings":  # HF fast tokenizers' tokenizers.Encoding list: not built, say so
-            self._no_encodings()
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __getitem__(self, item):
+        if isinstance(item, str):
+            return dict.__getitem__(self, item)
+        encodings = self.encodings
+        if encodings is not None:
+            return encodings[item]
+        if isinstance(item, slice):
+            return {k: v[item] for k, v in self.items()}
+        raise KeyError("Invalid key. Only three types of key are available: (1) string, (2) integers for backend "
+                       "Encoding, and (3) slices for data subsetting.")
+
+    # ---- HF fast tokenizers' Encoding objects -------------------------------------------------------
+    # (tokenizer, texts, pairs, is_split_into_words, call arguments): set by BertTokenizer.__call__
+    _encodings_source = None
+    _encodings = None
+
+    @property
+    def encodings(self):
+        """One ``fastbert.tokenization_encoding.Encoding`` per row (the attributes and methods of
+        ``tokenizers.Encoding``, with its values), built on first access; None for a ``pad()`` result, as HF."""
+        if self._encodings is None and self._encodings_source is not None:
+            from .tokenization_encoding import build_encodings
+
+            self._encodings = build_encodings(*self._encodings_source)
+        return self._encodings
 
     def to(self, device):
         for k, v in self.items():
@@ -33,10 +58,6 @@ class BatchEncoding(dict):
     # pays nothing): _origin is set by BertTokenizer.__call__.
     _origin = None
     is_fast = True
-
-    def _no_encodings(self):
-        raise _NoEncodings("fastbert builds no tokenizers.Encoding objects: use the BatchEncoding methods "
-                           "word_ids(i), sequence_ids(i), token_to_word, char_to_token, token_to_chars")
 
     def _row(self, i: int):
         if self._origin is None:
@@ -94,14 +115,11 @@ class _Sliced:
     def __init__(self, origin, widths, left: bool):
         self.origin, self.widths, self.left = origin, [int(w) for w in widths], left
         self.mapping = getattr(origin, "mapping", None)
+        self.grid = getattr(origin, "grid", None)
 
     def row(self, i: int):
         w = self.widths[i]
         return tuple((x[len(x) - w:] if self.left else x[:w]) for x in self.origin.row(i))
-
-
-class _NoEncodings(AttributeError, NotImplementedError):
-    """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
 
 
 class _Alignment:

@@ -141,9 +141,7 @@ def test_alignment_methods_match_hf(pair, kw):
                         == [None if x is None else tuple(x) for x in (ref.word_to_tokens(i, w, s) for w in words)])
     one = fast(a[0])
     assert one.word_ids() == hf(a[0]).word_ids()
-    assert not hasattr(one, "encodings")  # no tokenizers.Encoding objects, said clearly
-    with pytest.raises(NotImplementedError, match="word_ids"):
-        one.encodings
+    assert one.encodings[0].word_ids == hf(a[0]).encodings[0].word_ids  # tests/test_tokenizer_encodings.py
 
 
 def test_clean_up_tokenization_spaces_and_unknown_keywords(tmp_path):
