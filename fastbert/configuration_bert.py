@@ -39,6 +39,55 @@ else:
 
 HAS_TRANSFORMERS = _HFBertConfig is not None
 
+# What ``config._attn_implementation`` says, and what each name runs:
+ATTN_IMPLEMENTATIONS = {
+    "eager": "the PyTorch path with an explicit softmax, as transformers' eager attention (backend='torch')",
+    "sdpa": "the PyTorch path with torch's scaled_dot_product_attention (backend='torch')",
+    "fastbert": "fastbert's Triton kernels for CUDA tensors; for CPU tensors its packed oneDNN path in inference "
+                "and scaled_dot_product_attention otherwise (backend='auto'; 'triton' or 'cpu': that path only)",
+}
+
+
+class _AttnImplementation:
+    """``_attn_implementation`` as transformers reads and sets it, told by the one setting fastbert runs by,
+    ``backend``: 'eager' or 'sdpa' for backend='torch', 'fastbert' for 'auto', 'triton' and 'cpu'. Setting it sets the
+    backend; a name fastbert cannot run raises, naming those it can. Calls that ask for attention probabilities
+    (``output_attentions``, ``head_mask``) run the explicit softmax on every backend, as transformers' sdpa
+    falls back to eager for them."""
+
+    @property
+    def _attn_implementation(self):
+        if self.__dict__.get("backend", getattr(type(self), "backend", "auto")) == "torch":
+            return "eager" if self.__dict__.get("_attn_implementation_internal") == "eager" else "sdpa"
+        return "fastbert"
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value):
+        if isinstance(value, dict):
+            value = value.get("")
+        if value is None:
+            return  # fastbert's default: the backend decides
+        check_attn_implementation(value)
+        backend = self.__dict__.get("backend", "auto")
+        if value in ("eager", "sdpa"):
+            if backend == "triton":
+                raise ValueError(f"attn_implementation={value!r} runs fastbert's PyTorch path, backend='triton' its "
+                                 "Triton kernels: pass one of them")
+            self.backend = "torch"
+        elif backend == "torch":
+            self.backend = "auto"
+        self.__dict__["_attn_implementation_internal"] = value
+
+
+def check_attn_implementation(value):
+    """Raise for an ``attn_implementation`` fastbert cannot run, naming those it can."""
+    if isinstance(value, dict):
+        value = value.get("")
+    if value is not None and value not in ATTN_IMPLEMENTATIONS:
+        names = "; ".join(f"{k!r}: {v}" for k, v in ATTN_IMPLEMENTATIONS.items())
+        raise ValueError(f"attn_implementation={value!r} is not one fastbert runs. It runs {names}; or pass None "
+                         "(the backend decides)")
+
 
 def _validate(config):
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -98,11 +147,19 @@ def _config_path(name_or_path, hub_kwargs):
 
 if HAS_TRANSFORMERS:
 
-    class BertConfig(_HFBertConfig):
+    class BertConfig(_AttnImplementation, _HFBertConfig):
         """``transformers.BertConfig`` plus fastbert's ``backend`` and ``unpad``, checked at construction."""
 
         backend: str = "auto"
         unpad: bool = True
+
+        @property
+        def output_attentions(self):
+            return self._output_attentions
+
+        @output_attentions.setter
+        def output_attentions(self, value):  # every backend returns them (those calls run the explicit softmax)
+            self._output_attentions = value
 
         def __post_init__(self, **kwargs):
             kwargs.pop("model_type", None)
@@ -131,7 +188,7 @@ if HAS_TRANSFORMERS:
 
 else:
 
-    class BertConfig:
+    class BertConfig(_AttnImplementation):
         """The stand-alone config (transformers not installed): the same fields and ``config.json``."""
 
         model_type = "bert"

@@ -54,14 +54,15 @@ ACT2FN = {
 
 def resolve_backend(config: BertConfig, device: torch.device, inference: bool = False,
                     dtype: torch.dtype = torch.float32) -> str:
-    """The one place that picks the backend: 'torch', 'triton' or 'cpu'.
+    """The one place that picks the backend: 'torch' (SDPA), 'eager' (the PyTorch path with an explicit
+    softmax: attn_implementation='eager'), 'triton' or 'cpu'.
 
     ``inference``: gradients off, the model in eval mode and nothing tracing it; only then may the ``cpu``
-    backend (oneDNN GEMMs with fused epilogues, no autograd; fp32 and bf16 weights) run. ``auto`` takes it
-    for CPU tensors.
+    backend (oneDNN GEMMs with fused epilogues, every layer packed, no autograd; fp32 and bf16 weights) run.
+    ``auto`` takes it for CPU tensors.
     """
     if config.backend == "torch":
-        return "torch"
+        return "eager" if config._attn_implementation == "eager" else "torch"
     cpu_ok = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and ops.cpu.fused_linear_available()
     if config.backend == "cpu":
         if not cpu_ok:
@@ -193,7 +194,7 @@ class BertSelfAttention(nn.Module):
         attn_mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
         if batch.bias is not None:
             attn_mask = batch.bias if batch.bias.dtype == torch.bool else batch.bias.to(q.dtype)
-        if output_attentions or head_mask is not None:
+        if output_attentions or head_mask is not None or batch.backend == "eager":
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
             if attn_mask is not None and attn_mask.dtype == torch.bool:
                 scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
@@ -445,8 +446,9 @@ class BertModel(BertPreTrainedModel):
         all_real = bias is None and (mask is None or facts.total == B * S)
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
-        unpad = backend in ("triton", "cpu") and self.config.unpad and not output_hidden_states
-        if unpad and not all_real:
+        unpad = (backend == "cpu" or backend == "triton" and self.config.unpad) and not output_hidden_states \
+            and not all_real
+        if unpad and not torch.compiler.is_exporting():
             unpadded = ops.unpad_input(embeddings, mask, total=facts.total, max_seqlen=facts.max_seqlen)
             batch = _packed_batch(backend, unpadded.cu_seqlens, unpadded.max_seqlen, unpadded.indices.numel())
             packed = self.encoder(unpadded.hidden_states, batch).last_hidden_state
@@ -463,6 +465,8 @@ class BertModel(BertPreTrainedModel):
             encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask, bias=bias),
                                        output_attentions, output_hidden_states, head_mask)
             sequence_output = encoder_out.last_hidden_state
+            if unpad:  # torch.export: the token count is data, not a shape, so the padding stays; zeros as unpadded
+                sequence_output = sequence_output.masked_fill(~mask[..., None], 0)
         pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output, pooler_output=pooled,
@@ -486,15 +490,15 @@ class BertModel(BertPreTrainedModel):
                 t.to(device, non_blocking=True) if t is not None else None
                 for t in (input_ids, token_type_ids, position_ids))
             backend = self._backend(device, output_attentions, output_hidden_states, head_mask)
-        seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        seq_of_token, position = ops.padding.packed_positions(cu_seqlens, T)
         if position_ids is None:
-            starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=T)
-            position_ids = torch.arange(T, device=cu_seqlens.device) - starts
+            position_ids = position
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (T, H)
         B = cu_seqlens.numel() - 1
 
         stay_packed = not output_hidden_states and (
-            backend in ("triton", "cpu") or (self.config.unpad and not output_attentions and head_mask is None))
+            backend in ("triton", "cpu") or (backend == "torch" and self.config.unpad and not output_attentions
+                                             and head_mask is None))
         if stay_packed:
             # Every layer on real tokens only; on the PyTorch and cpu paths each layer's attention pads just
             # Q/K/V (nothing when every sequence is max_seqlen long).
@@ -502,7 +506,7 @@ class BertModel(BertPreTrainedModel):
             sequence_output = encoder_out.last_hidden_state
         else:  # the reference path works on the padded layout
             mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
-            indices = ops.padding.mask_indices(mask, T)
+            indices = seq_of_token * max_seqlen + position  # each token's place in the padded layout
             padded = ops.pad_input(embeddings, indices, B, max_seqlen)
             encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states,
                                        head_mask)
@@ -600,7 +604,7 @@ class BertModel(BertPreTrainedModel):
             raise ValueError(f"cu_seqlens must be 1-D with batch+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
-        if max_seqlen is not None:
+        if max_seqlen is not None and not isinstance(max_seqlen, torch.SymInt):  # a SymInt stays symbolic (export)
             max_seqlen = int(max_seqlen)
         if host_known:
             cu = cu_seqlens.numpy()

@@ -1,13 +1,39 @@
 """Output objects with Hugging Face's names and behaviour: attribute access, ``out["logits"]``, ``out[0]``
-(fields that are None are skipped, as in Hugging Face), and ``to_tuple()``."""
+(fields that are None are skipped, as in Hugging Face), and ``to_tuple()``.
+
+Every output class is a PyTorch pytree node, as transformers registers its own ``ModelOutput`` subclasses: the
+fields that are set are the children, their names the context. ``torch.export`` (and so ExecuTorch,
+AOTInductor and ONNX's dynamo exporter), ``torch.compile`` and DDP's ``static_graph`` see through them.
+"""
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
+import torch.utils._pytree as pytree
+
+
+def _flatten(output):
+    return list(output.values()), list(output.keys())
+
+
+def _flatten_with_keys(output):
+    return [(pytree.MappingKey(k), v) for k, v in output.items()], list(output.keys())
+
+
+def _unflatten(values, context, output_type):
+    return output_type(**dict(zip(context, values)))
 
 
 class ModelOutput(OrderedDict):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # before @dataclass runs, which keeps the class object: the registration holds for the dataclass
+        pytree.register_pytree_node(cls, _flatten, partial(_unflatten, output_type=cls),
+                                    serialized_type_name=f"{cls.__module__}.{cls.__name__}",
+                                    flatten_with_keys_fn=_flatten_with_keys)
+
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)

@@ -33,6 +33,7 @@ from torch import nn
 
 from .configuration_bert import HAS_TRANSFORMERS, BertConfig
 from .configuration_bert import _validate as _validate_config
+from .configuration_bert import check_attn_implementation as _check_attn_implementation
 
 logger = logging.getLogger("fastbert")
 
@@ -51,9 +52,6 @@ _UNSUPPORTED_KWARGS = ("quantization_config", "tp_plan", "tp_size", "device_mesh
                        "key_mapping", "offload_folder", "offload_state_dict", "offload_buffers", "max_memory",
                        "adapter_name", "adapter_kwargs", "use_kernels", "kernel_config", "from_tf", "from_flax",
                        "distributed_config", "experts_implementation", "proxies", "mirror")
-# Attention implementations: fastbert always runs its own attention (Triton kernel on CUDA; PyTorch's SDPA on
-# the PyTorch path, explicit softmax for output_attentions), which gives eager's and sdpa's results.
-_ATTN_IMPLEMENTATIONS = (None, "eager", "sdpa", "fastbert")
 
 
 class CheckpointError(ValueError):
@@ -74,17 +72,6 @@ def _as_fastbert_config(config):
         return fb
     raise TypeError(f"config must be a fastbert.BertConfig (or a transformers.BertConfig), got "
                     f"{type(config).__name__}")
-
-
-def _check_attn_implementation(value):
-    if isinstance(value, dict):
-        value = value.get("", None)
-    if value not in _ATTN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation={value!r}: fastbert runs its own attention (Triton kernels on CUDA, PyTorch's "
-            "scaled_dot_product_attention otherwise, explicit softmax for output_attentions), which gives the "
-            "results of 'eager' and 'sdpa'; pass one of 'eager', 'sdpa', 'fastbert' or None"
-        )
 
 
 class _StandaloneModel(nn.Module):
@@ -222,10 +209,16 @@ class BertPreTrainedModel(_Base):
     base_model_prefix = "bert"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    _supports_sdpa = True  # transformers' check of config._attn_implementation at __init__ ('sdpa' is one we run)
     _tied_weights_keys: Dict[str, str] = {}
 
     def __init__(self, config, *inputs, **kwargs):
         super().__init__(_as_fastbert_config(config), *inputs, **kwargs)
+
+    def set_attn_implementation(self, attn_implementation, allow_all_kernels: bool = False):
+        """transformers' ``set_attn_implementation``: 'eager', 'sdpa' or 'fastbert' (the config's
+        ``_attn_implementation``, which sets ``backend``); another name raises, naming these."""
+        self.config._attn_implementation = attn_implementation
 
     # ---- initialisation (transformers' BERT scheme) -----------------------------------------------
     @torch.no_grad()
@@ -298,6 +291,7 @@ class BertPreTrainedModel(_Base):
                 f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) {sorted(unused)}: neither "
                 f"a loading option, a config attribute nor an argument of {cls.__name__}.__init__")
         _validate_config(config)
+        config._attn_implementation = attn_implementation  # None: as the config says (its backend)
         if path is not None:
             config.name_or_path = path
         if state_dict is None:

@@ -28,6 +28,7 @@ import numpy as np
 from . import tokenization_cuda, tokenization_windows
 from ._warnings import warn_once
 from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
+from .tokenization_compat import TokenizerCompatMixin
 from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
 from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
 from .tokenization_outputs import BatchEncoding, _Alignment, _Sliced  # noqa: F401 - BatchEncoding is public
@@ -76,7 +77,7 @@ _NO_EFFECT_KWARGS = frozenset({"use_fast", "trust_remote_code", "_from_auto", "_
                                "local_files_only", "cache_dir", "tokenizer_class", "auto_map"})
 
 
-class BertTokenizer(AddedTokensMixin):
+class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
     """BERT WordPiece tokenizer with Hugging Face's API and output, computed in C++.
 
     Args mirror ``transformers.BertTokenizer``: ``do_lower_case``, ``strip_accents`` (None: same as
@@ -218,6 +219,7 @@ class BertTokenizer(AddedTokensMixin):
         args.update(kwargs)
         tok = cls(vocab, **args)
         tok._load_added(added, extra)
+        tok.name_or_path = str(path)
         return tok
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> tuple:
@@ -510,7 +512,14 @@ class BertTokenizer(AddedTokensMixin):
                                  f"{run_args['max_length']}: pass truncation=True to get a tensor")
             r = self._unpad_rows(r, keys, widths, padding_side)
             origin = _Sliced(origin, widths, padding_side == "left")
-        return self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+        out = self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
+        # .encodings, built on first access (tokenization_encoding), runs the same call again
+        out._encodings_source = (self, texts, pairs, is_split_into_words, dict(
+            add_special_tokens=add_special_tokens, padding=padding, truncation=truncation, max_length=max_length,
+            stride=stride, pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side,
+            return_overflowing_tokens=return_overflowing_tokens, verbose=verbose,
+            split_special_tokens=split_special_tokens, num_threads=num_threads))
+        return out
 
     def _ragged_widths(self, r, n_texts, pairs, run_args):
         """Per-row widths when padding='max_length' meets rows longer than max_length (no truncation): HF

@@ -2,21 +2,58 @@
 sequence_ids, char_to_token...) and the alignment rows behind those methods, computed on first use."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
 
+class CharSpan(NamedTuple):
+    """A span of characters in the original text (transformers' ``CharSpan``)."""
+    start: int
+    end: int
+
+
+class TokenSpan(NamedTuple):
+    """A span of tokens in an encoded row (transformers' ``TokenSpan``)."""
+    start: int
+    end: int
+
+
 class BatchEncoding(dict):
-    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding."""
+    """A dict of model inputs with attribute access and ``.to(device)``, like HF's BatchEncoding; ``enc[i]``
+    (an int or a slice) is the encoding of row ``i``, as in HF."""
 
     def __getattr__(self, name):
-        if name == "encodings":  # HF fast tokenizers' tokenizers.Encoding list: not built, say so
-            self._no_encodings()
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __getitem__(self, item):
+        if isinstance(item, str):
+            return dict.__getitem__(self, item)
+        encodings = self.encodings
+        if encodings is not None:
+            return encodings[item]
+        if isinstance(item, slice):
+            return {k: v[item] for k, v in self.items()}
+        raise KeyError("Invalid key. Only three types of key are available: (1) string, (2) integers for backend "
+                       "Encoding, and (3) slices for data subsetting.")
+
+    # ---- HF fast tokenizers' Encoding objects -------------------------------------------------------
+    # (tokenizer, texts, pairs, is_split_into_words, call arguments): set by BertTokenizer.__call__
+    _encodings_source = None
+    _encodings = None
+
+    @property
+    def encodings(self):
+        """One ``fastbert.tokenization_encoding.Encoding`` per row (the attributes and methods of
+        ``tokenizers.Encoding``, with its values), built on first access; None for a ``pad()`` result, as HF."""
+        if self._encodings is None and self._encodings_source is not None:
+            from .tokenization_encoding import build_encodings
+
+            self._encodings = build_encodings(*self._encodings_source)
+        return self._encodings
 
     def to(self, device):
         for k, v in self.items():
@@ -33,10 +70,6 @@ class BatchEncoding(dict):
     # pays nothing): _origin is set by BertTokenizer.__call__.
     _origin = None
     is_fast = True
-
-    def _no_encodings(self):
-        raise _NoEncodings("fastbert builds no tokenizers.Encoding objects: use the BatchEncoding methods "
-                           "word_ids(i), sequence_ids(i), token_to_word, char_to_token, token_to_chars")
 
     def _row(self, i: int):
         if self._origin is None:
@@ -68,7 +101,7 @@ class BatchEncoding(dict):
         """(start, end) code point offsets of a token, None for special tokens and padding."""
         b, t = self._split(batch_or_token_index, token_index)
         seq, _, offs = self._row(b)
-        return None if seq[t] is None else offs[t]
+        return None if seq[t] is None else CharSpan(*offs[t])
 
     def char_to_token(self, batch_or_char_index: int, char_index: Optional[int] = None,
                       sequence_index: int = 0) -> Optional[int]:
@@ -85,7 +118,52 @@ class BatchEncoding(dict):
         b, w = self._split(batch_or_word_index, word_index)
         seq, words, _ = self._row(b)
         hits = [t for t, (s, x) in enumerate(zip(seq, words)) if s == sequence_index and x == w]
-        return (hits[0], hits[-1] + 1) if hits else None
+        return TokenSpan(hits[0], hits[-1] + 1) if hits else None
+
+    # ---- read from the Encoding objects (built on first use), as HF's BatchEncoding reads them -------
+    def _encoding(self, i: int):
+        if self.encodings is None:
+            raise ValueError("this BatchEncoding was not made by fastbert.BertTokenizer.__call__ on texts (pad() "
+                             "output has no encodings)")
+        return self.encodings[i]
+
+    @property
+    def n_sequences(self) -> Optional[int]:
+        """1 (single texts) or 2 (pairs); None when unknown (pad() output), as HF."""
+        return None if self._encodings_source is None else 1 if self._encodings_source[2] is None else 2
+
+    def tokens(self, batch_index: int = 0) -> List[str]:
+        return self._encoding(batch_index).tokens
+
+    def char_to_word(self, batch_or_char_index: int, char_index: Optional[int] = None, sequence_index: int = 0):
+        b, c = self._split(batch_or_char_index, char_index)
+        return self._encoding(b).char_to_word(c, sequence_index)
+
+    def word_to_chars(self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0):
+        b, w = self._split(batch_or_word_index, word_index)
+        span = self._encoding(b).word_to_chars(w, sequence_index)
+        return None if span is None else CharSpan(*span)
+
+    def convert_to_tensors(self, tensor_type: Optional[str] = None, prepend_batch_axis: bool = False):
+        """Lists to 'pt' tensors or 'np' arrays, in place (None: unchanged), as HF."""
+        if tensor_type is None:
+            return self
+        tensor_type = getattr(tensor_type, "value", tensor_type)
+        if tensor_type not in ("pt", "np"):
+            raise ValueError(f"tensor_type={tensor_type!r}: use 'pt', 'np' or None")
+        for k, v in list(self.items()):
+            try:
+                a = np.asarray([v] if prepend_batch_axis else v)
+            except ValueError:
+                a = np.empty(0, dtype=object)
+            if a.dtype == object:
+                raise ValueError(f"{k!r} has rows of different lengths: pad them (padding=True) to make a tensor")
+            if tensor_type == "pt":
+                import torch
+
+                a = torch.as_tensor(a)
+            dict.__setitem__(self, k, a)
+        return self
 
 
 class _Sliced:
@@ -94,14 +172,11 @@ class _Sliced:
     def __init__(self, origin, widths, left: bool):
         self.origin, self.widths, self.left = origin, [int(w) for w in widths], left
         self.mapping = getattr(origin, "mapping", None)
+        self.grid = getattr(origin, "grid", None)
 
     def row(self, i: int):
         w = self.widths[i]
         return tuple((x[len(x) - w:] if self.left else x[:w]) for x in self.origin.row(i))
-
-
-class _NoEncodings(AttributeError, NotImplementedError):
-    """Raised by BatchEncoding.encodings (an AttributeError, so hasattr() is False)."""
 
 
 class _Alignment:

@@ -134,11 +134,12 @@ def assemble(a: Side, b: Optional[Side], *, add_special_tokens: bool, truncation
         if target < 0:
             raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each "
                              "sequence")
-    a_lo, a_hi, b_lo, b_hi, mapping = [], [], [], [], []
+    a_lo, a_hi, b_lo, b_hi, mapping, grid = [], [], [], [], [], []
     a_start, a_count = a.start.tolist(), a.count.tolist()
     b_start, b_count = (b.start.tolist(), b.count.tolist()) if pair else (None, None)
     for k in range(len(a_count)):
         n2 = b_count[k] if pair else None
+        nth_a, nth_b = {}, {}  # window -> its index, by first appearance (the row order is HF's)
         for (x0, x1), wb in plan(a_count[k], n2, target, truncation, stride, overflow, left_truncation):
             a_lo.append(a_start[k] + x0)
             a_hi.append(a_start[k] + x1)
@@ -146,6 +147,7 @@ def assemble(a: Side, b: Optional[Side], *, add_special_tokens: bool, truncation
                 b_lo.append(b_start[k] + wb[0])
                 b_hi.append(b_start[k] + wb[1])
             mapping.append(k)
+            grid.append((nth_a.setdefault((x0, x1), len(nth_a)), nth_b.setdefault(wb, len(nth_b))))
     i64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
     a_lo, a_hi = i64(a_lo), i64(a_hi)
     la = a_hi - a_lo
@@ -194,7 +196,9 @@ def assemble(a: Side, b: Optional[Side], *, add_special_tokens: bool, truncation
             out[name] = m
     else:
         out.update(flat)
-    return out, Rows(seq, word, offs, row_start, lengths, width if padded else None, left), mapping
+    rows_out = Rows(seq, word, offs, row_start, lengths, width if padded else None, left)
+    rows_out.grid = grid
+    return out, rows_out, mapping
 
 
 class Rows:
@@ -204,6 +208,7 @@ class Rows:
         self.seq, self.word, self.offs = seq, word, offs
         self.row_start, self.lengths, self.width, self.left = row_start.tolist(), lengths.tolist(), width, left
         self.mapping = None
+        self.grid = None  # per row: (window of the text, window of the pair), 0 = the kept part
 
     def __len__(self):
         return len(self.lengths)

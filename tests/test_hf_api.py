@@ -188,6 +188,89 @@ def test_fill_mask_pipeline(minilm_dir):
     assert [r["token"] for r in a] == [r["token"] for r in b]
 
 
+def _attention_calls(monkeypatch):
+    """Counts of the attention fastbert's PyTorch path runs: SDPA calls, explicit-softmax calls."""
+    calls = {"sdpa": 0, "softmax": 0}
+    sdpa, softmax = torch.nn.functional.scaled_dot_product_attention, torch.Tensor.softmax
+
+    def count_sdpa(*args, **kwargs):
+        calls["sdpa"] += 1
+        return sdpa(*args, **kwargs)
+
+    def count_softmax(self, *args, **kwargs):
+        calls["softmax"] += 1
+        return softmax(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", count_sdpa)
+    monkeypatch.setattr(torch.Tensor, "softmax", count_softmax)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["eager", "sdpa"])
+def test_attn_implementation_tells_what_runs(mlm_dir, name, monkeypatch):
+    """config._attn_implementation is transformers' for the names both run, and it is what fastbert runs: the
+    explicit softmax for 'eager', SDPA for 'sdpa' (counted), with transformers' results."""
+    ours = fastbert.BertModel.from_pretrained(mlm_dir, attn_implementation=name)
+    theirs = transformers.BertModel.from_pretrained(mlm_dir, attn_implementation=name).eval()
+    assert ours.config._attn_implementation == theirs.config._attn_implementation == name
+    assert ours.config.backend == "torch"
+    x = ids(3, 11)
+    mask = torch.ones_like(x)
+    mask[1, 6:] = 0
+    calls = _attention_calls(monkeypatch)
+    with torch.no_grad():
+        got = ours(x, attention_mask=mask).last_hidden_state
+    layers = TINY["num_hidden_layers"]
+    assert calls == ({"sdpa": 0, "softmax": layers} if name == "eager" else {"sdpa": layers, "softmax": 0})
+    with torch.no_grad():
+        want = theirs(x, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_attn_implementation_follows_the_backend(mlm_dir, monkeypatch):
+    """None leaves the backend to decide; 'fastbert' is fastbert's dispatch (Triton for CUDA tensors, SDPA
+    otherwise); set_attn_implementation switches what runs; the backend setting and the name always agree."""
+    model = fastbert.BertModel.from_pretrained(mlm_dir)
+    assert model.config.backend == "auto" and model.config._attn_implementation == "fastbert"
+    assert fastbert.BertModel.from_pretrained(mlm_dir, backend="torch").config._attn_implementation == "sdpa"
+    assert fastbert.BertModel.from_pretrained(mlm_dir, backend="triton").config._attn_implementation == "fastbert"
+    model = fastbert.BertModel.from_pretrained(mlm_dir, attn_implementation="fastbert")
+    assert model.config._attn_implementation == "fastbert"
+    x = ids()
+    calls = _attention_calls(monkeypatch)
+    with torch.no_grad():
+        model(x)  # CPU tensors: fastbert's dispatch takes SDPA
+    assert calls == {"sdpa": TINY["num_hidden_layers"], "softmax": 0}
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager" and model.config.backend == "torch"
+    with torch.no_grad():
+        model(x)
+    assert calls == {"sdpa": TINY["num_hidden_layers"], "softmax": TINY["num_hidden_layers"]}
+    model.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    model.set_attn_implementation("fastbert")
+    assert model.config._attn_implementation == "fastbert" and model.config.backend == "auto"
+    model.config.backend = "torch"  # the backend set directly: the name follows
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="backend='triton'"):
+        fastbert.BertModel.from_pretrained(mlm_dir, attn_implementation="sdpa", backend="triton")
+    # what is saved reloads as it ran (transformers ignores `backend`)
+    assert "attn_implementation" not in model.config.to_dict()
+
+
+@pytest.mark.parametrize("name", ["flash_attention_2", "flash_attention_3", "flex_attention", "paged|eager",
+                                  "kernels-community/flash-attn", "sdpa_paged"])
+def test_attn_implementation_fastbert_cannot_run_raises(mlm_dir, name):
+    with pytest.raises(ValueError, match=r"'eager'.*'sdpa'.*'fastbert'"):
+        fastbert.BertModel.from_pretrained(mlm_dir, attn_implementation=name)
+    model = fastbert.BertModel(fastbert.BertConfig(**TINY))
+    with pytest.raises(ValueError, match=r"is not one fastbert runs"):
+        model.set_attn_implementation(name)
+    with pytest.raises(ValueError, match=r"is not one fastbert runs"):
+        fastbert.BertConfig(**TINY, attn_implementation=name)
+    assert model.config._attn_implementation == "fastbert"  # unchanged
+
+
 def test_without_transformers(tmp_path):
     """transformers blocked: the stand-alone bases; models build, run, save, load, pickle; the library-only
     features raise naming what is missing."""
@@ -222,6 +305,14 @@ for call in (lambda: m.save_pretrained({str(tmp_path)!r}, max_shard_size="1MB"),
         raise SystemExit("no error")
     except NotImplementedError as e:
         assert "needs transformers" in str(e)
+for name, backend in (("eager", "torch"), ("sdpa", "torch"), ("fastbert", "auto"), (None, "auto")):
+    m3 = fastbert.BertModel.from_pretrained({str(tmp_path)!r}, attn_implementation=name)
+    assert m3.config._attn_implementation == (name or "fastbert") and m3.config.backend == backend, name
+try:
+    fastbert.BertModel.from_pretrained({str(tmp_path)!r}, attn_implementation="flash_attention_2")
+    raise SystemExit("no ValueError for flash_attention_2")
+except ValueError as e:
+    assert "'eager'" in str(e) and "'sdpa'" in str(e) and "'fastbert'" in str(e), e
 m.train(); m.gradient_checkpointing_enable()
 m(x, labels=x).loss.backward()
 print("ok", m2.config.to_dict()["model_type"])
@@ -268,3 +359,22 @@ def test_subfolder_state_dict_and_use_safetensors(mlm_dir):
         assert torch.equal(via_state(x).logits, ref(x).logits)
     with pytest.raises(fastbert.CheckpointError, match="pytorch_model.bin"):
         fastbert.BertForMaskedLM.from_pretrained(mlm_dir, use_safetensors=False)  # only safetensors there
+
+
+def test_compat_page_lists_every_difference(minilm_dir):
+    """Every public name transformers 5 has and fastbert lacks (scripts/compat_report.py, on live instances) is
+    answered in docs/compat.md: a new transformers release that adds one fails here until the page says how
+    fastbert answers it."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("compat_report", root / "scripts" / "compat_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    page = (root / "docs" / "compat.md").read_text()
+    listed = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", page))
+    for what, found in report.report().items():
+        missing = [n for n in found["only_transformers"] if n not in listed]
+        assert not missing, f"{what}: docs/compat.md does not answer {missing}"

@@ -141,9 +141,7 @@ def test_alignment_methods_match_hf(pair, kw):
                         == [None if x is None else tuple(x) for x in (ref.word_to_tokens(i, w, s) for w in words)])
     one = fast(a[0])
     assert one.word_ids() == hf(a[0]).word_ids()
-    assert not hasattr(one, "encodings")  # no tokenizers.Encoding objects, said clearly
-    with pytest.raises(NotImplementedError, match="word_ids"):
-        one.encodings
+    assert one.encodings[0].word_ids == hf(a[0]).encodings[0].word_ids  # tests/test_tokenizer_encodings.py
 
 
 def test_clean_up_tokenization_spaces_and_unknown_keywords(tmp_path):
@@ -172,3 +170,45 @@ def test_clean_up_tokenization_spaces_and_unknown_keywords(tmp_path):
     with pytest.raises(TypeError, match="unexpected keyword"):
         ours.decode(ids, skip_special=True)
     BertTokenizer.from_pretrained(d, use_fast=True, trust_remote_code=False)  # AutoTokenizer's: no effect here
+
+
+def test_hf_names_closed_by_the_compat_report(pair, tmp_path):
+    """What scripts/compat_report.py found missing and fastbert now answers, each against transformers on random
+    texts: BatchEncoding.tokens / char_to_word / word_to_chars / n_sequences / convert_to_tensors, CharSpan and
+    TokenSpan results; the tokenizer's vocab, added_tokens_encoder, max_len_*, num_special_tokens_to_add,
+    clean_up_tokenization, name_or_path, save_vocabulary."""
+    hf, fast = pair
+    a, b = _texts(13, 12), _texts(14, 12)
+    for args in ((a,), (a, b)):
+        ref, got = hf(*args), fast(*args)
+        assert got.n_sequences == ref.n_sequences == len(args)
+        for i in range(len(a)):
+            assert got.tokens(i) == ref.tokens(i)
+            for c in range(len(a[i]) + 1):
+                assert got.char_to_word(i, c) == ref.char_to_word(i, c)
+            words = max((x for x in ref.word_ids(i) if x is not None), default=-1) + 1
+            for w in range(words):
+                try:
+                    want = ref.word_to_chars(i, w)
+                except TypeError:  # HF's CharSpan(*None) for a word not in this sequence: fastbert says None
+                    want = None
+                assert got.word_to_chars(i, w) == want
+                span = got.word_to_tokens(i, w)
+                assert span == ref.word_to_tokens(i, w) and (span is None or type(span).__name__ == "TokenSpan")
+            assert got.word_to_chars(i, words) is None  # HF raises a TypeError here (CharSpan(*None))
+            assert type(got.token_to_chars(i, 1)).__name__ == type(ref.token_to_chars(i, 1)).__name__
+    for t in ("pt", "np"):
+        ref, got = hf(a, padding=True), fast(a, padding=True)
+        ref.convert_to_tensors(t)
+        got.convert_to_tensors(t)
+        assert type(got["input_ids"]) is type(ref["input_ids"]) and (got["input_ids"] == ref["input_ids"]).all()
+    assert fast.pad({"input_ids": [[1]]}).n_sequences is None is hf.pad({"input_ids": [[1]]}).n_sequences
+    assert fast.vocab == hf.vocab and fast.added_tokens_encoder == hf.added_tokens_encoder
+    for name in ("max_len_single_sentence", "max_len_sentences_pair", "name_or_path"):
+        assert getattr(fast, name) == getattr(hf, name), name
+    assert [fast.num_special_tokens_to_add(p) for p in (False, True)] == [hf.num_special_tokens_to_add(p)
+                                                                           for p in (False, True)]
+    text = "Hello , world ! It's a test . do n't ? we 're"
+    assert fast.clean_up_tokenization(text) == hf.clean_up_tokenization(text)
+    (path,) = fast.save_vocabulary(str(tmp_path), "x")
+    assert path.endswith("x-vocab.txt") and transformers.BertTokenizerFast(path)(a)["input_ids"] == hf(a)["input_ids"]

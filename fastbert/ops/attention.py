@@ -34,7 +34,7 @@ def _check_cu_seqlens(cu_seqlens, total, max_seqlen, device):
                          "fastbert.ops.padding.seqlens_to_cu_seqlens or unpad_input")
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}; move it to {device}")
-    if max_seqlen is not None:
+    if max_seqlen is not None and not isinstance(max_seqlen, torch.SymInt):  # symbolic under torch.export
         try:
             max_seqlen = operator.index(max_seqlen)
         except TypeError:

@@ -59,6 +59,17 @@ def seqlens_to_cu_seqlens(seqlens: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
 
 
+def packed_positions(cu_seqlens: torch.Tensor, total: int):
+    """(sequence index, position in its sequence) of each of the ``total`` packed tokens, as int64: a cumsum
+    over the marked sequence starts. No device->host read and no sort or ``repeat_interleave``, so the
+    packed forward also exports to ONNX."""
+    cu = cu_seqlens.long()
+    # a 1 where each sequence starts (at ``total`` for empty ones at the end), then a running count
+    marks = torch.zeros(total + 1, dtype=torch.long, device=cu.device).index_add(0, cu, torch.ones_like(cu))
+    seq = marks[:total].cumsum(0) - 1
+    return seq, torch.arange(total, device=cu.device) - cu.index_select(0, seq)
+
+
 def cu_seqlens_to_mask(cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """(batch + 1,) cumulative lengths -> (batch, max_seqlen) bool mask of real tokens."""
     seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
