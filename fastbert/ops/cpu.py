@@ -7,16 +7,17 @@ epilogue is applied in fp32 before the one rounding to bf16. Inference only: the
 formula, so the ``cpu`` backend is chosen only with gradients off (``fastbert.modeling_bert.resolve_backend``).
 Inputs are packed ``(tokens, features)``.
 """
-import functools
-
 import torch
 import torch.nn.functional as F
 
 
-@functools.lru_cache(maxsize=None)
+# Read once at import (a constant torch.compile can trace through): whether this torch build has oneDNN's
+# fused linear ops (every x86-64 and aarch64 CPU wheel does).
+_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def fused_linear_available() -> bool:
-    """Whether this torch build has oneDNN's fused linear ops (every x86-64 and aarch64 CPU wheel does)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _AVAILABLE
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias, gelu=None) -> torch.Tensor:
