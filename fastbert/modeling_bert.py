@@ -639,15 +639,17 @@ def _packed_batch(backend, cu_seqlens, max_seqlen, total) -> Batch:
         ops.trust_cu_seqlens(cu_seqlens, total, max_seqlen)
         return Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
     B = cu_seqlens.numel() - 1
-    if total == B * max_seqlen:
+    if not _tracing() and total == B * max_seqlen:  # (traced graphs keep the general case: shapes are symbolic)
         return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    # Elementwise index arithmetic only (no sort, no host read): exports to ONNX too.
+    seq, position = ops.padding.packed_positions(cu_seqlens, total)
     mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)  # (B, S)
     starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     pos = torch.arange(max_seqlen, device=cu_seqlens.device)
     # a padded position copies its sequence's last token (any finite row would do: it is masked as a key)
     gather = (starts[:, None] + torch.minimum(pos[None, :], (lengths - 1).clamp(min=0)[:, None])).reshape(-1)
     return Batch(backend, mask=mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                 indices=ops.padding.mask_indices(mask, total), gather=gather.clamp(max=max(total - 1, 0)))
+                 indices=seq * max_seqlen + position, gather=gather.clamp(max=max(total - 1, 0)))
 
 
 def _check_id_range(name, limit, lo, hi):
