@@ -294,8 +294,12 @@ def test_openai_sdk_raises_its_own_error_classes(server):
 
 
 def test_malformed_json_and_unknown_routes(server):
-    r = httpx.post(server.url + "/embed", headers={**AUTH, "content-type": "application/json"}, content=b"{oops")
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    for body in (b"{oops", b'{"inputs": "caf\xe9"}', b'{"inputs": ' + b"[" * 30000 + b"]" * 30000 + b"}"):
+        r = httpx.post(server.url + "/embed", headers={**AUTH, "content-type": "application/json"}, content=body)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]  # not UTF-8; nested past recursion
+    for route in ("/embed", "/tokenize"):  # a lone surrogate escape: valid JSON, not text
+        r = httpx.post(server.url + route, headers=AUTH, content=b'{"inputs": ["ok", "\\ud800 abc"]}')
+        assert r.status_code == 422 and "'inputs[1]' is not valid Unicode text" in r.json()["error"]
     assert httpx.get(server.url + "/nope", headers=AUTH).status_code == 404
     r = httpx.get(server.url + "/v1/embeddings", headers=AUTH)
     assert r.status_code == 405 and "message" in r.json()["error"]

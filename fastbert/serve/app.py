@@ -79,7 +79,7 @@ async def read_json(request: Request, limit: int) -> dict:
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise ApiError(400, f"request body is not valid JSON ({e})", "validation") from None
     if not isinstance(body, dict):
         raise schemas.invalid(f"request body must be a JSON object, got {schemas._type_name(body)}")

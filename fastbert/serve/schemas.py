@@ -108,6 +108,11 @@ def parse_inputs(value, field: str, limits: Limits, ids_allowed: bool = True) ->
         if isinstance(x, str):
             if not x:
                 raise empty(f"'{where}' is an empty string: give text to embed", field)
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise invalid(f"'{where}' is not valid Unicode text: {e.reason} at character {e.start} (a lone "
+                              "UTF-16 surrogate escape such as \\ud800)", field) from None
         elif ids_allowed and isinstance(x, list) and _is_ids(x):
             if not x:
                 raise empty(f"'{where}' is an empty list of token ids", field)

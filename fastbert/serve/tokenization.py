@@ -36,8 +36,10 @@ class Tokenization:
             encoder = self._left if direction == "left" else self.encoder
             try:
                 texts = encoder.tokenize([inputs[i] for i in where], truncation=truncate)
-            except ValueError:
-                bad = next((i for i in where if not self._fits(encoder, inputs[i])), where[0])
+            except ValueError as e:
+                bad = None if truncate else next((i for i in where if not self._fits(encoder, inputs[i])), None)
+                if bad is None:
+                    raise invalid(f"cannot tokenize the input: {e}") from None
                 raise invalid(f"input {bad} is longer than this model's max_seq_length ({limit} tokens) and 'truncate' "
                               "is false; send 'truncate': true to cut it there, or shorten it") from None
             if len(where) == len(inputs):
