@@ -20,12 +20,14 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -62,10 +64,29 @@ def _stop(proc):
         return proc.wait()
 
 
-async def _load(url, path, texts, clients, time_limit, make_body, parse):
+def _b64_row(body):
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+
+
+def _as_array(body):
+    import numpy as np
+
+    return np.asarray(body, dtype=np.float32)
+
+
+# provider -> (route, request body of one text, its embedding from the answer)
+LOADS = {"fastbert_serve": ("/v1/embeddings", lambda t: {"input": t, "model": "m", "encoding_format": "base64"},
+                            _b64_row),
+         "naive_sentence_transformers_server": ("/embed", lambda t: {"text": t}, _as_array)}
+
+
+async def _load(url, provider, texts, clients, time_limit):
     """``clients`` concurrent clients share the texts, one text per request; -> (seconds, latencies, rows)."""
     import httpx
 
+    path, make_body, parse = LOADS[provider]
     rows, latencies, next_i = [None] * len(texts), [], 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=time_limit, limits=limits) as client:
@@ -82,6 +103,28 @@ async def _load(url, path, texts, clients, time_limit, make_body, parse):
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(clients))), time_limit)
         return time.perf_counter() - t0, latencies, rows
+
+
+def _load_part(url, provider, texts, clients, time_limit):
+    """One client process's share (run in a process pool)."""
+    return asyncio.run(_load(url, provider, texts, clients, time_limit))
+
+
+def load(pool, n_procs, url, provider, texts, clients, time_limit):
+    """The load from ``n_procs`` client processes (one Python client tops out at a few hundred requests/s):
+    text i goes to process i % n_procs, the clients are shared out; -> (seconds, latencies, rows in order)."""
+    if n_procs == 1:
+        return _load_part(url, provider, texts, clients, time_limit)
+    parts = [texts[k::n_procs] for k in range(n_procs)]
+    shares = [clients // n_procs + (k < clients % n_procs) for k in range(n_procs)]
+    t0 = time.perf_counter()
+    futures = [pool.submit(_load_part, url, provider, part, share, time_limit) for part, share in zip(parts, shares)]
+    done = [f.result() for f in futures]
+    seconds = time.perf_counter() - t0
+    rows = [None] * len(texts)
+    for k, (_, _, part_rows) in enumerate(done):
+        rows[k::n_procs] = part_rows
+    return seconds, [x for _, lat, _ in done for x in lat], rows
 
 
 def _percentile(values, q):
@@ -107,7 +150,7 @@ def _lscpu():
     return {k: fields[k].strip() for k in ("Model name", "CPU(s)", "Thread(s) per core", "Flags") if k in fields}
 
 
-def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, rounds=2):
+def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, rounds=2, client_procs=1):
     import numpy as np
     import torch
 
@@ -119,18 +162,16 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
         raise RuntimeError(f"only {len(texts)} paragraphs under /usr/share/doc")
     encoder = SentenceEncoder(dtype=getattr(torch, dtype) if dtype else None)
     dtype = str(encoder.model.dtype).replace("torch.", "")
-    result = {"texts": len(texts), "chars": sum(map(len, texts)), "clients": clients, "rounds": rounds,
+    result = {"texts": len(texts), "chars": sum(map(len, texts)), "clients": clients,
+              "client_processes": client_procs, "rounds": rounds,
               "device": "cpu", "dtype": dtype,
               "note": "loopback; the load generator shares the CPU with the server; a shared machine (other "
                       "engineers' jobs ran at the same time): noisy. Providers timed round-robin, medians reported"}
     reference = encoder.encode(texts[:64], batch_size=32)
 
-    def b64_row(body):
-        return np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
-
     # Both servers up for the whole run; each round times the three providers one after the other, so that a
     # change of the machine's load falls on all three.
-    procs, urls = {}, {}
+    procs, urls, pool = {}, {}, None
     serve_cmd = [sys.executable, "-m", "fastbert.serve", "--log-level", "warning", "--dtype", dtype]
     try:
         ports = {"fastbert_serve": _free_port(), "naive_sentence_transformers_server": _free_port()}
@@ -143,13 +184,12 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
             procs[name] = subprocess.Popen(cmd)
         for name, url in urls.items():
             _wait_healthy(url, procs[name])
-        loads = {"fastbert_serve": ("/v1/embeddings", lambda t: {"input": t, "model": "m", "encoding_format": "base64"},
-                                    b64_row),
-                 "naive_sentence_transformers_server": ("/embed", lambda t: {"text": t}, np.asarray)}
+        if client_procs > 1:
+            pool = ProcessPoolExecutor(client_procs, mp_context=multiprocessing.get_context("spawn"))
+            list(pool.map(time.sleep, [0.1] * client_procs))  # started before anything is timed
 
         def http_round(name, some_texts):
-            path, body, parse = loads[name]
-            return asyncio.run(_load(urls[name], path, some_texts, clients, time_limit, body, parse))
+            return load(pool, client_procs, urls[name], name, some_texts, clients, time_limit)
 
         for name in urls:  # warm-up
             http_round(name, texts[:clients])
@@ -173,6 +213,8 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
         inputs = _metric(urls["fastbert_serve"], "fastbert_batch_size_sum") - inputs0
     finally:
         exit_codes = {name: _stop(proc) for name, proc in procs.items()}
+        if pool is not None:
+            pool.shutdown()
 
     for name, rs in runs.items():
         med = statistics.median(s for s, _ in rs)
@@ -239,6 +281,9 @@ def main(argv=None):
     ap.add_argument("--texts", type=int, default=384)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--client-processes", type=int, default=1,
+                    help="spread the clients over this many processes (one Python httpx client process tops out at "
+                         "a few hundred requests/s: use several on a GPU)")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds each phase may take at most")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                     help="fastbert's dtype, in process and in the server (default: the encoder's default)")
@@ -248,7 +293,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.naive_server:
         return naive_server(args.naive_server)
-    res = run(args.texts, args.clients, args.time_limit, args.dtype, naive=not args.no_naive, rounds=args.rounds)
+    res = run(args.texts, args.clients, args.time_limit, args.dtype, naive=not args.no_naive, rounds=args.rounds,
+              client_procs=args.client_processes)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "environment"}, indent=2, default=str))
