@@ -394,3 +394,24 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(busy_server, st_model, 
         _close(r.json(), ref)
     assert refused
     assert busy_server.proc.wait(30) == 0
+
+
+# ---- start-up ------------------------------------------------------------------------------------------------------
+def test_bad_limits_fail_at_start_naming_them(capsys, minilm_dir):
+    from fastbert.cli import main
+
+    assert main(["serve", "--max-client-batch-size", "64", "--max-concurrent-requests", "32"]) == 1
+    assert "max_client_batch_size (64) is more than max_concurrent_requests (32)" in capsys.readouterr().err
+    assert main(["serve", "--max-batch-tokens", "100"]) == 1  # less than MiniLM's max_seq_length
+    assert "max_batch_tokens (100) must be at least the model's max_seq_length (256)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--max-batch-tokens", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_import_fastbert_imports_no_server_package():
+    code = ("import sys, fastbert; fastbert.SentenceEncoder; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('uvicorn', 'starlette', 'prometheus_client', 'httpx', 'openai') or m.startswith('fastbert.serve')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -88,8 +88,10 @@ class Batcher:
         return await job.future
 
     def _take(self) -> List[_Entry]:
-        """Inputs from the head of the queue up to the token budget (at least one)."""
-        entries, tokens = [], 0
+        """Inputs from the head of the queue up to the token budget (at least one: an input never passes the
+        budget, which is at least max_seq_length)."""
+        first = self._queue.popleft()
+        entries, tokens = [first], first.stop - first.start
         while self._queue and tokens + (self._queue[0].stop - self._queue[0].start) <= self.max_batch_tokens:
             e = self._queue.popleft()
             tokens += e.stop - e.start
