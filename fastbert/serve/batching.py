@@ -34,14 +34,19 @@ class _Entry:
         self.job, self.row, self.start, self.stop, self.enqueued = job, row, start, stop, enqueued
 
 
-def pack(entries: List[_Entry]):
-    """One packed batch (``embed_packed``'s input) of the entries' tokens, in their order."""
-    lengths = torch.tensor([e.stop - e.start for e in entries], dtype=torch.int32)
-    cu = torch.zeros(len(entries) + 1, dtype=torch.int32)
+def packed_batch(ids: List[torch.Tensor], type_ids: List[torch.Tensor]):
+    """Sequences laid end to end: ``embed_packed``'s input (input_ids, token_type_ids, cu_seqlens, max_seqlen)."""
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.int32)
+    cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
     torch.cumsum(lengths, 0, out=cu[1:])
-    return {"input_ids": torch.cat([e.job.enc["input_ids"][e.start:e.stop] for e in entries]),
-            "token_type_ids": torch.cat([e.job.enc["token_type_ids"][e.start:e.stop] for e in entries]),
-            "cu_seqlens": cu, "max_seqlen": int(lengths.max())}
+    return {"input_ids": torch.cat(ids), "token_type_ids": torch.cat(type_ids), "cu_seqlens": cu,
+            "max_seqlen": int(lengths.max())}
+
+
+def pack(entries: List[_Entry]):
+    """One packed batch of the entries' tokens, in their order."""
+    return packed_batch([e.job.enc["input_ids"][e.start:e.stop] for e in entries],
+                        [e.job.enc["token_type_ids"][e.start:e.stop] for e in entries])
 
 
 class Batcher:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from .batching import packed_batch
 from .schemas import invalid
 
 
@@ -58,11 +59,7 @@ class Tokenization:
             else:
                 ids = torch.tensor(x, dtype=torch.int64)
                 rows.append((ids, torch.zeros_like(ids)))
-        lengths = torch.tensor([len(r[0]) for r in rows], dtype=torch.int32)
-        cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
-        torch.cumsum(lengths, 0, out=cu[1:])
-        return {"input_ids": torch.cat([r[0] for r in rows]), "token_type_ids": torch.cat([r[1] for r in rows]),
-                "cu_seqlens": cu, "max_seqlen": int(lengths.max())}
+        return packed_batch([r[0] for r in rows], [r[1] for r in rows])
 
     @staticmethod
     def _fits(encoder, text):
