@@ -14,7 +14,10 @@ fixed number of texts, and every phase stops with an error past --time-limit sec
     python benchmarks/bench_serve.py --texts 384 --clients 32 --json benchmarks/results/serve_cpu_minilm.json
 
 The client shares the machine's cores with the server (and, on a shared machine, with everyone else): the
-numbers are for this machine as it was, load average included in the results.
+numbers are for this machine as it was, load average included in the results. Each provider's CPU time is
+reported too (``cpu_ms_per_text``: the server process's user + system seconds, all threads, per text; the
+in-process run's own): on a machine shared with other jobs, a provider that runs more threads gets a larger
+share of the cores, and texts/s alone would credit that to it.
 """
 import argparse
 import asyncio
@@ -127,6 +130,12 @@ def load(pool, n_procs, url, provider, texts, clients, time_limit):
     return seconds, [x for _, lat, _ in done for x in lat], rows
 
 
+def _cpu_seconds(pid):
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
@@ -196,13 +205,17 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
         batches0 = _metric(urls["fastbert_serve"], "fastbert_batch_size_count")
         inputs0 = _metric(urls["fastbert_serve"], "fastbert_batch_size_sum")
         runs = {"in_process_encode": [], **{name: [] for name in urls}}
+        cpu = {name: [] for name in runs}  # CPU seconds used: the server process's (all threads), the client's
         for _ in range(rounds):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             encoder.encode(texts, batch_size=32)
             runs["in_process_encode"].append((time.perf_counter() - t0, None))
+            cpu["in_process_encode"].append((time.process_time() - c0, None))
             for name in urls:
+                s0, c0 = _cpu_seconds(procs[name].pid), time.process_time()
                 seconds, latencies, rows = http_round(name, texts)
                 runs[name].append((seconds, latencies))
+                cpu[name].append((_cpu_seconds(procs[name].pid) - s0, time.process_time() - c0))
                 if name == "fastbert_serve":
                     got = np.stack(rows[:64])
                     cos = (got * reference).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(reference, axis=-1)
@@ -224,6 +237,11 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
             entry["latency_ms"] = {"p50": round(1e3 * _percentile(lat, 50), 1),
                                    "p99": round(1e3 * _percentile(lat, 99), 1),
                                    "mean": round(1e3 * statistics.mean(lat), 1)}
+        server_cpu = statistics.median(c for c, _ in cpu[name])
+        entry["cpu_ms_per_text"] = round(1e3 * server_cpu / len(texts), 2)
+        entry["cpu_cores_busy"] = round(server_cpu / med, 2)  # CPU share it got: the machine is shared
+        if name != "in_process_encode" and client_procs == 1:
+            entry["client_cpu_ms_per_text"] = round(1e3 * statistics.median(c for _, c in cpu[name]) / len(texts), 2)
         result[name] = entry
     result["in_process_encode"]["batch_size"] = 32
     result["fastbert_serve"].update({
