@@ -230,9 +230,10 @@ def test_info_health_metrics(server):
     assert info["backend"] in ("torch", "triton") and info["version"] and info["max_batch_tokens"] == 512
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     text = httpx.get(server.url + "/metrics").text
-    for family in ("fastbert_request_total", "fastbert_request_duration_seconds", "fastbert_tokenization_duration_seconds",
-                   "fastbert_queue_duration_seconds", "fastbert_inference_duration_seconds", "fastbert_batch_size",
-                   "fastbert_batch_tokens", "fastbert_queue_size", "fastbert_inputs_in_flight"):
+    for family in ("fastbert_request_total", "fastbert_request_duration_seconds",
+                   "fastbert_tokenization_duration_seconds", "fastbert_queue_duration_seconds",
+                   "fastbert_inference_duration_seconds", "fastbert_batch_size", "fastbert_batch_tokens",
+                   "fastbert_queue_size", "fastbert_inputs_in_flight"):
         assert f"# TYPE {family} " in text, family
     assert server.metric('fastbert_request_total{outcome="success",route="/health"}') >= 1
 

@@ -8,6 +8,13 @@ import os
 import signal
 import sys
 
+DESCRIPTION = """An embedding server for a sentence-transformers / BERT directory: OpenAI's POST /v1/embeddings,
+TEI's POST /embed and POST /tokenize, GET /health, /info and /metrics (Prometheus). SIGTERM or Ctrl-C: stops
+accepting, finishes every admitted request, exits 0.
+
+    fastbert serve                                   # the embedded all-MiniLM-L6-v2 on 127.0.0.1:8080
+    FASTBERT_API_KEY=KEY fastbert serve --model DIR --port 9000
+"""
 MISSING_EXTRA = ("fastbert serve needs the 'serve' extra (uvicorn, starlette, prometheus-client): "
                  "pip install 'fastbert[serve]'")
 
@@ -23,7 +30,7 @@ def _positive_int(text):
 
 
 def build_parser(parser=None):
-    p = parser or argparse.ArgumentParser(prog="fastbert serve", description=__doc__,
+    p = parser or argparse.ArgumentParser(prog="fastbert serve", description=DESCRIPTION,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a local BERT / sentence-transformers directory (default: the embedded "
                                    "all-MiniLM-L6-v2)")
@@ -37,7 +44,7 @@ def build_parser(parser=None):
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
     p.add_argument("--api-key", default=os.environ.get("FASTBERT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every route but /health and /metrics (default: "
-                        "$FASTBERT_API_KEY, else no key)")
+                        "$FASTBERT_API_KEY, which keeps the key out of the process list; else no key)")
     p.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
                    help="token budget of one model batch (packed: no padding); queued inputs are batched up to it, "
                         "and a request with more tokens is split over several batches (default 16384)")

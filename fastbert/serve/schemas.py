@@ -8,7 +8,7 @@ elsewhere.
 """
 import base64
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -43,7 +43,6 @@ class Limits:
 @dataclass
 class EmbedRequest:
     inputs: List[Input]
-    single: bool  # TEI answers a single input with a list of one embedding too; kept for symmetry
     normalize: Optional[bool]  # None: the model pipeline's own Normalize module (OpenAI's route)
     truncate: bool
     truncation_direction: str  # "right" or "left"
@@ -79,8 +78,9 @@ def _is_ids(value):
     return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
-def parse_inputs(value, field: str, limits: Limits, ids_allowed: bool = True) -> Tuple[List[Input], bool]:
-    """A string, a list of strings, a list of token ids, or a list of lists of token ids -> (inputs, single)."""
+def parse_inputs(value, field: str, limits: Limits, ids_allowed: bool = True) -> List[Input]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids -> the inputs (a single
+    one is answered as a list of one, by OpenAI and TEI alike)."""
     if value is None:
         raise invalid(f"'{field}' is required: a string or a list of strings" +
                       (" (or token ids, or lists of token ids)" if ids_allowed else ""), field)
@@ -126,7 +126,7 @@ def parse_inputs(value, field: str, limits: Limits, ids_allowed: bool = True) ->
         else:
             raise invalid(f"'{where}' must be a string" + (" or a list of integer token ids" if ids_allowed else
                                                             "") + f", got {_type_name(x)}", field)
-    return inputs, single
+    return inputs
 
 
 def _dimensions(body, limits):
@@ -155,9 +155,8 @@ def parse_openai(body: dict, limits: Limits) -> EmbedRequest:
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise invalid(f"'encoding_format' must be 'float' or 'base64', got {fmt!r}", "encoding_format")
-    inputs, single = parse_inputs(body.get("input"), "input", limits)
-    return EmbedRequest(inputs, single, normalize=None, truncate=True, truncation_direction="right",
-                        dimensions=_dimensions(body, limits), encoding_format=fmt)
+    return EmbedRequest(parse_inputs(body.get("input"), "input", limits), normalize=None, truncate=True,
+                        truncation_direction="right", dimensions=_dimensions(body, limits), encoding_format=fmt)
 
 
 def openai_response(emb: np.ndarray, req: EmbedRequest, model: str, n_tokens: int) -> dict:
@@ -188,9 +187,9 @@ def parse_embed(body: dict, limits: Limits) -> EmbedRequest:
     direction = body.get("truncation_direction") or "right"
     if not isinstance(direction, str) or direction.lower() not in ("right", "left"):
         raise invalid(f"'truncation_direction' must be 'Right' or 'Left', got {direction!r}", "truncation_direction")
-    inputs, single = parse_inputs(body.get("inputs"), "inputs", limits)
-    return EmbedRequest(inputs, single, normalize=_flag(body, "normalize", True), truncate=_flag(body, "truncate", True),
-                        truncation_direction=direction.lower(), dimensions=_dimensions(body, limits))
+    return EmbedRequest(parse_inputs(body.get("inputs"), "inputs", limits), normalize=_flag(body, "normalize", True),
+                        truncate=_flag(body, "truncate", True), truncation_direction=direction.lower(),
+                        dimensions=_dimensions(body, limits))
 
 
 TOKENIZE_FIELDS = ("inputs", "add_special_tokens", "prompt_name")
@@ -200,7 +199,7 @@ def parse_tokenize(body: dict, limits: Limits):
     """TEI's tokenize request -> (texts, add_special_tokens)."""
     _check_keys(body, TOKENIZE_FIELDS, "POST /tokenize")
     _no_prompt(body)
-    texts, _ = parse_inputs(body.get("inputs"), "inputs", limits, ids_allowed=False)
+    texts = parse_inputs(body.get("inputs"), "inputs", limits, ids_allowed=False)
     return texts, _flag(body, "add_special_tokens", True)
 
 
