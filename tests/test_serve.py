@@ -342,6 +342,13 @@ def test_no_cors_headers_unless_asked(server):
     assert "access-control-allow-origin" not in pre.headers
 
 
+def test_sigint_stops_the_idle_server_with_exit_0(server):
+    """Ctrl-C: a clean stop, no KeyboardInterrupt traceback (the last test of this server)."""
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(30) == 0
+    assert "Traceback" not in server.log.read_text()
+
+
 # ---- load: 429 at once, SIGTERM with requests in flight -----------------------------------------------------------
 def test_full_queue_answers_429_at_once(busy_server, long_text):
     """32 inputs may be in flight: 12 simultaneous requests of 16 long texts cannot all be admitted."""
@@ -359,6 +366,7 @@ def test_full_queue_answers_429_at_once(busy_server, long_text):
     for r, _ in results:
         if r.status_code == 429:
             assert "--max-concurrent-requests (32" in r.json()["error"] and r.json()["error_type"] == "overloaded"
+            assert r.headers["retry-after"] == "1"
         else:
             assert np.asarray(r.json()).shape == (16, 384)
     fastest_ok = min(dt for r, dt in results if r.status_code == 200)

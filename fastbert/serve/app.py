@@ -60,7 +60,7 @@ def _error_response(request_path: str, err: ApiError) -> JSONResponse:
         body = {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.kind}}
     else:
         body = {"error": err.message, "error_type": err.kind}
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": "1"}}.get(err.status)
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 
