@@ -5,6 +5,7 @@
     fastbert finetune --task cls|ner|qa ...    fine-tuning                 (fastbert.train)
     fastbert distill ...                       distillation into a smaller BERT (fastbert.train)
     fastbert bench ...                         the benchmark suite         (benchmarks/)
+    fastbert serve [--model DIR] [--port 8080] an embedding server: OpenAI's and TEI's API (fastbert.serve)
 """
 import argparse
 import sys
@@ -164,6 +165,10 @@ def main(argv=None) -> int:
         from .benchmarks.__main__ import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from .serve.cli import main as serve_main
+
+        return serve_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="fastbert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,6 +184,7 @@ def main(argv=None) -> int:
     sub.add_parser("finetune", help="fine-tuning: --task cls|ner|qa (fastbert finetune --help)")
     sub.add_parser("distill", help="distil a teacher into a smaller BERT (fastbert distill --help)")
     sub.add_parser("bench", help="run the benchmark suite (fastbert bench --help)")
+    sub.add_parser("serve", help="an embedding server with OpenAI's and TEI's API (fastbert serve --help)")
     args = parser.parse_args(argv)
     if args.command == "encode":
         try:
