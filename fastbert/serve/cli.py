@@ -39,9 +39,10 @@ def build_parser(parser=None):
                                                        "0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="model dtype (default: the encoder's own default for the device)")
-    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "int8"], default="auto",
+                   help="model precision (default auto: bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, float32 on "
+                        "other CPUs, float16 on a GPU; int8 is refused, with the measurements: docs/cpu.md)")
+    p.add_argument("--backend", choices=["auto", "torch", "triton", "cpu"], default="auto")
     p.add_argument("--api-key", default=os.environ.get("FASTBERT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every route but /health and /metrics (default: "
                         "$FASTBERT_API_KEY, which keeps the key out of the process list; else no key)")
@@ -87,8 +88,7 @@ def main(argv=None) -> int:
         config.check()
         if args.device and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
-        encoder = SentenceEncoder(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype
-                                  else None, backend=args.backend)
+        encoder = SentenceEncoder(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
         app = create_app(encoder, config)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
         print(f"fastbert serve: error: {e}", file=sys.stderr)
