@@ -13,7 +13,7 @@ checkpoints load with no remapping. The backend is decided once per forward, in 
   tokens only (packed variable-length attention), and the padded layout is restored at the end.
 """
 import functools
-from typing import Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -94,22 +94,33 @@ class Batch:
     Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
     """
 
-    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, indices=None, gather=None):
+    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, groups=None, restore=None):
         self.backend = backend
         self.mask = mask
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
         self.bias = bias  # torch path only: a general (B, 1 or heads, S, S) mask, bool (True = attend) or additive
-        # torch and cpu paths, packed: the (B, S) layout attention pads Q/K/V into (None when every sequence is
-        # max_seqlen long): mask (B, S) of real tokens; gather (B*S,), the packed row each padded position
-        # copies (a real token of the same sequence: finite, and masked out as a key); indices (T,), each packed
-        # token's flat position in it
-        self.indices = indices
-        self.gather = gather
+        # torch and cpu paths, packed: how attention pads Q/K/V, one AttentionGroup per group of sequences of
+        # similar length (see _packed_batch); ``restore`` (T,) puts the groups' tokens back in packed order
+        # (None: they are in it)
+        self.groups = groups
+        self.restore = restore
 
     @property
     def packed(self) -> bool:
         return self.cu_seqlens is not None
+
+
+class AttentionGroup(NamedTuple):
+    """n sequences padded to S for ``scaled_dot_product_attention``: ``gather`` (n*S,) the packed row each
+    padded position copies (a padding position copies a real token of its own sequence: finite, and masked out
+    as a key; None: the n*S rows are the packed rows as they are), ``mask`` (n, 1, 1, S) real keys or None,
+    ``real`` (tokens,) the padded positions of the real tokens, in order (None: all of them)."""
+    gather: Optional[torch.Tensor]
+    mask: Optional[torch.Tensor]
+    n: int
+    S: int
+    real: Optional[torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -215,7 +226,6 @@ class BertSelfAttention(nn.Module):
         """The PyTorch path on packed (T, H) tokens: the Q/K/V GEMM on real tokens only, then Q/K/V padded to
         (B, nh, S, hd) for ``scaled_dot_product_attention`` and the output packed again."""
         nh, hd, H = self.num_attention_heads, self.attention_head_size, self.all_head_size
-        B, S = batch.cu_seqlens.numel() - 1, batch.max_seqlen
         if not _plain_linear(self.query, self.key, self.value):
             # adapters (PEFT's LoRA) wrap query/key/value: run the modules, so they take part
             qkv = torch.cat([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -1)
@@ -223,13 +233,16 @@ class BertSelfAttention(nn.Module):
             qkv = ops.cpu.linear(hidden_states, *self._fused_qkv())  # (T, 3H)
         else:
             qkv = F.linear(hidden_states, *self._fused_qkv())
-        if batch.gather is not None:
-            qkv = qkv.index_select(0, batch.gather)  # (B * S, 3H)
-        q, k, v = qkv.view(B, S, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, S, hd)
-        mask = None if batch.mask is None else batch.mask[:, None, None, :]  # (B, 1, 1, S)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scaling)
-        out = out.transpose(1, 2).reshape(B * S, H)
-        return out if batch.indices is None else out.index_select(0, batch.indices)
+        outs = []
+        for g in batch.groups:
+            rows = qkv if g.gather is None else qkv.index_select(0, g.gather)  # (n * S, 3H)
+            q, k, v = rows.view(g.n, g.S, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (n, nh, S, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, dropout_p=dropout_p,
+                                                 scale=self.scaling)
+            out = out.transpose(1, 2).reshape(g.n * g.S, H)
+            outs.append(out if g.real is None else out.index_select(0, g.real))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out if batch.restore is None else out.index_select(0, batch.restore)
 
 
 class BertSelfOutput(nn.Module):
@@ -639,17 +652,65 @@ def _packed_batch(backend, cu_seqlens, max_seqlen, total) -> Batch:
         ops.trust_cu_seqlens(cu_seqlens, total, max_seqlen)
         return Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
     B = cu_seqlens.numel() - 1
-    if not _tracing() and total == B * max_seqlen:  # (traced graphs keep the general case: shapes are symbolic)
-        return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-    # Elementwise index arithmetic only (no sort, no host read): exports to ONNX too.
+    if not _tracing() and cu_seqlens.device.type == "cpu":  # lengths on the host: read for free
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        groups = _length_groups(lengths)
+        if len(groups) > 1:
+            return _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups)
+        if total == B * max_seqlen:
+            return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                         groups=[AttentionGroup(None, None, B, max_seqlen, None)])
+    # One group, by elementwise index arithmetic only (no sort, no host read: traced graphs, ONNX, CUDA).
     seq, position = ops.padding.packed_positions(cu_seqlens, total)
-    mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)  # (B, S)
     starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    pos = torch.arange(max_seqlen, device=cu_seqlens.device)
-    # a padded position copies its sequence's last token (any finite row would do: it is masked as a key)
+    group = _attention_group(starts, lengths, max_seqlen, total)._replace(real=seq * max_seqlen + position)
+    return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=[group])
+
+
+def _attention_group(starts, lengths, S, total) -> AttentionGroup:
+    """The padded (n, S) layout of the sequences at packed ``starts`` with ``lengths`` (``real`` left to the
+    caller)."""
+    pos = torch.arange(S, device=starts.device)
     gather = (starts[:, None] + torch.minimum(pos[None, :], (lengths - 1).clamp(min=0)[:, None])).reshape(-1)
-    return Batch(backend, mask=mask, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                 indices=seq * max_seqlen + position, gather=gather.clamp(max=max(total - 1, 0)))
+    mask = (pos[None, :] < lengths[:, None])[:, None, None, :]  # (n, 1, 1, S)
+    return AttentionGroup(gather.clamp(max=max(total - 1, 0)), mask, starts.numel(), S, None)
+
+
+def _length_groups(lengths: List[int], ratio: float = 0.75, most: int = 8) -> List[List[int]]:
+    """Sequences (their indices) grouped for padded attention, whose cost grows with n * S^2: longest first, a
+    new group when a sequence is shorter than ``ratio`` times its group's longest (at most ``most`` groups).
+    A batch sorted by length (``SentenceEncoder.encode``'s) stays one group; a server's first-come batch of
+    mixed lengths splits, so a short text is not padded to the longest."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups = []
+    for i in order:
+        if groups and (lengths[i] >= ratio * lengths[groups[-1][0]] or len(groups) == most):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups) -> Batch:
+    """A Batch whose attention runs per group of similar lengths (host-side index building: CPU tensors)."""
+    cu = cu_seqlens.long()
+    total = int(cu[-1])
+    attention_groups, token_order = [], []
+    for members in groups:
+        idx = torch.tensor(members)
+        lens = torch.tensor([lengths[i] for i in members])
+        S = int(lens[0])
+        group = _attention_group(cu[idx], lens, S, total)
+        if bool((lens == S).all()):
+            group = group._replace(mask=None)
+        real = (torch.arange(len(members))[:, None] * S + torch.arange(S)[None, :])[
+            torch.arange(S)[None, :] < lens[:, None]]
+        attention_groups.append(group._replace(real=real))
+        token_order += [torch.arange(int(cu[i]), int(cu[i + 1])) for i in members]
+    order = torch.cat(token_order)
+    restore = torch.empty_like(order)
+    restore[order] = torch.arange(order.numel())
+    return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=attention_groups, restore=restore)
 
 
 def _check_id_range(name, limit, lo, hi):

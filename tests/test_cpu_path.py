@@ -176,3 +176,27 @@ def test_bad_dtype_raises(minilm_dir):
 
     with pytest.raises(ValueError, match="dtype='float8' is not supported"):
         SentenceEncoder(minilm_dir, device="cpu", dtype="float8")
+
+
+def test_mixed_lengths_attend_in_length_groups():
+    """A first-come batch of mixed lengths (a server's) runs attention per group of similar lengths, so short
+    texts are not padded to the longest; the result is still transformers'."""
+    from fastbert.modeling_bert import _length_groups, _packed_batch
+
+    assert _length_groups([10, 10, 9, 8]) == [[0, 1, 2, 3]]  # a length-sorted batch stays one group
+    assert _length_groups([2, 40, 31, 29, 5, 4]) == [[1, 2], [3], [4, 5], [0]]
+    assert len(_length_groups(list(range(1, 200)))) == 8  # at most 8
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    lengths = torch.randint(1, 40, (11,), generator=gen).tolist()
+    lengths[3] = 39
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    assert len(_packed_batch("cpu", cu, 39, sum(lengths)).groups) == len(_length_groups(lengths)) > 1
+    ours, theirs = _pair()
+    ids, mask, tt = _padded(lengths, 39)
+    real = mask.bool()
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state[real]
+        for backend in ("auto", "torch"):  # the cpu path and the packed PyTorch path
+            ours.config.backend = backend
+            got = ours(input_ids=ids[real], token_type_ids=tt[real], cu_seqlens=cu, max_seqlen=39)
+            torch.testing.assert_close(got.last_hidden_state, want, rtol=1e-5, atol=2e-5)
