@@ -38,6 +38,8 @@ def _encode_parser(sub):
                         "other CPUs, float16 on a GPU; int8 is refused, with the measurements: docs/cpu.md)")
     p.add_argument("--backend", choices=["auto", "torch", "triton", "cpu"], default="auto")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for the model (default: OMP_NUM_THREADS, else one per physical core)")
     p.add_argument("--max-length", type=_positive_int, default=None,
                    help="truncate texts to this many tokens (default: the model's max_seq_length)")
     p.add_argument("--no-normalize", action="store_true", help="skip the pipeline's Normalize module")
@@ -94,6 +96,7 @@ def encode_main(args) -> int:
     import torch
 
     from .encode import SentenceEncoder
+    from .hardware import configure_threads
 
     if args.output:
         _output_format(args.output)  # an unknown extension fails before any work
@@ -107,6 +110,7 @@ def encode_main(args) -> int:
         raise ValueError(f"--device {args.device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
+    threads = configure_threads(args.threads) if device.type == "cpu" else None
     encoder = SentenceEncoder(args.model, device=device, dtype=args.dtype, backend=args.backend)
     if args.backend == "triton":
         encoder.backend(device)  # raises a clear error where the Triton path cannot run
@@ -118,7 +122,8 @@ def encode_main(args) -> int:
     print(f"model: {encoder.model_dir}  device: {device}  "
           f"dtype: {str(encoder.dtype).replace('torch.', '')} ({encoder.dtype_reason})  "
           f"backend: {encoder.backend(device)}  tokenizer: {encoder.tokenizer_name}  "
-          f"pooling: {encoder.spec['pooling']}  max_seq_length: {encoder.max_seq_length}")
+          f"pooling: {encoder.spec['pooling']}  max_seq_length: {encoder.max_seq_length}"
+          + (f"  cpu: {threads}" if threads else ""))
     print(f"embeddings: {emb.shape[0]} x {emb.shape[1]}" + (" (L2-normalised)" if normalized else ""))
     shown = texts if len(texts) <= TABLE_MAX else texts[:TABLE_MAX]
     width = max(len(_clip(t)) for t in shown)

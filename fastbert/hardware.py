@@ -92,3 +92,18 @@ def default_dtype(device) -> Tuple[torch.dtype, str]:
             return torch.bfloat16, f"this CPU has {feature}"
         return torch.float32, "this CPU has no native bf16 (no AMX-BF16 or AVX512-BF16)"
     return torch.float32, f"{device.type} device"
+
+
+def configure_threads(threads: Optional[int] = None) -> str:
+    """Set torch's intra-op threads for a fastbert command and say why: ``threads`` when given, else the
+    OMP_NUM_THREADS the user set, else one per physical core this process may run on (hyper-threads share a
+    core's matrix units; a busy sibling thread slows GEMMs down). The command line's job, not the library's:
+    ``import fastbert`` never changes it."""
+    if threads:
+        torch.set_num_threads(threads)
+        return f"{threads} threads (asked for)"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"{torch.get_num_threads()} threads (OMP_NUM_THREADS)"
+    n = physical_cores()
+    torch.set_num_threads(n)
+    return f"{n} threads (one per physical core)"
