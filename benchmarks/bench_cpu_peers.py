@@ -175,7 +175,8 @@ def check_runtimes(rts: Sequence[Runtime], setup: Setup, texts: List[str], min_c
         rows.append(row)
         missing = [m for m in rt.needs if importlib.util.find_spec(m) is None]
         if missing:
-            row.update(status="skipped", note=f"not installed: {', '.join(missing)} (pip install 'fastbert[bench-cpu]')")
+            row.update(status="skipped",
+                       note=f"not installed: {', '.join(missing)} (pip install 'fastbert[bench-cpu]')")
             log(f"  {rt.name} {rt.precision}: {row['note']}")
             continue
         try:
@@ -280,7 +281,7 @@ def physical_cores() -> int:
     for c in cpus:
         topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
         try:
-            cores.add((topo.joinpath("physical_package_id").read_text().strip(), topo.joinpath("core_id").read_text().strip()))
+            cores.add(tuple((topo / f).read_text().strip() for f in ("physical_package_id", "core_id")))
         except OSError:
             cores.add(("?", str(c)))
     return max(1, len(cores))
@@ -320,7 +321,8 @@ def table(res: Dict) -> str:
     """The markdown table, fastest first; rows that were not timed last, with their reason."""
     timed = sorted((r for r in res["rows"] if "texts_per_s" in r), key=lambda r: -r["texts_per_s"])
     rest = [r for r in res["rows"] if "texts_per_s" not in r]
-    lines = ["| runtime | precision | texts/s | x ST | min cos | NN agreement | note |", "|---|---|---|---|---|---|---|"]
+    lines = ["| runtime | precision | texts/s | x ST | min cos | NN agreement | note |",
+             "|---|---|---|---|---|---|---|"]
     for r in timed + rest:
         tps = f"{r['texts_per_s']:.1f}" if "texts_per_s" in r else "-"
         x = f"{r['x_st']:.2f}x" if "x_st" in r else "-"
@@ -340,6 +342,7 @@ def markdown(res: Dict) -> str:
     vers = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     tl = res["token_lengths"]
     ov = [r for r in res["rows"] if r["runtime"] == "OpenVINO" and "INFERENCE_PRECISION_HINT" in r]
+    rounds_done = max((len(r.get("seconds", [])) for r in res["rows"]), default=0)
     return "\n".join([
         f"# fastbert vs CPU runtimes: all-MiniLM-L6-v2 sentence embeddings ({env['date_utc']})", "",
         f"CPU: {cpu['model_name']}, {env['physical_cores']} physical cores usable; flags: {flags}.",
@@ -347,8 +350,8 @@ def markdown(res: Dict) -> str:
         "CTranslate2 / fastembed intra-op set to the same, inter-op 1). "
         f"Load average at the start {env['load_avg_1m']}, at the end {res['load_avg_end'][0]:.2f}: "
         "**a machine shared with other jobs: the numbers are noisy and approximate.**", "",
-        *([f"**Partial results**: the run stopped after {max((len(r.get('seconds', [])) for r in res['rows']), default=0)} "
-           f"of {res['rounds']} timed rounds.", ""] if res.get("partial") else []),
+        *([f"**Partial results**: the run stopped after {rounds_done} of {res['rounds']} timed rounds.", ""]
+          if res.get("partial") else []),
         f"Corpus: {res['corpus']}. Tokens per text (uncut): mean {tl['mean']}, median {tl['median']}, "
         f"p90 {tl['p90']}, max {tl['max']}; {tl['truncated']} texts cut at {res['max_seq_length']}.", "",
         f"Every runtime: max_seq_length {res['max_seq_length']}, mean pooling + L2 normalisation, batch "

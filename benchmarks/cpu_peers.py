@@ -253,10 +253,11 @@ def build_fastbert(setup: Setup, dtype=None):
     enc = SentenceEncoder(setup.model_dir, device="cpu", dtype=dtype)
     if enc.max_seq_length != setup.max_seq_length:
         raise RuntimeError(f"fastbert's max_seq_length is {enc.max_seq_length}, not {setup.max_seq_length}")
-    param = next(enc.model.parameters())
-    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(param.dtype, str(param.dtype))
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    weights = next(enc.model.parameters()).dtype  # what the default resolved to
+    precision = names.get(weights if dtype is None else dtype, str(dtype).replace("torch.", ""))
     return (lambda texts: enc.encode(texts, batch_size=setup.batch_size, normalize_embeddings=True),
-            {"precision": precision, "backend": enc.backend()})
+            {"precision": precision, "weights_dtype": str(weights), "backend": enc.backend()})
 
 
 # fastbert's own rows: (label, dtype passed to SentenceEncoder). Add variants here.
