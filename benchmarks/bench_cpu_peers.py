@@ -321,8 +321,8 @@ def table(res: Dict) -> str:
     """The markdown table, fastest first; rows that were not timed last, with their reason."""
     timed = sorted((r for r in res["rows"] if "texts_per_s" in r), key=lambda r: -r["texts_per_s"])
     rest = [r for r in res["rows"] if "texts_per_s" not in r]
-    lines = ["| runtime | precision | texts/s | x ST | min cos | NN agreement | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| runtime | precision | texts/s | x ST | min cos | NN agreement | passes (s) | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in timed + rest:
         tps = f"{r['texts_per_s']:.1f}" if "texts_per_s" in r else "-"
         x = f"{r['x_st']:.2f}x" if "x_st" in r else "-"
@@ -331,7 +331,8 @@ def table(res: Dict) -> str:
         note = r.get("note", "")
         if r["status"] == "ok" and r["min_cos"] < 0.9995:
             note = "below min cos 0.9995"
-        lines.append(f"| {r['runtime']} | {r['precision']} | {tps} | {x} | {cos} | {nn} | {note} |")
+        passes = " / ".join(f"{t:.1f}" for t in r.get("seconds", [])) or "-"
+        lines.append(f"| {r['runtime']} | {r['precision']} | {tps} | {x} | {cos} | {nn} | {passes} | {note} |")
     return "\n".join(lines)
 
 
@@ -357,7 +358,8 @@ def markdown(res: Dict) -> str:
         f"Every runtime: max_seq_length {res['max_seq_length']}, mean pooling + L2 normalisation, batch "
         f"{res['batch_size']}. texts/s: {res['texts']} texts / median of {res['rounds']} passes, tokenization "
         "included, runtimes interleaved round-robin. min cos: lowest cosine to sentence-transformers fp32 over "
-        "all texts; NN agreement: share of texts whose nearest other text is sentence-transformers'.",
+        "all texts; NN agreement: share of texts whose nearest other text is sentence-transformers'. passes: "
+        "seconds of each timed pass over all texts, in round order (their spread shows the machine's noise).",
         *([f"OpenVINO's INFERENCE_PRECISION_HINT: " + ", ".join(
             f"{r['requested']} -> {r['INFERENCE_PRECISION_HINT']}" for r in ov) + "."] if ov else []), "",
         table(res), "",
