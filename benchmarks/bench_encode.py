@@ -7,11 +7,15 @@ the benchmark suite's corpus workloads use). Before timing, the two providers' e
 (tokenization included), CPU by default, fp32.
 
     python -m fastbert.benchmarks.bench_encode --texts 400 --rounds 3
+
+``--peers``: the CPU comparison with ONNX Runtime, OpenVINO, CTranslate2 and fastembed instead
+(``bench_cpu_peers.py``; its own options follow, see ``--peers --help``).
 """
 import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -52,7 +56,14 @@ def run(device="cpu", n_texts=400, rounds=3, batch_size=32, model_dir=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--peers" in argv:
+        from fastbert.benchmarks.bench_cpu_peers import main as peers_main
+
+        return peers_main([a for a in argv if a != "--peers"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", action="store_true",
+                    help="time the CPU peers (ONNX Runtime, OpenVINO, CTranslate2, fastembed) instead")
     ap.add_argument("--texts", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
