@@ -18,10 +18,10 @@ Needs pyarrow (``pip install 'fastbert[corpus]'``); nothing here is imported by 
 
 
 def _require_pyarrow():
-    try:
-        import pyarrow  # noqa: F401 -- only whether it is there
-    except ImportError:
-        raise RuntimeError("fastbert encode --input needs pyarrow: pip install 'fastbert[corpus]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise RuntimeError("fastbert encode --input needs pyarrow: pip install 'fastbert[corpus]'")
 
 
 def encode_corpus(*args, **kwargs):

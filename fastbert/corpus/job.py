@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 
 from .output import SPEC_FORMAT, OutputDir
 from .plan import make_plan, read_shard
-from .sources import Fields, InputError, check_fields, expand_inputs
+from .sources import FORMATS, Fields, InputError, check_fields, expand_inputs
 from .writer import MAX_SKIPPED_NOTED, output_schema, shard_facts, shard_table, write_shard
 
 ON_ERROR = ("stop", "skip")
@@ -57,7 +57,10 @@ def encode_corpus(inputs: Sequence[str], output, *, text_field: Optional[str] = 
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
     fields = Fields(text_field or "text", id_field, tuple(keep_fields))
-    files = expand_inputs(inputs, exclude=str(output))
+    files, ignored = expand_inputs(inputs, exclude=str(output))
+    if ignored:
+        log(f"ignored {len(ignored)} file(s) of other formats under the inputs (e.g. {ignored[0]}); fastbert reads "
+            f"{', '.join(FORMATS)}")
     check_fields(files, fields, text_field_given=text_field is not None)
     model_dir = encoder.model_dir if encoder is not None else (model or default_model_dir())
     if model_dir is None:

@@ -70,10 +70,11 @@ def _input_file(path: Path) -> InputFile:
     return InputFile(str(path.resolve()), FORMATS[path.suffix.lower()], st.st_size, st.st_mtime_ns)
 
 
-def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> List[InputFile]:
-    """The files named by ``patterns`` (files, globs, folders searched recursively), in the order given,
-    each glob and folder sorted. Files under ``exclude`` (the output folder) are left out; a file listed twice,
-    a pattern that matches nothing and a named file of an unknown format raise."""
+def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> Tuple[List[InputFile], List[Path]]:
+    """``(files, ignored)``: the files named by ``patterns`` (files, globs, folders searched recursively), in
+    the order given, each glob and folder sorted, and those of other formats found in folders and globs. Files
+    under ``exclude`` (the output folder) are left out; a file listed twice, a pattern that matches nothing and
+    a named file of an unknown format raise."""
     exclude = os.path.realpath(exclude) if exclude else None
     files, ignored = [], []
     for pattern in patterns:
@@ -111,10 +112,7 @@ def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> Lis
         out.append(info)
     if not out:
         raise InputError("--input: no input file")
-    if ignored:
-        print(f"fastbert encode: ignored {len(ignored)} file(s) of other formats under the inputs "
-              f"(e.g. {ignored[0]}); fastbert reads {', '.join(FORMATS)}")
-    return out
+    return out, ignored
 
 
 def _under(path: Path, folder: str) -> bool:
