@@ -14,8 +14,8 @@ import pytest
 import torch
 
 pa = pytest.importorskip("pyarrow")
-import pyarrow.csv  # noqa: E402
-import pyarrow.dataset  # noqa: E402
+import pyarrow.csv as pacsv  # noqa: E402
+import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from fastbert import SentenceEncoder  # noqa: E402
@@ -43,7 +43,7 @@ def _records(texts, seed):
 
 def _table(out):
     """The output folder as pyarrow.dataset reads it (one table), and its embeddings as (N, H)."""
-    t = pa.dataset.dataset(str(out), format="parquet").to_table()
+    t = pads.dataset(str(out), format="parquet").to_table()
     emb = t.column("embedding").combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
     return t, emb
 
@@ -78,8 +78,8 @@ def test_formats_in_a_folder_match_sentence_transformers(tmp_path, enc, referenc
     d.mkdir()
     with open(d / "a.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs[:8])
-    pa.csv.write_csv(pa.Table.from_pylist(recs[8:16] + recs[-1:]), d / "b.csv")
-    pa.csv.write_csv(pa.Table.from_pylist(recs[16:22]), d / "c.tsv", pa.csv.WriteOptions(delimiter="\t"))
+    pacsv.write_csv(pa.Table.from_pylist(recs[8:16] + recs[-1:]), d / "b.csv")
+    pacsv.write_csv(pa.Table.from_pylist(recs[16:22]), d / "c.tsv", pacsv.WriteOptions(delimiter="\t"))
     pq.write_table(pa.Table.from_pylist(recs[22:-1]), d / "d.parquet", row_group_size=3)
     (d / "notes.md").write_text("not an input")
     order = recs[:16] + recs[-1:] + recs[16:-1]
@@ -200,12 +200,20 @@ def test_on_error_skip_counts_in_the_manifest(tmp_path, enc):
     f, c = tmp_path / "a.jsonl", tmp_path / "b.csv"
     f.write_text(_jsonl(GOOD, "{oops", GOOD, '{"text": ""}', GOOD))
     c.write_text("text,id\nfine,1\nfine,2,3\nfine,4\n")
-    m = encode_corpus([str(f), str(c)], tmp_path / "out", on_error="skip", encoder=enc, shard_size=3,
+    out = tmp_path / "vectors"  # inside the input folder: its shards are not inputs
+    m = encode_corpus([str(tmp_path)], out, on_error="skip", keep_fields=["text"], encoder=enc, shard_size=3,
                       log=lambda *a: None)
-    t, _ = _table(tmp_path / "out")
+    t, _ = _table(out)
     assert t.column("row").to_pylist() == [0, 2, 4, 5, 7]  # input positions: the skipped ones keep theirs
+    assert t.column("text").to_pylist() == ["a fine text"] * 3 + ["fine"] * 2  # the text itself, kept
     assert m["rows"] == 5 and m["skipped"] == 3 and m["input_rows"] == 8
     assert [e.split(": ")[0] for e in m["skipped_examples"]] == [f"{f}:2", f"{f}:4", f"{c}:3"]
+    logged = []
+    encode_corpus([str(tmp_path)], out, on_error="skip", keep_fields=["text"], encoder=enc, shard_size=3,
+                  log=logged.append)
+    assert "already complete" in logged[0]
+    with pytest.raises(ValueError, match="two 'id' columns"):
+        encode_corpus([str(f)], tmp_path / "o2", id_field="id", keep_fields=["id"], encoder=enc)
 
 
 # ------------------------------------------------------------------------------------------- resume

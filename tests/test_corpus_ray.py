@@ -9,7 +9,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
-import pyarrow.dataset  # noqa: E402
+import pyarrow.dataset as pads  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 import fastbert.ray  # noqa: E402
 from fastbert import SentenceEncoder  # noqa: E402
@@ -31,7 +32,7 @@ def _texts(n, seed):
 
 
 def _table(out):
-    t = pa.dataset.dataset(str(out), format="parquet").to_table()
+    t = pads.dataset(str(out), format="parquet").to_table()
     return t, t.column("embedding").combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
 
 
@@ -52,7 +53,7 @@ def test_ray_engine_matches_the_local_engine(tmp_path, local_ray, minilm_dir):
     np.testing.assert_allclose(eb, ea, rtol=0, atol=1e-5)
     assert [s["file"] for s in remote["shards"]] == [s["file"] for s in local["shards"]]
     # the actors wrote the shards themselves (the driver only the manifest)
-    workers = {json.loads(pa.parquet.read_schema(tmp_path / "ray" / s["file"]).metadata[b"fastbert"])["worker"]
+    workers = {json.loads(pq.read_schema(tmp_path / "ray" / s["file"]).metadata[b"fastbert"])["worker"]
                for s in remote["shards"]}
     assert 1 <= len(workers) <= 2 and all(":" in w for w in workers), workers
 

@@ -128,11 +128,11 @@ def check_fields(inputs: Sequence[InputFile], fields: Fields, text_field_given: 
                          "--keep-fields; give JSONL, CSV/TSV or Parquet inputs, or drop those options")
     if plain and len(plain) == len(inputs) and text_field_given:
         raise InputError(f"--text-field: {plain[0].path} is plain text (a line is a text) and has no fields")
-    names = [fields.text] + ([fields.id] if fields.id else []) + list(fields.keep)
-    if len(set(names)) != len(names):
-        raise InputError(f"--text-field, --id-field and --keep-fields name the same field twice: {names}")
-    if {"row", "embedding"} & set(fields.keep) or fields.id in ("row", "embedding"):
-        raise InputError("'row' and 'embedding' are the output's own columns: they cannot be kept fields or the id")
+    columns = ["row"] + (["id"] if fields.id else []) + ["embedding"] + list(fields.keep)
+    twice = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+    if twice:
+        raise InputError(f"--keep-fields: the output would have two {twice!r} columns (its own columns are row, "
+                         "embedding and, with --id-field, id)")
 
 
 # ------------------------------------------------------------------------------------------------------
