@@ -62,23 +62,31 @@ def encode_corpus(inputs: Sequence[str], output, *, text_field: Optional[str] = 
         log(f"ignored {len(ignored)} file(s) of other formats under the inputs (e.g. {ignored[0]}); fastbert reads "
             f"{', '.join(FORMATS)}")
     check_fields(files, fields, text_field_given=text_field is not None)
-    model_dir = encoder.model_dir if encoder is not None else (model or default_model_dir())
-    if model_dir is None:
-        raise FileNotFoundError(MISSING_MODEL_HELP)
+    if encoder is not None:
+        given = [k for k, v in (("model", model), ("device", device), ("dtype", dtype), ("max_length", max_length))
+                 if v is not None]
+        if given:
+            raise ValueError(f"encoder= is given: {', '.join(given)} would be ignored (they are the encoder's)")
+        model_dir, dtype = encoder.model_dir, encoder.model.dtype
+    else:
+        model_dir = model or default_model_dir()
+        if model_dir is None:
+            raise FileNotFoundError(MISSING_MODEL_HELP)
     facts = model_facts(model_dir, max_length)
     if encoder is not None:
         facts["max_seq_length"] = encoder.max_seq_length
-    dtype_name = str(dtype).replace("torch.", "") if dtype is not None else "default"
     spec = {"format": SPEC_FORMAT, "model": model_identity(model_dir),
             "inputs": [f.identity() for f in files], "text_field": fields.text, "id_field": fields.id,
             "keep_fields": list(fields.keep), "shard_size": shard_size, "on_error": on_error,
-            "dtype": str(encoder.model.dtype).replace("torch.", "") if encoder is not None else dtype_name,
+            "dtype": str(dtype).replace("torch.", "") if dtype is not None else "default",
             "max_seq_length": facts["max_seq_length"], "normalize": bool(normalize and facts["normalize"])}
 
     t0 = time.perf_counter()
     shards, total, bad = make_plan(files, fields, shard_size, on_error)
     if total == 0:
         raise InputError("the inputs hold no record")
+    if bad:
+        log(f"{bad} bad record(s) in the inputs will be skipped (--on-error skip) and listed in the manifest")
     out = OutputDir(output)
     try:
         if out.open(spec, overwrite):
@@ -110,6 +118,8 @@ def encode_corpus(inputs: Sequence[str], output, *, text_field: Optional[str] = 
                     from ..encode import SentenceEncoder
 
                     encoder = SentenceEncoder(model_dir, device=device, dtype=dtype, backend=backend)
+                    if backend == "triton":
+                        encoder.backend()  # raises a clear error where the Triton path cannot run
                     if max_length:
                         encoder.max_seq_length = facts["max_seq_length"]
                 written = run_local(encoder, files, fields, pending, schema, out.path, batch_size, normalize,
