@@ -48,6 +48,27 @@ def _table(out):
     return t, emb
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _few_threads_and_memory_back():
+    """pyarrow's thread pools at one thread each while this module runs, and free heap pages back to the OS
+    (glibc ``malloc_trim``) after it: every thread that allocates leaves a malloc arena in the process, which the
+    RSS-growth check of tests/test_tokenizer_corpus.py, later in the same session, would count."""
+    cpu, io = pa.cpu_count(), pa.io_thread_count()
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    yield
+    pa.set_cpu_count(cpu)
+    pa.set_io_thread_count(io)
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @pytest.fixture(scope="module")
 def enc(minilm_dir):
     return SentenceEncoder(minilm_dir, device="cpu", dtype=torch.float32)
@@ -212,6 +233,11 @@ def test_on_error_skip_counts_in_the_manifest(tmp_path, enc):
     encode_corpus([str(tmp_path)], out, on_error="skip", keep_fields=["text"], encoder=enc, shard_size=3,
                   log=logged.append)
     assert "already complete" in logged[0]
+    # shards of one row: those of the bad records are empty files, and the folder still reads as one table
+    m1 = encode_corpus([str(f), str(c)], tmp_path / "ones", on_error="skip", encoder=enc, shard_size=1,
+                       log=lambda *a: None)
+    assert len(m1["shards"]) == 8 and [s["rows"] for s in m1["shards"]] == [1, 0, 1, 0, 1, 1, 0, 1]
+    assert _table(tmp_path / "ones")[0].column("row").to_pylist() == [0, 2, 4, 5, 7]
     with pytest.raises(ValueError, match="two 'id' columns"):
         encode_corpus([str(f)], tmp_path / "o2", id_field="id", keep_fields=["id"], encoder=enc)
 

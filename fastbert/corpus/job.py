@@ -85,8 +85,6 @@ def encode_corpus(inputs: Sequence[str], output, *, text_field: Optional[str] = 
     shards, total, bad = make_plan(files, fields, shard_size, on_error)
     if total == 0:
         raise InputError("the inputs hold no record")
-    if bad:
-        log(f"{bad} bad record(s) in the inputs will be skipped (--on-error skip) and listed in the manifest")
     out = OutputDir(output)
     try:
         if out.open(spec, overwrite):
@@ -94,6 +92,8 @@ def encode_corpus(inputs: Sequence[str], output, *, text_field: Optional[str] = 
             log(f"{out.path}: this job is already complete ({manifest['rows']} rows); nothing to do "
                 "(--overwrite starts it again)")
             return manifest
+        if bad:
+            log(f"{bad} bad record(s) in the inputs will be skipped (--on-error skip) and listed in the manifest")
         done = out.done(shards)
         pending = [s for s in shards if s.index not in done]
         schema = output_schema(files, fields, facts["hidden_size"])
