@@ -46,6 +46,25 @@ def _encode_parser(sub):
     p.add_argument("--dims", type=_positive_int, default=8, help="embedding components printed per text")
     p.add_argument("--output", help="save the embeddings: .npy, .jsonl (one list per line) or .csv")
     p.add_argument("--no-table", action="store_true", help="print no similarity table")
+    c = p.add_argument_group("a corpus to Parquet (fastbert.corpus; needs pyarrow: pip install 'fastbert[corpus]')")
+    c.add_argument("--input", nargs="+", metavar="PATH",
+                   help="files (.txt: a line is a text; .jsonl; .csv/.tsv; .parquet), globs or folders; with "
+                        "--output DIR, the embeddings are written as Parquet shards there, resumably")
+    c.add_argument("--text-field", help="the field holding the text (default: text)")
+    c.add_argument("--id-field", help="a field copied to the output's 'id' column (default: the input position, "
+                                      "always in 'row')")
+    c.add_argument("--keep-fields", metavar="A,B", help="fields copied to the output as they are")
+    c.add_argument("--shard-size", type=_positive_int, default=10_000, help="input rows per Parquet shard")
+    c.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="a bad record (malformed, no text, undecodable): stop naming it, or skip it and count it in "
+                        "the manifest")
+    c.add_argument("--overwrite", action="store_true", help="start again in an --output that holds another job")
+    c.add_argument("--engine", choices=["local", "ray"], default="local", help="run here, or on Ray Data")
+    c.add_argument("--ray-address", help="a Ray cluster to join (default: start a local Ray)")
+    c.add_argument("--ray-workers", type=_positive_int, help="encoder actors (default: one per GPU, else one per "
+                                                              "--ray-cpus-per-worker CPUs)")
+    c.add_argument("--ray-cpus-per-worker", type=_positive_int, help="CPUs per encoder actor (default: 4, at most "
+                                                                      "the cluster's)")
     return p
 
 
@@ -93,6 +112,10 @@ def encode_main(args) -> int:
     # transformers' PreTrainedModel (same numbers; see README "Hugging Face Trainer, PEFT, Auto classes").
     if "fastbert.configuration_bert" not in sys.modules:
         os.environ.setdefault("FASTBERT_NO_TRANSFORMERS", "1")
+    if args.input is not None:  # a corpus to Parquet shards
+        from .corpus import main as corpus_main
+
+        return corpus_main(args)
     import torch
 
     from .encode import SentenceEncoder
