@@ -263,8 +263,8 @@ def test_another_job_behind_the_output_is_refused(tmp_path, enc, minilm_dir):
     (other / "config_sentence_transformers.json").write_text("{}")
     with pytest.raises(JobMismatch, match="the model differs"):
         encode_corpus([str(f)], out, model=str(other), dtype=torch.float32, **run)
-    with pytest.raises(JobMismatch, match=r"--dtype differs \('default' here, 'float32' there\)"):
-        encode_corpus([str(f)], out, model=str(minilm_dir), **run)
+    with pytest.raises(JobMismatch, match=r"--dtype differs \('bfloat16' here, 'float32' there\)"):
+        encode_corpus([str(f)], out, model=str(minilm_dir), dtype="bfloat16", **run)
     with pytest.raises(JobMismatch, match=r"--max-length .* differs \(64 here, 256 there\)"):
         encode_corpus([str(f)], out, max_length=64, dtype=torch.float32, **run)
     with pytest.raises(JobMismatch, match="--shard-size differs"):

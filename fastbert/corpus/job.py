@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import torch
+
+from ..encode import resolve_dtype
 from .output import SPEC_FORMAT, OutputDir
 from .plan import make_plan, read_shard
 from .sources import FORMATS, Fields, InputError, check_fields, expand_inputs
@@ -72,13 +75,16 @@ def encode_corpus(inputs: Sequence[str], output, *, text_field: Optional[str] = 
         model_dir = model or default_model_dir()
         if model_dir is None:
             raise FileNotFoundError(MISSING_MODEL_HELP)
+        # The precision the job runs in, decided once here (so every shard and every Ray worker uses the same,
+        # and resuming on a CPU with another default is refused, not mixed): "auto" resolves for the device.
+        dtype, _ = resolve_dtype(dtype, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     facts = model_facts(model_dir, max_length)
     if encoder is not None:
         facts["max_seq_length"] = encoder.max_seq_length
     spec = {"format": SPEC_FORMAT, "model": model_identity(model_dir),
             "inputs": [f.identity() for f in files], "text_field": fields.text, "id_field": fields.id,
             "keep_fields": list(fields.keep), "shard_size": shard_size, "on_error": on_error,
-            "dtype": str(dtype).replace("torch.", "") if dtype is not None else "default",
+            "dtype": str(dtype).replace("torch.", ""),
             "max_seq_length": facts["max_seq_length"], "normalize": bool(normalize and facts["normalize"])}
 
     t0 = time.perf_counter()
@@ -194,7 +200,7 @@ def main(args) -> int:
             raise ValueError(f"--device {device}: no CUDA device is visible on this machine; use --device cpu")
     keep = [k.strip() for k in args.keep_fields.split(",") if k.strip()] if args.keep_fields else []
     encode_corpus(args.input, args.output, text_field=args.text_field, id_field=args.id_field, keep_fields=keep,
-                  model=args.model, device=device, dtype=getattr(torch, args.dtype) if args.dtype else None,
+                  model=args.model, device=device, dtype=args.dtype,
                   backend=args.backend, batch_size=args.batch_size, max_length=args.max_length,
                   normalize=not args.no_normalize, shard_size=args.shard_size, on_error=args.on_error,
                   overwrite=args.overwrite, engine=args.engine, ray_address=args.ray_address,
