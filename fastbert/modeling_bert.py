@@ -94,7 +94,8 @@ class Batch:
     Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
     """
 
-    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, groups=None, restore=None):
+    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, groups=None, restore=None,
+                 rows=None):
         self.backend = backend
         self.mask = mask
         self.cu_seqlens = cu_seqlens
@@ -105,6 +106,10 @@ class Batch:
         # (None: they are in it)
         self.groups = groups
         self.restore = restore
+        # cpu path: the packed rows every layer runs on, the tokens rounded up to a bucket (extra rows are copies
+        # of the first, attended to by nobody and dropped at the end) so that oneDNN, which builds a GEMM kernel
+        # per row count, reuses a few dozen kernels instead of building one for nearly every batch
+        self.rows = rows
 
     @property
     def packed(self) -> bool:
@@ -235,7 +240,7 @@ class BertSelfAttention(nn.Module):
             qkv = F.linear(hidden_states, *self._fused_qkv())
         outs = []
         for g in batch.groups:
-            rows = qkv if g.gather is None else qkv.index_select(0, g.gather)  # (n * S, 3H)
+            rows = qkv[: g.n * g.S] if g.gather is None else qkv.index_select(0, g.gather)  # (n * S, 3H)
             q, k, v = rows.view(g.n, g.S, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (n, nh, S, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, dropout_p=dropout_p,
                                                  scale=self.scaling)
@@ -325,6 +330,9 @@ class BertEncoder(nn.Module):
 
     def forward(self, hidden_states, batch: Batch, output_attentions=False, output_hidden_states=False,
                 head_mask=None):
+        tokens = hidden_states.shape[0]
+        if batch.rows is not None and batch.rows > tokens:
+            hidden_states = torch.cat([hidden_states, hidden_states[:1].expand(batch.rows - tokens, -1)])
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_probs = () if output_attentions else None
         for i, layer in enumerate(self.layer):
@@ -341,6 +349,8 @@ class BertEncoder(nn.Module):
                 all_hidden = all_hidden + (hidden_states,)
             if output_attentions:
                 all_probs = all_probs + (probs,)
+        if batch.rows is not None and batch.rows > tokens:
+            hidden_states = hidden_states[:tokens]
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=all_probs)
 
 
@@ -656,15 +666,38 @@ def _packed_batch(backend, cu_seqlens, max_seqlen, total) -> Batch:
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         groups = _length_groups(lengths)
         if len(groups) > 1:
-            return _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups)
-        if total == B * max_seqlen:
-            return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                         groups=[AttentionGroup(None, None, B, max_seqlen, None)])
+            batch = _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups)
+        elif total == B * max_seqlen:
+            batch = Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                          groups=[AttentionGroup(None, None, B, max_seqlen, None)])
+        else:
+            batch = None
+        if batch is not None:
+            return _bucket_rows(batch, total) if backend == "cpu" else batch
     # One group, by elementwise index arithmetic only (no sort, no host read: traced graphs, ONNX, CUDA).
     seq, position = ops.padding.packed_positions(cu_seqlens, total)
     starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     group = _attention_group(starts, lengths, max_seqlen, total)._replace(real=seq * max_seqlen + position)
-    return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=[group])
+    batch = Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=[group])
+    return _bucket_rows(batch, total) if backend == "cpu" else batch
+
+
+def _bucket_rows(batch: Batch, total: int) -> Batch:
+    """Round the cpu path's rows up to a bucket (8 per octave, multiples of 16: at most 1/8 more rows): the
+    attention output is gathered straight into the bucketed rows, the extra ones copying token 0."""
+    rows = -(-total // 16) * 16 if total < 256 else -(-total // (1 << (total.bit_length() - 4))) << (
+        total.bit_length() - 4)
+    if rows == total:
+        return batch
+    extra = torch.zeros(rows - total, dtype=torch.long)
+    if batch.restore is not None:
+        batch.restore = torch.cat([batch.restore, extra])
+    else:
+        g = batch.groups[0]
+        real = g.real if g.real is not None else torch.arange(g.n * g.S)
+        batch.groups = [g._replace(real=torch.cat([real.to(torch.long), extra]))]
+    batch.rows = rows
+    return batch
 
 
 def _attention_group(starts, lengths, S, total) -> AttentionGroup:
