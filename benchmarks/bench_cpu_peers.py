@@ -15,7 +15,10 @@ and the results files.
    is recorded with its error, one whose min cosine is under ``--min-cos-to-time`` is not timed; none stops
    the run.
 3. Timing: ``--rounds`` rounds, each runtime encoding all texts once per round (tokenization included), the
-   order rotating each round, so drifting machine load falls on all alike. Median texts/s.
+   order rotating each round, so drifting machine load falls on all alike. Median texts/s. Each runtime lives
+   in a process of its own (``Isolated``; ``--in-process`` for one process): in one process their thread
+   pools slowed each other (fastbert bf16 261 texts/s beside ONNX Runtime, CTranslate2 and fastembed, 394
+   alone; sentence-transformers 80 vs 101).
 4. A table (printed) and ``cpu_peers_<cpu>_<date>.json`` / ``.md`` in ``--out`` with the CPU model and its
    AMX / AVX512-BF16 / VNNI flags, thread counts, every runtime's version and the git commit.
 
@@ -161,6 +164,79 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}"[:400]
 
 
+# ------------------------------------------------------------------------------------------------------
+# One process per runtime
+# ------------------------------------------------------------------------------------------------------
+def _runtime_worker(index: int, setup: Setup, conn) -> None:
+    """A worker process: builds ``runtimes()[index]``, then encodes every list of texts it is sent."""
+    torch.set_num_threads(setup.threads)
+    try:
+        encode, info = runtimes()[index].build(setup)
+    except Exception as e:  # noqa: BLE001 - reported to the parent as the row's error
+        conn.send(("error", _error(e)))
+        return
+    conn.send(("ready", info))
+    while True:
+        texts = conn.recv()
+        if texts is None:
+            return
+        try:
+            conn.send(("ok", np.asarray(encode(texts), dtype=np.float32)))
+        except Exception as e:  # noqa: BLE001
+            conn.send(("error", _error(e)))
+
+
+_LIVE = []  # every Isolated started, closed at the end of run()
+
+
+class Isolated:
+    """A runtime of ``runtimes()`` built and run in a process of its own, as its users run it: its thread
+    pools (ONNX Runtime's spinning workers, CTranslate2's OpenMP, OpenVINO's TBB, torch's OpenMP) never share a
+    process with another runtime's. Between its passes the process waits on a pipe and uses no CPU. Calling it
+    sends the texts and returns the embeddings (the pipe moves ~2 MB per pass: milliseconds of a seconds-long
+    pass, the same for every runtime)."""
+
+    def __init__(self, index: int, setup: Setup):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        _LIVE.append(self)
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_runtime_worker, args=(index, setup, child), daemon=True)
+        self.process.start()
+        child.close()
+        self.info = self._reply()
+
+    def _reply(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the runtime's process died (exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(value)
+        return value
+
+    def __call__(self, texts):
+        self.conn.send(list(texts))
+        return self._reply()
+
+    def close(self):
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def build_isolated(index: int):
+    def build(setup: Setup):
+        runtime = Isolated(index, setup)
+        return runtime, dict(runtime.info)
+    return build
+
+
 def check_runtimes(rts: Sequence[Runtime], setup: Setup, texts: List[str], min_cos_to_time: float = 0.5,
                    log=print) -> Tuple[List[Dict], Dict]:
     """Build each runtime, warm it up and check it against the reference (the first runtime, which must be
@@ -245,9 +321,19 @@ def _fill_times(rows: List[Dict], texts: List[str], seconds: Dict, errors: Dict)
 
 
 def run(texts: List[str], corpus: str, setup: Setup, rounds: int = 3, rts: Optional[Sequence[Runtime]] = None,
-        min_cos_to_time: float = 0.5, log=print, save_partial=None) -> Dict:
+        min_cos_to_time: float = 0.5, log=print, save_partial=None, isolate: bool = False) -> Dict:
     """The whole benchmark on ``texts``; returns the results record (rows in ``runtimes()`` order).
-    ``save_partial(record)`` gets the record (``"partial": true``) after the checks and after every round."""
+    ``save_partial(record)`` gets the record (``"partial": true``) after the checks and after every round.
+    ``isolate``: each runtime in a process of its own (``Isolated``; ``rts`` must then be ``runtimes()``'s)."""
+    if isolate:
+        if rts is not None:
+            chosen = {(rt.name, rt.precision) for rt in rts}
+            all_rts = runtimes()
+            rts = [Runtime(rt.name, rt.precision, build_isolated(i), rt.needs, rt.reference)
+                   for i, rt in enumerate(all_rts) if (rt.name, rt.precision) in chosen]
+        else:
+            rts = [Runtime(rt.name, rt.precision, build_isolated(i), rt.needs, rt.reference)
+                   for i, rt in enumerate(runtimes())]
     rts = list(runtimes() if rts is None else rts)
     torch.set_num_threads(setup.threads)
     res = {"benchmark": "cpu_peers", "partial": True, "corpus": corpus, "texts": len(texts),
@@ -265,9 +351,13 @@ def run(texts: List[str], corpus: str, setup: Setup, rounds: int = 3, rts: Optio
 
     progress({}, {})
     log(f"timing {len(to_time)} runtimes, {rounds} rounds of {len(texts)} texts each")
-    seconds, errors = time_round_robin(to_time, texts, rounds, log, after_round=progress)
+    try:
+        seconds, errors = time_round_robin(to_time, texts, rounds, log, after_round=progress)
+    finally:
+        while _LIVE:
+            _LIVE.pop().close()
     _fill_times(res["rows"], texts, seconds, errors)
-    res.update(partial=False, load_avg_end=os.getloadavg())
+    res.update(partial=False, load_avg_end=os.getloadavg(), isolated=isolate)
     return res
 
 
@@ -349,15 +439,19 @@ def markdown(res: Dict) -> str:
         f"CPU: {cpu['model_name']}, {env['physical_cores']} physical cores usable; flags: {flags}.",
         f"Threads: {res['threads']} for every runtime (torch {env['torch_threads']}; ONNX Runtime / OpenVINO / "
         "CTranslate2 / fastembed intra-op set to the same, inter-op 1). "
-        f"Load average at the start {env['load_avg_1m']}, at the end {res['load_avg_end'][0]:.2f}: "
-        "**a machine shared with other jobs: the numbers are noisy and approximate.**", "",
+        f"Load average at the start {env['load_avg_1m']}, at the end {res['load_avg_end'][0]:.2f}"
+        + (": **a machine shared with other jobs: the numbers are noisy and approximate.**"
+           if max(float(env['load_avg_1m']), res['load_avg_end'][0]) > res['threads'] + 0.5 else
+           " (no other job competed for the cores)."), "",
         *([f"**Partial results**: the run stopped after {rounds_done} of {res['rounds']} timed rounds.", ""]
           if res.get("partial") else []),
         f"Corpus: {res['corpus']}. Tokens per text (uncut): mean {tl['mean']}, median {tl['median']}, "
         f"p90 {tl['p90']}, max {tl['max']}; {tl['truncated']} texts cut at {res['max_seq_length']}.", "",
         f"Every runtime: max_seq_length {res['max_seq_length']}, mean pooling + L2 normalisation, batch "
         f"{res['batch_size']}. texts/s: {res['texts']} texts / median of {res['rounds']} passes, tokenization "
-        "included, runtimes interleaved round-robin. min cos: lowest cosine to sentence-transformers fp32 over "
+        "included, runtimes interleaved round-robin"
+        + (", each in a process of its own" if res.get("isolated") else ", all in one process") +
+        ". min cos: lowest cosine to sentence-transformers fp32 over "
         "all texts; NN agreement: share of texts whose nearest other text is sentence-transformers'. passes: "
         "seconds of each timed pass over all texts, in round order (their spread shows the machine's noise).",
         *([f"OpenVINO's INFERENCE_PRECISION_HINT: " + ", ".join(
@@ -398,6 +492,9 @@ def main(argv=None):
     ap.add_argument("--work-dir", default=None, help="keep the exports here (default: a temporary directory)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--in-process", action="store_true",
+                    help="build every runtime in this one process (default: each in a process of its own, as users "
+                         "run them; in one process their thread pools slow each other down)")
     args = ap.parse_args(argv)
 
     from fastbert.assets import MISSING_MODEL_HELP, default_model_dir
@@ -417,7 +514,7 @@ def main(argv=None):
         texts, corpus = peer_corpus(args.texts, args.seed)
         print(corpus)
         res = run(texts, corpus, setup, args.rounds, rts, args.min_cos_to_time,
-                  save_partial=lambda r: save(r, stem))
+                  save_partial=lambda r: save(r, stem), isolate=not args.in_process)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

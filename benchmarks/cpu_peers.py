@@ -40,8 +40,15 @@ class Setup:
     _cache: Dict = field(default_factory=dict, repr=False)
 
     def once(self, key: str, make: Callable):
+        """``make()`` (an exported file's path) once per work_dir, also across the benchmark's worker
+        processes: a marker file beside the exports records the path."""
         if key not in self._cache:
-            self._cache[key] = make()
+            marker = self.work_dir / f"{key}.done.json"
+            if marker.exists():
+                self._cache[key] = Path(json.loads(marker.read_text())["path"])
+            else:
+                self._cache[key] = make()
+                marker.write_text(json.dumps({"path": str(self._cache[key])}))
         return self._cache[key]
 
 
