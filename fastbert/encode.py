@@ -150,8 +150,9 @@ class SentenceEncoder:
         self.spec = sentence_pipeline(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.dtype_reason = resolve_dtype(dtype, device)
+        # An inference engine: eval mode and frozen weights (which the cpu path packs for oneDNN once).
         self.model = BertModel.from_pretrained(model_dir, add_pooling_layer=False, backend=backend,
-                                               dtype=self.dtype, device=device).eval()
+                                               dtype=self.dtype, device=device).eval().requires_grad_(False)
         self.tokenizer, self.tokenizer_name = load_tokenizer(model_dir)
         limit = self.model.config.max_position_embeddings
         self.max_seq_length = min(self.spec["max_seq_length"] or limit, limit)

@@ -235,7 +235,9 @@ class BertSelfAttention(nn.Module):
             # adapters (PEFT's LoRA) wrap query/key/value: run the modules, so they take part
             qkv = torch.cat([self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)], -1)
         elif batch.backend == "cpu":
-            qkv = ops.cpu.linear(hidden_states, *self._fused_qkv())  # (T, 3H)
+            linears = (self.query, self.key, self.value)
+            weight = ops.cpu.packed_weight(self, [m.weight for m in linears], lambda: self._fused_qkv()[0])
+            qkv = ops.cpu.linear(hidden_states, weight, torch.cat([m.bias for m in linears]))  # (T, 3H)
         else:
             qkv = F.linear(hidden_states, *self._fused_qkv())
         outs = []
@@ -261,7 +263,8 @@ class BertSelfOutput(nn.Module):
 
     def forward(self, hidden_states, input_tensor, batch: Batch):
         if batch.backend == "cpu" and _plain_linear(self.dense):
-            return self.LayerNorm(ops.cpu.linear_add(hidden_states, self.dense.weight, self.dense.bias, input_tensor))
+            weight = ops.cpu.packed_weight(self.dense, [self.dense.weight], lambda: self.dense.weight)
+            return self.LayerNorm(ops.cpu.linear_add(hidden_states, weight, self.dense.bias, input_tensor))
         hidden_states = self.dropout(self.dense(hidden_states))
         if batch.backend == "triton":
             return ops.layer_norm(hidden_states, self.LayerNorm.weight, self.LayerNorm.bias,
@@ -294,7 +297,8 @@ class BertIntermediate(nn.Module):
                 _plain_linear(self.dense):
             approximate = "none" if self.hidden_act == "gelu" else "tanh"
             if batch.backend == "cpu":
-                return ops.cpu.linear(hidden_states, self.dense.weight, self.dense.bias, gelu=approximate)
+                weight = ops.cpu.packed_weight(self.dense, [self.dense.weight], lambda: self.dense.weight)
+                return ops.cpu.linear(hidden_states, weight, self.dense.bias, gelu=approximate)
             h = F.linear(hidden_states, self.dense.weight)
             return ops.bias_gelu(h, self.dense.bias, approximate=approximate)
         return self.intermediate_act_fn(self.dense(hidden_states))

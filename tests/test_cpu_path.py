@@ -200,3 +200,43 @@ def test_mixed_lengths_attend_in_length_groups():
             ours.config.backend = backend
             got = ours(input_ids=ids[real], token_type_ids=tt[real], cu_seqlens=cu, max_seqlen=39)
             torch.testing.assert_close(got.last_hidden_state, want, rtol=1e-5, atol=2e-5)
+
+
+def test_frozen_weights_are_packed_once_and_follow_updates():
+    """Frozen weights (requires_grad=False, as SentenceEncoder leaves them) are reordered for oneDNN once and
+    cached outside the module; an in-place update, a new tensor or another dtype rebuilds them; trainable
+    weights are never cached; the model still pickles and saves."""
+    import io
+    import pickle
+
+    ours, theirs = _pair()
+    ids, mask, tt = _padded([9, 4, 7], 9)
+    real = mask.bool()
+
+    def run():
+        with torch.no_grad():
+            return ours(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state[real]
+
+    def want():
+        with torch.no_grad():
+            return theirs(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state[real]
+
+    run()
+    assert not any(m in ops.cpu._PACKED for m in ours.modules())  # trainable: nothing cached
+    ours.requires_grad_(False)
+    torch.testing.assert_close(run(), want(), rtol=1e-5, atol=2e-5)
+    dense = ours.encoder.layer[0].intermediate.dense
+    attn = ours.encoder.layer[0].attention.self
+    assert dense in ops.cpu._PACKED and attn in ops.cpu._PACKED
+    with torch.no_grad():  # in-place updates of frozen weights: both models alike
+        for m in (ours, theirs):
+            m.encoder.layer[0].intermediate.dense.weight.mul_(1.5)
+            m.encoder.layer[0].attention.self.key.weight.add_(0.01)
+    torch.testing.assert_close(run(), want(), rtol=1e-5, atol=2e-5)
+    buf = io.BytesIO()
+    torch.save(ours, buf)
+    pickle.loads(pickle.dumps(ours))
+    ours.to(torch.bfloat16)  # another dtype: new tensors, packed again
+    got = run().float()
+    cos = torch.nn.functional.cosine_similarity(got, want(), dim=-1)
+    assert cos.min() > 0.999
