@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .model_inputs import check_packed, validate, validate_host
 from .modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 
@@ -126,12 +127,12 @@ class GraphedBertModel:
             raise ValueError(f"packed input_ids must be 1-D (total_tokens,), got {tuple(ids.shape)}")
         if cu.device.type != "cpu":
             cu = cu.cpu()  # one read: pass cu_seqlens as a host tensor (the tokenizer's packed output) to avoid it
-        cu, max_seqlen = model._check_packed(cu, max_seqlen, ids.numel(), None, None, None, device=cu.device,
-                                             host_known=True)
+        cu, max_seqlen = check_packed(model.config, cu, max_seqlen, ids.numel(), None, None, None, device=cu.device,
+                                      host_known=True)
         if ids.device.type == "cpu":
-            model._validate_host(ids, types, None)
+            validate_host(model.config, ids, types, None)
         else:
-            model._validate(ids, types, None)
+            validate(model.config, ids, types, None)
         return ids, types, cu, max_seqlen
 
     def _forward(self, static, plan):

@@ -1,19 +1,24 @@
-"""BERT, as Hugging Face names it, with two backends per forward pass.
+"""BERT, as Hugging Face names it: embeddings, encoder layers, pooler, heads.
 
 Module tree and state-dict keys are Hugging Face's (``embeddings.word_embeddings``,
 ``encoder.layer.N.attention.self.query``, ``attention.output.LayerNorm``, ``intermediate.dense``, ...), so
-checkpoints load with no remapping. The backend is decided once per forward, in ``BertModel.forward``
-(see ``resolve_backend``), never deep inside a layer:
+checkpoints load with no remapping. ``BertModel.forward`` reads top to bottom: the inputs checked once
+(``fastbert.model_inputs``), the backend decided once (``resolve_backend``, then ``BertModel._backend``),
+embeddings, the encoder over the layout of ``fastbert.packing``, the pooler. Layers only read the decision:
 
-- ``torch``: the reference path. ``scaled_dot_product_attention`` (or explicit softmax when attention
-  probabilities are asked for), ``F.layer_norm``, ``F.gelu``. Matches ``transformers`` to fp32 rounding.
+- ``torch``: the reference path. ``scaled_dot_product_attention`` (``eager``: an explicit softmax, also
+  whenever attention probabilities are asked for), ``F.layer_norm``, ``F.gelu``. Matches ``transformers`` to
+  fp32 rounding. Packed inputs stay packed (attention pads only Q/K/V).
 - ``triton``: fastbert's fused ops (``fastbert.ops``). Q, K and V come from one fused GEMM; dense -> dropout
   -> fused residual+LayerNorm; the intermediate GEMM without bias, then fused bias+GELU. With
   ``config.unpad`` (the default) padding is removed once after the embeddings, every layer runs on real
   tokens only (packed variable-length attention), and the padded layout is restored at the end.
+- ``cpu``: CPU inference (``fastbert.ops.cpu``, docs/cpu.md): packed like ``triton``, oneDNN GEMMs with the
+  bias, GELU or residual add fused, attention by ``scaled_dot_product_attention`` over Q/K/V padded per group
+  of similar lengths.
 """
 import functools
-from typing import List, NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +39,9 @@ from .modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from .model_inputs import capturing, check_inputs, reject_unsupported, tracing
 from .modeling_utils import BertPreTrainedModel
+from .packing import Batch, packed_batch
 from .ops._dispatch import interpret_mode, triton_available
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -85,47 +92,6 @@ def resolve_backend(config: BertConfig, device: torch.device, inference: bool = 
     if cpu_ok and inference and config.unpad:
         return "cpu"
     return "torch"
-
-
-class Batch:
-    """How the token rows of one forward pass are laid out, shared by every layer.
-
-    Padded: hidden states are (B, S, H) and ``mask`` is (B, S) bool (True = real token) or None.
-    Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
-    """
-
-    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, groups=None, restore=None,
-                 rows=None):
-        self.backend = backend
-        self.mask = mask
-        self.cu_seqlens = cu_seqlens
-        self.max_seqlen = max_seqlen
-        self.bias = bias  # torch path only: a general (B, 1 or heads, S, S) mask, bool (True = attend) or additive
-        # torch and cpu paths, packed: how attention pads Q/K/V, one AttentionGroup per group of sequences of
-        # similar length (see _packed_batch); ``restore`` (T,) puts the groups' tokens back in packed order
-        # (None: they are in it)
-        self.groups = groups
-        self.restore = restore
-        # cpu path: the packed rows every layer runs on, the tokens rounded up to a bucket (extra rows are copies
-        # of the first, attended to by nobody and dropped at the end) so that oneDNN, which builds a GEMM kernel
-        # per row count, reuses a few dozen kernels instead of building one for nearly every batch
-        self.rows = rows
-
-    @property
-    def packed(self) -> bool:
-        return self.cu_seqlens is not None
-
-
-class AttentionGroup(NamedTuple):
-    """n sequences padded to S for ``scaled_dot_product_attention``: ``gather`` (n*S,) the packed row each
-    padded position copies (a padding position copies a real token of its own sequence: finite, and masked out
-    as a key; None: the n*S rows are the packed rows as they are), ``mask`` (n, 1, 1, S) real keys or None,
-    ``real`` (tokens,) the padded positions of the real tokens, in order (None: all of them)."""
-    gather: Optional[torch.Tensor]
-    mask: Optional[torch.Tensor]
-    n: int
-    S: int
-    real: Optional[torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -404,31 +370,46 @@ class BertModel(BertPreTrainedModel):
         head_mask: Optional[torch.Tensor] = None,
         **kwargs,
     ):
-        _reject_unsupported(kwargs)
+        reject_unsupported(kwargs)
         output_attentions = bool(output_attentions or getattr(self.config, "output_attentions", False))
         output_hidden_states = bool(output_hidden_states or getattr(self.config, "output_hidden_states", False))
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        ref = input_ids if input_ids is not None else inputs_embeds
         head_mask = self._head_mask(head_mask)
-        backend = self._backend(ref.device, output_attentions, output_hidden_states, head_mask)
-
-        if cu_seqlens is not None:
-            out = self._forward_packed(input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens,
-                                       max_seqlen, attention_mask, backend, output_attentions,
-                                       output_hidden_states, head_mask)
+        inputs = check_inputs(self.config, self.embeddings.word_embeddings.weight.device, input_ids, attention_mask,
+                              token_type_ids, position_ids, inputs_embeds, cu_seqlens, max_seqlen)
+        backend = self._backend(inputs, output_attentions, output_hidden_states, head_mask)
+        if inputs.packed:
+            seq_of_token, position = ops.padding.packed_positions(inputs.cu_seqlens, inputs.shape[0])
+            position_ids = position if inputs.position_ids is None else inputs.position_ids
         else:
-            out = self._forward_padded(input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids,
-                                       backend, output_attentions, output_hidden_states, head_mask)
+            position_ids = inputs.position_ids
+        embeddings = self.embeddings(inputs.input_ids, inputs.token_type_ids, position_ids, inputs.inputs_embeds)
+        if inputs.packed:
+            sequence_output, encoder_out = self._encode_packed(embeddings, inputs, backend, seq_of_token, position,
+                                                               output_attentions, output_hidden_states, head_mask)
+            first = sequence_output[inputs.cu_seqlens[:-1].long().clamp(max=max(inputs.shape[0] - 1, 0))]
+        else:
+            sequence_output, encoder_out = self._encode_padded(embeddings, inputs, backend, output_attentions,
+                                                               output_hidden_states, head_mask)
+            first = sequence_output[:, 0]
+        pooled = self.pooler(first) if self.pooler is not None else None  # the [CLS] token of each sequence
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=encoder_out.hidden_states,
+            attentions=encoder_out.attentions, cu_seqlens=inputs.cu_seqlens)
         return out if return_dict is not False else out.to_tuple()
 
-    def _backend(self, device, output_attentions, output_hidden_states, head_mask) -> str:
-        """``resolve_backend`` for this call: inference means no gradients, eval mode, nothing tracing."""
-        inference = not (torch.is_grad_enabled() or self.training or _tracing())
-        backend = resolve_backend(self.config, device, inference=inference,
+    def _backend(self, inputs, output_attentions, output_hidden_states, head_mask) -> str:
+        """The one decision of this call's path: ``resolve_backend`` (inference means no gradients, eval mode,
+        nothing tracing), then what the call asks for that only the PyTorch path gives."""
+        inference = not (torch.is_grad_enabled() or self.training or tracing())
+        backend = resolve_backend(self.config, inputs.device, inference=inference,
                                   dtype=self.embeddings.word_embeddings.weight.dtype)
         if output_attentions or head_mask is not None:
             return "torch"  # attention probabilities exist only on the explicit-softmax path
+        if inputs.bias is not None:  # a general mask (not a key-padding mask)
+            if backend == "triton":
+                warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
+                          "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
+            return "torch"
         if backend == "cpu" and output_hidden_states:
             return "torch"  # the cpu path runs packed; per-layer hidden states are returned padded
         return backend
@@ -446,395 +427,56 @@ class BertModel(BertPreTrainedModel):
                              f"num_attention_heads) = ({L}, {nh}), got {tuple(head_mask.shape)}")
         return head_mask.to(self.embeddings.word_embeddings.weight.dtype)[:, None, :, None, None]
 
-    def _forward_padded(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, backend,
-                        output_attentions, output_hidden_states, head_mask=None):
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        if len(shape) != 2:
-            raise ValueError(
-                f"input_ids must be (batch, seqlen), got shape {tuple(shape)}; for packed inputs pass 1-D "
-                "input_ids with cu_seqlens"
-            )
-        B, S = shape
-        ref = input_ids if input_ids is not None else inputs_embeds
-        self._check_length(S)
-        mask, bias = _check_mask(attention_mask, (B, S), ref=ref)
-        additive = attention_mask if mask is not None and attention_mask.dim() == 4 and \
-            attention_mask.dtype.is_floating_point else None
-        # Every data-dependent check and the unpadding metadata: one device->host read (none while tracing).
-        checked = None if mask is None else mask if additive is not None or attention_mask.dim() == 4 else attention_mask
-        facts = self._validate(input_ids, token_type_ids, position_ids, mask=checked, additive=additive)
-        if facts.soft_bias:  # an additive mask that is not just 0 / -inf per key: a bias, the general path
-            mask, bias = None, attention_mask
-        if bias is not None and backend == "triton":
-            warn_once("general-mask", "fastbert: a 3-D or 4-D attention mask that is not a key-padding mask "
-                      "runs on the PyTorch path (the Triton kernels take key-padding masks only)")
-        if bias is not None:
-            backend = "torch"
-        all_real = bias is None and (mask is None or facts.total == B * S)
-        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-
+    def _encode_padded(self, embeddings, inputs, backend, output_attentions, output_hidden_states, head_mask):
+        """Padded (B, S, H) embeddings through the encoder -> (B, S, H), zeros where padded when unpadded."""
+        B, S = inputs.shape
         unpad = (backend == "cpu" or backend == "triton" and self.config.unpad) and not output_hidden_states \
-            and not all_real
-        if unpad and not torch.compiler.is_exporting():
-            unpadded = ops.unpad_input(embeddings, mask, total=facts.total, max_seqlen=facts.max_seqlen)
-            batch = _packed_batch(backend, unpadded.cu_seqlens, unpadded.max_seqlen, unpadded.indices.numel())
+            and not inputs.all_real
+        if unpad and not torch.compiler.is_exporting():  # every layer on real tokens only
+            unpadded = ops.unpad_input(embeddings, inputs.mask, total=inputs.total, max_seqlen=inputs.max_seqlen)
+            batch = packed_batch(backend, unpadded.cu_seqlens, unpadded.max_seqlen, unpadded.indices.numel())
             packed = self.encoder(unpadded.hidden_states, batch).last_hidden_state
             sequence_output = ops.pad_input(packed, unpadded.indices, B, S)
-            encoder_out = BaseModelOutput(last_hidden_state=sequence_output)
-        elif backend == "cpu":  # nothing padded: each row is one sequence of S tokens, run packed
+            return sequence_output, BaseModelOutput(last_hidden_state=sequence_output)
+        if backend == "cpu":  # nothing padded: each row is one sequence of S tokens, run packed
             cu_seqlens = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=embeddings.device)
-            packed = self.encoder(embeddings.reshape(B * S, -1), _packed_batch("cpu", cu_seqlens, S, B * S))
+            packed = self.encoder(embeddings.reshape(B * S, -1), packed_batch("cpu", cu_seqlens, S, B * S))
             sequence_output = packed.last_hidden_state.view(B, S, -1)
-            encoder_out = BaseModelOutput(last_hidden_state=sequence_output)
-        else:
-            # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is
-            # known, so the mask stays: a trace is right for padded and unpadded batches alike.
-            encoder_out = self.encoder(embeddings, Batch(backend, mask=None if all_real else mask, bias=bias),
-                                       output_attentions, output_hidden_states, head_mask)
-            sequence_output = encoder_out.last_hidden_state
-            if unpad:  # torch.export: the token count is data, not a shape, so the padding stays; zeros as unpadded
-                sequence_output = sequence_output.masked_fill(~mask[..., None], 0)
-        pooled = self.pooler(sequence_output[:, 0]) if self.pooler is not None else None
-        return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output, pooler_output=pooled,
-            hidden_states=encoder_out.hidden_states, attentions=encoder_out.attentions,
-        )
+            return sequence_output, BaseModelOutput(last_hidden_state=sequence_output)
+        # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is known,
+        # so the mask stays: a trace is right for padded and unpadded batches alike.
+        batch = Batch(backend, mask=None if inputs.all_real else inputs.mask, bias=inputs.bias)
+        encoder_out = self.encoder(embeddings, batch, output_attentions, output_hidden_states, head_mask)
+        sequence_output = encoder_out.last_hidden_state
+        if unpad:  # torch.export: the token count is data, not a shape, so the padding stays; zeros as unpadded
+            sequence_output = sequence_output.masked_fill(~inputs.mask[..., None], 0)
+        return sequence_output, encoder_out
 
-    def _forward_packed(self, input_ids, inputs_embeds, token_type_ids, position_ids, cu_seqlens, max_seqlen,
-                        attention_mask, backend, output_attentions, output_hidden_states, head_mask=None):
-        if attention_mask is not None:
-            raise ValueError("packed inputs (cu_seqlens) carry no padding: do not pass attention_mask with them")
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        if len(shape) != 1:
-            raise ValueError(f"with cu_seqlens, input_ids must be 1-D (total_tokens,), got {tuple(shape)}")
-        T = shape[0]
-        device = self.embeddings.word_embeddings.weight.device
-        host_known = self._host_known(input_ids, token_type_ids, position_ids, cu_seqlens, device)
-        cu_seqlens, max_seqlen = self._check_packed(cu_seqlens, max_seqlen, T, input_ids, token_type_ids,
-                                                    position_ids, device=device, host_known=host_known)
-        if host_known:  # the tokenizer's packed output, checked on the host: copy, read nothing back
-            input_ids, token_type_ids, position_ids = (
-                t.to(device, non_blocking=True) if t is not None else None
-                for t in (input_ids, token_type_ids, position_ids))
-            backend = self._backend(device, output_attentions, output_hidden_states, head_mask)
-        seq_of_token, position = ops.padding.packed_positions(cu_seqlens, T)
-        if position_ids is None:
-            position_ids = position
-        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (T, H)
-        B = cu_seqlens.numel() - 1
-
+    def _encode_packed(self, embeddings, inputs, backend, seq_of_token, position, output_attentions,
+                       output_hidden_states, head_mask):
+        """Packed (T, H) embeddings through the encoder -> (T, H)."""
+        T, cu_seqlens, max_seqlen = inputs.shape[0], inputs.cu_seqlens, inputs.max_seqlen
         stay_packed = not output_hidden_states and (
             backend in ("triton", "cpu") or (backend == "torch" and self.config.unpad and not output_attentions
                                              and head_mask is None))
         if stay_packed:
-            # Every layer on real tokens only; on the PyTorch and cpu paths each layer's attention pads just
-            # Q/K/V (nothing when every sequence is max_seqlen long).
-            encoder_out = self.encoder(embeddings, _packed_batch(backend, cu_seqlens, max_seqlen, T))
-            sequence_output = encoder_out.last_hidden_state
-        else:  # the reference path works on the padded layout
-            mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
-            indices = seq_of_token * max_seqlen + position  # each token's place in the padded layout
-            padded = ops.pad_input(embeddings, indices, B, max_seqlen)
-            encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states,
-                                       head_mask)
-            flat = encoder_out.last_hidden_state.reshape(B * max_seqlen, -1)
-            sequence_output = flat.index_select(0, indices)
-        first = sequence_output[cu_seqlens[:-1].long().clamp(max=max(T - 1, 0))]
-        pooled = self.pooler(first) if self.pooler is not None else None
-        return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=encoder_out.hidden_states,
-            attentions=encoder_out.attentions, cu_seqlens=cu_seqlens,
-        )
-
-    def _check_length(self, seqlen):
-        cfg = self.config
-        if seqlen > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {seqlen} is longer than the model allows (max_position_embeddings="
-                f"{cfg.max_position_embeddings}); truncate the input (tokenizer truncation=True, max_length="
-                f"{cfg.max_position_embeddings})"
-            )
-
-    def _validate_host(self, *ids):
-        """_validate for ids in host memory (numpy views: nothing to read back)."""
-        for (name, limit), t in zip(self._id_limits(), ids):
-            if t is None:
-                continue
-            if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-                raise TypeError(f"{name} must be an integer tensor (torch.long), got {t.dtype}")
-            if t.numel():
-                a = t.numpy()
-                _check_id_range(name, limit, int(a.min()), int(a.max()))
-
-    def _id_limits(self):
-        cfg = self.config
-        return (("input_ids", cfg.vocab_size), ("token_type_ids", cfg.type_vocab_size),
-                ("position_ids", cfg.max_position_embeddings))
-
-    def _validate(self, input_ids, token_type_ids, position_ids, mask=None, cu_seqlens=None,
-                  additive=None) -> "_Facts":
-        """Clear errors instead of device-side asserts for ids outside the embedding tables, masks that are
-        not 0/1 and malformed cu_seqlens, plus what unpadding needs (real tokens, longest sequence): all in
-        ONE device->host read (a GPU sync), none while tracing, compiling or capturing a CUDA graph."""
-        checks = [(name, ids, limit) for (name, limit), ids in zip(self._id_limits(), (input_ids, token_type_ids,
-                                                                                      position_ids)) if ids is not None]
-        for name, ids, _ in checks:
-            if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-                raise TypeError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
-        if _tracing():
-            return _Facts(None, None)
-        parts, layout = [], []
-        for name, ids, limit in checks:
-            if ids.numel():
-                parts += list(torch.aminmax(ids))
-                layout.append((name, limit))
-        float_mask = mask is not None and mask.dtype.is_floating_point
-        if float_mask:
-            parts.append(((mask == 0) | (mask == 1)).all())
-        if additive is not None:  # HF's extended mask: 0 to attend, a large negative number (or -inf) not to
-            parts.append(((additive == 0) | (additive <= _MASKED)).all())
-        if mask is not None:
-            lens = mask.bool().sum(dim=1)
-            parts += [lens.sum(), lens.max() if lens.numel() else lens.sum()]
-        if cu_seqlens is not None:
-            lens = cu_seqlens[1:] - cu_seqlens[:-1]
-            parts += [cu_seqlens[0], cu_seqlens[-1], lens.min(), lens.max()]
-        if not parts:
-            return _Facts(None, None)
-        values = torch.stack([p.reshape(()).to(torch.int64) for p in parts]).tolist()  # the one host read
-        for i, (name, limit) in enumerate(layout):
-            _check_id_range(name, limit, values[2 * i], values[2 * i + 1])
-        rest = values[2 * len(layout):]
-        if float_mask:
-            if not rest.pop(0):
-                raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only")
-        if additive is not None and not rest.pop(0):
-            return _Facts(None, None, soft_bias=True)
-        if mask is not None:
-            return _Facts(rest[0], rest[1])
-        if cu_seqlens is not None:
-            return _Facts(None, None, cu=tuple(rest))
-        return _Facts(None, None)
-
-    @staticmethod
-    def _host_known(input_ids, token_type_ids, position_ids, cu_seqlens, device) -> bool:
-        """Packed inputs still in host memory for a model on a GPU: checked on the host, then copied."""
-        tensors = [t for t in (input_ids, token_type_ids, position_ids, cu_seqlens) if t is not None]
-        return device.type != "cpu" and input_ids is not None and all(t.device.type == "cpu" for t in tensors)
-
-    def _check_packed(self, cu_seqlens, max_seqlen, total, input_ids, token_type_ids, position_ids, device,
-                      host_known=False):
-        """Validate packed inputs; returns (cu_seqlens int32 on ``device``, max_seqlen). ``host_known``: every
-        input is in host memory (the tokenizer's packed output for a GPU model): checked there with numpy,
-        no device read; otherwise the checks take the forward's one device read."""
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must be 1-D with batch+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
-        if max_seqlen is not None and not isinstance(max_seqlen, torch.SymInt):  # a SymInt stays symbolic (export)
-            max_seqlen = int(max_seqlen)
-        if host_known:
-            cu = cu_seqlens.numpy()
-            lens = cu[1:] - cu[:-1]
-            bounds = (int(cu[0]), int(cu[-1]), int(lens.min()), int(lens.max()))
-            self._validate_host(input_ids, token_type_ids, position_ids)
-            cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True)
-        else:
-            cu_seqlens = cu_seqlens.to(torch.int32)
-            bounds = self._validate(input_ids, token_type_ids, position_ids, cu_seqlens=cu_seqlens).cu
-        if bounds is None:  # tracing: nothing read back
-            if max_seqlen is None:
-                raise ValueError("pass max_seqlen with cu_seqlens while tracing, compiling or capturing")
-        else:
-            first, last, shortest, longest = bounds
-            if first != 0 or shortest < 0 or last != total:
-                raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the number of tokens "
-                                 f"({total}); got start {first}, end {last}, shortest sequence {shortest}")
-            if max_seqlen is None:
-                max_seqlen = longest
-            elif max_seqlen < longest:
-                raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({longest})")
-        self._check_length(max_seqlen)
-        return cu_seqlens, max_seqlen
-
-
-def _packed_batch(backend, cu_seqlens, max_seqlen, total) -> Batch:
-    """The Batch of packed sequences: the Triton kernels read ``cu_seqlens`` directly; the PyTorch and cpu
-    paths' attention also needs the padded (B, max_seqlen) layout it pads Q/K/V into (none when every sequence
-    is max_seqlen long)."""
-    if backend == "triton":
-        ops.trust_cu_seqlens(cu_seqlens, total, max_seqlen)
-        return Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-    B = cu_seqlens.numel() - 1
-    if not _tracing() and cu_seqlens.device.type == "cpu":  # lengths on the host: read for free
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-        groups = _length_groups(lengths)
-        if len(groups) > 1:
-            batch = _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups)
-        elif total == B * max_seqlen:
-            batch = Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                          groups=[AttentionGroup(None, None, B, max_seqlen, None)])
-        else:
-            batch = None
-        if batch is not None:
-            return _bucket_rows(batch, total) if backend == "cpu" else batch
-    # One group, by elementwise index arithmetic only (no sort, no host read: traced graphs, ONNX, CUDA).
-    seq, position = ops.padding.packed_positions(cu_seqlens, total)
-    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    group = _attention_group(starts, lengths, max_seqlen, total)._replace(real=seq * max_seqlen + position)
-    batch = Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=[group])
-    return _bucket_rows(batch, total) if backend == "cpu" else batch
-
-
-def _bucket_rows(batch: Batch, total: int) -> Batch:
-    """Round the cpu path's rows up to a bucket (8 per octave, multiples of 16: at most 1/8 more rows): the
-    attention output is gathered straight into the bucketed rows, the extra ones copying token 0."""
-    rows = -(-total // 16) * 16 if total < 256 else -(-total // (1 << (total.bit_length() - 4))) << (
-        total.bit_length() - 4)
-    if rows == total:
-        return batch
-    extra = torch.zeros(rows - total, dtype=torch.long)
-    if batch.restore is not None:
-        batch.restore = torch.cat([batch.restore, extra])
-    else:
-        g = batch.groups[0]
-        real = g.real if g.real is not None else torch.arange(g.n * g.S)
-        batch.groups = [g._replace(real=torch.cat([real.to(torch.long), extra]))]
-    batch.rows = rows
-    return batch
-
-
-def _attention_group(starts, lengths, S, total) -> AttentionGroup:
-    """The padded (n, S) layout of the sequences at packed ``starts`` with ``lengths`` (``real`` left to the
-    caller)."""
-    pos = torch.arange(S, device=starts.device)
-    gather = (starts[:, None] + torch.minimum(pos[None, :], (lengths - 1).clamp(min=0)[:, None])).reshape(-1)
-    mask = (pos[None, :] < lengths[:, None])[:, None, None, :]  # (n, 1, 1, S)
-    return AttentionGroup(gather.clamp(max=max(total - 1, 0)), mask, starts.numel(), S, None)
-
-
-def _length_groups(lengths: List[int], ratio: float = 0.75, most: int = 8) -> List[List[int]]:
-    """Sequences (their indices) grouped for padded attention, whose cost grows with n * S^2: longest first, a
-    new group when a sequence is shorter than ``ratio`` times its group's longest (at most ``most`` groups).
-    A batch sorted by length (``SentenceEncoder.encode``'s) stays one group; a server's first-come batch of
-    mixed lengths splits, so a short text is not padded to the longest."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups = []
-    for i in order:
-        if groups and (lengths[i] >= ratio * lengths[groups[-1][0]] or len(groups) == most):
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups) -> Batch:
-    """A Batch whose attention runs per group of similar lengths (host-side index building: CPU tensors)."""
-    cu = cu_seqlens.long()
-    total = int(cu[-1])
-    attention_groups, token_order = [], []
-    for members in groups:
-        idx = torch.tensor(members)
-        lens = torch.tensor([lengths[i] for i in members])
-        S = int(lens[0])
-        group = _attention_group(cu[idx], lens, S, total)
-        if bool((lens == S).all()):
-            group = group._replace(mask=None)
-        real = (torch.arange(len(members))[:, None] * S + torch.arange(S)[None, :])[
-            torch.arange(S)[None, :] < lens[:, None]]
-        attention_groups.append(group._replace(real=real))
-        token_order += [torch.arange(int(cu[i]), int(cu[i + 1])) for i in members]
-    order = torch.cat(token_order)
-    restore = torch.empty_like(order)
-    restore[order] = torch.arange(order.numel())
-    return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=attention_groups, restore=restore)
-
-
-def _check_id_range(name, limit, lo, hi):
-    if lo < 0 or hi >= limit:
-        raise ValueError(
-            f"{name} holds ids outside [0, {limit - 1}] (found min {lo}, max {hi}): the ids do not "
-            f"match this model's {'vocabulary' if name == 'input_ids' else name} (size {limit}); "
-            "was the text tokenized with this model's tokenizer?"
-        )
-
-
-class _Facts:
-    """What one forward learned from its single host read: real tokens and longest sequence of a padded
-    batch's mask, or cu_seqlens' (first, last, shortest, longest); None when nothing was read (tracing)."""
-
-    def __init__(self, total, max_seqlen, cu=None, soft_bias=False):
-        self.total, self.max_seqlen, self.cu, self.soft_bias = total, max_seqlen, cu, soft_bias
-
-
-def _tracing() -> bool:
-    """True while jit.trace / torch.compile / export trace, or a CUDA graph is captured: no host reads then."""
-    return torch.jit.is_tracing() or _capturing()
-
-
-def _capturing() -> bool:
-    """No host-side checks while torch.compile traces or a CUDA graph is captured."""
-    if torch.compiler.is_compiling():
-        return True
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-_MASKED = -1e4  # an additive mask value at or below this masks the key (HF: finfo(dtype).min, or -inf)
-
-
-def _check_mask(attention_mask, shape, ref):
-    """(key-padding mask (B, S) bool or None, general mask or None), as Hugging Face reads ``attention_mask``:
-
-    - (B, S): 1/True for a real token, 0/False for padding;
-    - (B, 1, 1, S): HF's extended key-padding mask, bool (True = attend) or additive float (0 = attend, a large
-      negative number or -inf = masked; another value makes it a general bias);
-    - (B, S, S): a 0/1 (or bool) mask per query and key, as HF extends it ([:, None, :, :]);
-    - (B, 1 or heads, S, S): used as given, bool (True = attend) or additive float.
-    General masks run on the PyTorch path.
-    """
-    if attention_mask is None:
-        return None, None
-    B, S = shape
-    dims = tuple(attention_mask.shape)
-    if attention_mask.device != ref.device:
-        raise ValueError(f"attention_mask is on {attention_mask.device} but the inputs are on {ref.device}")
-    if dims == (B, S):
-        return attention_mask.bool(), None  # its values are checked with the other inputs (BertModel._validate)
-    if dims == (B, 1, 1, S):
-        if attention_mask.dtype == torch.bool:
-            return attention_mask[:, 0, 0, :], None
-        if attention_mask.dtype.is_floating_point:
-            return attention_mask[:, 0, 0, :] == 0, None
-        raise TypeError(
-            f"attention_mask of shape {dims} has dtype {attention_mask.dtype}: an extended (batch, 1, 1, seqlen) mask "
-            "is bool (True = attend) or additive float (0 = attend, large negative = masked), as Hugging Face reads "
-            "it (its SDPA path rejects integer ones, its eager path adds them to the scores). Pass the (batch, seqlen) "
-            "0/1 mask, or mask.bool()")
-    elif dims == (B, S, S):
-        return None, attention_mask[:, None].bool()
-    elif len(dims) == 4 and dims[0] == B and dims[2:] == (S, S):
-        return None, attention_mask if attention_mask.dtype in (torch.bool,) or \
-            attention_mask.dtype.is_floating_point else attention_mask.bool()
-    raise ValueError(
-        f"attention_mask has shape {dims} but input_ids has shape {(B, S)}; pass a (batch, seqlen) mask with 1 for "
-        "real tokens and 0 for padding, HF's extended (batch, 1, 1, seqlen) mask, or a (batch, seqlen, seqlen) / "
-        "(batch, 1 or heads, seqlen, seqlen) mask"
-    )
+            encoder_out = self.encoder(embeddings, packed_batch(backend, cu_seqlens, max_seqlen, T))
+            return encoder_out.last_hidden_state, encoder_out
+        # the reference path (attention probabilities, per-layer hidden states) works on the padded layout
+        B = cu_seqlens.numel() - 1
+        mask = ops.padding.cu_seqlens_to_mask(cu_seqlens, max_seqlen)
+        indices = seq_of_token * max_seqlen + position  # each token's place in the padded layout
+        padded = ops.pad_input(embeddings, indices, B, max_seqlen)
+        encoder_out = self.encoder(padded, Batch(backend, mask=mask), output_attentions, output_hidden_states,
+                                   head_mask)
+        flat = encoder_out.last_hidden_state.reshape(B * max_seqlen, -1)
+        return flat.index_select(0, indices), encoder_out
 
 
 def _plain_linear(*modules) -> bool:
     """True when every module is a plain nn.Linear, whose weights the fused Triton path may read directly;
     False for adapters (PEFT's LoRA wraps the Linear), which must run as modules."""
     return all(type(m) is nn.Linear for m in modules)
-
-
-def _reject_unsupported(kwargs):
-    kwargs = {k: v for k, v in kwargs.items() if v is not None and v is not False}
-    for name in ("encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache", "use_cache"):
-        if name in kwargs:
-            raise NotImplementedError(f"{name}: fastbert is an encoder-only BERT (no decoder / cross-attention)")
-    if kwargs:
-        raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1034,7 +676,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
 
 def _check_labels(labels, num_labels, ignore_index=-100):
-    if labels.numel() == 0 or _capturing():
+    if labels.numel() == 0 or capturing():
         return
     valid = (labels == ignore_index) | ((labels >= 0) & (labels < num_labels))
     if not bool(valid.all()):

@@ -49,6 +49,12 @@ def _pair(hidden_act="gelu"):
     return ours, theirs
 
 
+def _inputs(model, ids):
+    from fastbert.model_inputs import check_inputs
+
+    return check_inputs(model.config, torch.device("cpu"), ids)
+
+
 def _padded(lengths, S, vocab=97, types=3):
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     B = len(lengths)
@@ -65,7 +71,7 @@ def test_cpu_backend_matches_transformers(hidden_act, lengths, S):
     ids, mask, tt = _padded(lengths, S)
     with torch.no_grad():
         want = theirs(input_ids=ids, attention_mask=mask, token_type_ids=tt)
-        assert ours._backend(ids.device, False, False, None) == "cpu"
+        assert ours._backend(_inputs(ours, ids), False, False, None) == "cpu"
         got = ours(input_ids=ids, attention_mask=mask, token_type_ids=tt)
         real = mask.bool()
         torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], rtol=1e-5, atol=2e-5)
@@ -91,14 +97,15 @@ def test_cpu_backend_bf16_close_to_fp32():
 def test_when_the_cpu_backend_runs():
     ours, _ = _pair()
     dev = torch.device("cpu")
+    batch = _inputs(ours, torch.tensor([[1, 2, 3]]))
     with torch.no_grad():
-        assert ours._backend(dev, False, False, None) == "cpu"
-        assert ours._backend(dev, True, False, None) == "torch"  # attention probabilities: explicit softmax
-        assert ours._backend(dev, False, True, None) == "torch"  # per-layer hidden states: padded layout
+        assert ours._backend(batch, False, False, None) == "cpu"
+        assert ours._backend(batch, True, False, None) == "torch"  # attention probabilities: explicit softmax
+        assert ours._backend(batch, False, True, None) == "torch"  # per-layer hidden states: padded layout
         ours.train()
-        assert ours._backend(dev, False, False, None) == "torch"  # dropout
+        assert ours._backend(batch, False, False, None) == "torch"  # dropout
         ours.eval()
-    assert ours._backend(dev, False, False, None) == "torch"  # gradients on: oneDNN's fused ops have none
+    assert ours._backend(batch, False, False, None) == "torch"  # gradients on: oneDNN's fused ops have none
     assert resolve_backend(ours.config, dev) == "torch"
     assert resolve_backend(ours.config, dev, inference=True) == "cpu"
     ours.config.backend = "cpu"
@@ -178,19 +185,19 @@ def test_bad_dtype_raises(minilm_dir):
         SentenceEncoder(minilm_dir, device="cpu", dtype="float8")
 
 
-def test_mixed_lengths_attend_in_length_groups():
+def test_mixed_lengths_attend_inlength_groups():
     """A first-come batch of mixed lengths (a server's) runs attention per group of similar lengths, so short
     texts are not padded to the longest; the result is still transformers'."""
-    from fastbert.modeling_bert import _length_groups, _packed_batch
+    from fastbert.packing import length_groups, packed_batch
 
-    assert _length_groups([10, 10, 9, 8]) == [[0, 1, 2, 3]]  # a length-sorted batch stays one group
-    assert _length_groups([2, 40, 31, 29, 5, 4]) == [[1, 2], [3], [4, 5], [0]]
-    assert len(_length_groups(list(range(1, 200)))) == 8  # at most 8
+    assert length_groups([10, 10, 9, 8]) == [[0, 1, 2, 3]]  # a length-sorted batch stays one group
+    assert length_groups([2, 40, 31, 29, 5, 4]) == [[1, 2], [3], [4, 5], [0]]
+    assert len(length_groups(list(range(1, 200)))) == 8  # at most 8
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     lengths = torch.randint(1, 40, (11,), generator=gen).tolist()
     lengths[3] = 39
     cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
-    assert len(_packed_batch("cpu", cu, 39, sum(lengths)).groups) == len(_length_groups(lengths)) > 1
+    assert len(packed_batch("cpu", cu, 39, sum(lengths)).groups) == len(length_groups(lengths)) > 1
     ours, theirs = _pair()
     ids, mask, tt = _padded(lengths, 39)
     real = mask.bool()

@@ -15,6 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import HAS_CUDA
+import fastbert.model_inputs
 from fastbert import BertConfig, BertModel
 
 # The counter runs the model on CPU tensors under the Triton interpreter; on a GPU machine (no interpreter)
@@ -177,7 +178,7 @@ def test_packed_host_known_inputs_read_nothing(model, monkeypatch):
     cu = torch.tensor([0, 5, 12, 13], dtype=torch.int32)
     ids = torch.randint(0, 120, (13,))
     model.eval()
-    monkeypatch.setattr(BertModel, "_host_known", staticmethod(lambda *args: True))
+    monkeypatch.setattr(fastbert.model_inputs, "host_known", lambda *args: True)
     with pytest.raises(ValueError, match="input_ids holds ids outside"):
         model(input_ids=torch.full((13,), 500), cu_seqlens=cu, max_seqlen=7)
     with torch.no_grad(), HostReads(host_known=(cu, ids)).patched() as counter:
