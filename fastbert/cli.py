@@ -14,7 +14,8 @@ import sys
 TABLE_MAX = 10  # more texts than this: a summary instead of the full similarity table
 
 
-def _positive_int(text):
+def positive_int(text):
+    """argparse type for a count (shared by every fastbert command)."""
     try:
         value = int(text)
     except ValueError:
@@ -37,13 +38,13 @@ def _encode_parser(sub):
                    help="model precision (default auto: bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, float32 on "
                         "other CPUs, float16 on a GPU; int8 is refused, with the measurements: docs/cpu.md)")
     p.add_argument("--backend", choices=["auto", "torch", "triton", "cpu"], default="auto")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for the model (default: OMP_NUM_THREADS, else one per physical core)")
-    p.add_argument("--max-length", type=_positive_int, default=None,
+    p.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate texts to this many tokens (default: the model's max_seq_length)")
     p.add_argument("--no-normalize", action="store_true", help="skip the pipeline's Normalize module")
-    p.add_argument("--dims", type=_positive_int, default=8, help="embedding components printed per text")
+    p.add_argument("--dims", type=positive_int, default=8, help="embedding components printed per text")
     p.add_argument("--output", help="save the embeddings: .npy, .jsonl (one list per line) or .csv")
     p.add_argument("--no-table", action="store_true", help="print no similarity table")
     c = p.add_argument_group("a corpus to Parquet (fastbert.corpus; needs pyarrow: pip install 'fastbert[corpus]')")
@@ -54,16 +55,16 @@ def _encode_parser(sub):
     c.add_argument("--id-field", help="a field copied to the output's 'id' column (default: the input position, "
                                       "always in 'row')")
     c.add_argument("--keep-fields", metavar="A,B", help="fields copied to the output as they are")
-    c.add_argument("--shard-size", type=_positive_int, default=10_000, help="input rows per Parquet shard")
+    c.add_argument("--shard-size", type=positive_int, default=10_000, help="input rows per Parquet shard")
     c.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                    help="a bad record (malformed, no text, undecodable): stop naming it, or skip it and count it in "
                         "the manifest")
     c.add_argument("--overwrite", action="store_true", help="start again in an --output that holds another job")
     c.add_argument("--engine", choices=["local", "ray"], default="local", help="run here, or on Ray Data")
     c.add_argument("--ray-address", help="a Ray cluster to join (default: start a local Ray)")
-    c.add_argument("--ray-workers", type=_positive_int, help="encoder actors (default: one per GPU, else one per "
+    c.add_argument("--ray-workers", type=positive_int, help="encoder actors (default: one per GPU, else one per "
                                                               "--ray-cpus-per-worker CPUs)")
-    c.add_argument("--ray-cpus-per-worker", type=_positive_int, help="CPUs per encoder actor (default: 4, at most "
+    c.add_argument("--ray-cpus-per-worker", type=positive_int, help="CPUs per encoder actor (default: 4, at most "
                                                                       "the cluster's)")
     return p
 

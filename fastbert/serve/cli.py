@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 
+from ..cli import positive_int
+
 DESCRIPTION = """An embedding server for a sentence-transformers / BERT directory: OpenAI's POST /v1/embeddings,
 TEI's POST /embed and POST /tokenize, GET /health, /info and /metrics (Prometheus). SIGTERM or Ctrl-C: stops
 accepting, finishes every admitted request, exits 0.
@@ -17,16 +19,6 @@ accepting, finishes every admitted request, exits 0.
 """
 MISSING_EXTRA = ("fastbert serve needs the 'serve' extra (uvicorn, starlette, prometheus-client): "
                  "pip install 'fastbert[serve]'")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser(parser=None):
@@ -46,19 +38,19 @@ def build_parser(parser=None):
     p.add_argument("--api-key", default=os.environ.get("FASTBERT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every route but /health and /metrics (default: "
                         "$FASTBERT_API_KEY, which keeps the key out of the process list; else no key)")
-    p.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
+    p.add_argument("--max-batch-tokens", type=positive_int, default=16384,
                    help="token budget of one model batch (packed: no padding); queued inputs are batched up to it, "
                         "and a request with more tokens is split over several batches (default 16384)")
-    p.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
+    p.add_argument("--max-concurrent-requests", type=positive_int, default=512,
                    help="inputs admitted at once (queued or running); a request that would pass it gets 429 at "
                         "once (default 512)")
-    p.add_argument("--max-client-batch-size", type=_positive_int, default=256,
+    p.add_argument("--max-client-batch-size", type=positive_int, default=256,
                    help="inputs per request; more gets 413 (default 256)")
-    p.add_argument("--payload-limit", type=_positive_int, default=2_000_000,
+    p.add_argument("--payload-limit", type=positive_int, default=2_000_000,
                    help="request body size in bytes; more gets 413 (default 2000000)")
-    p.add_argument("--tokenization-workers", type=_positive_int, default=2,
+    p.add_argument("--tokenization-workers", type=positive_int, default=2,
                    help="threads tokenizing requests (default 2)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for the model (default: OMP_NUM_THREADS, else one per physical core)")
     p.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin browser requests from ORIGIN (repeatable; default: no CORS headers)")
