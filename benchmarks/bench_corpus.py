@@ -58,8 +58,13 @@ def throughput(n_texts=2000, rounds=3, batch_size=32, shard_sizes=(500,), dtype=
             t = pads.dataset(str(work / "out"), format="parquet").to_table()
             got = t.column("embedding").combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
             diff = float(np.abs(got - want).max())
-            if t.column("row").to_pylist() != list(range(len(texts))) or diff > 1e-4:
-                raise AssertionError(f"shard size {s}: the job's output differs from encode's (max {diff}): not timing")
+            min_cos = float((got * want).sum(1).min())  # both L2-normalised
+            # fp32: the same numbers; bf16: a batch's rows go through oneDNN kernels picked by the batch's
+            # shape, so a text batched with other neighbours rounds differently (cosine, not bits)
+            ok = diff <= 1e-4 if enc.model.dtype == torch.float32 else min_cos >= 0.9999
+            if t.column("row").to_pylist() != list(range(len(texts))) or not ok:
+                raise AssertionError(f"shard size {s}: the job's output differs from encode's "
+                                     f"(max abs {diff:.2e}, min cos {min_cos:.6f}): not timing")
         calls = {"encode": lambda: enc.encode(texts, batch_size=batch_size)}
         calls.update({f"corpus_shard{s}": (lambda s=s: job(s, work / "out")) for s in shard_sizes})
         times = {k: [] for k in calls}
