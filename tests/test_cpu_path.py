@@ -8,6 +8,7 @@ import torch
 import fastbert
 from fastbert import hardware, ops
 from fastbert.modeling_bert import resolve_backend
+from hf_twin import hf_twin
 
 pytestmark = pytest.mark.skipif(not ops.cpu.fused_linear_available(), reason="this torch build has no oneDNN")
 
@@ -38,15 +39,10 @@ CFG = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermedi
 
 
 def _pair(hidden_act="gelu"):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(torch.seed() % 2**31)
     config = fastbert.BertConfig(**CFG, hidden_act=hidden_act)
     ours = fastbert.BertModel(config).eval()
-    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k not in ("backend", "unpad")})
-    hf_config._attn_implementation = "eager"
-    theirs = transformers.BertModel(hf_config).eval()
-    theirs.load_state_dict(ours.state_dict(), strict=False)
-    return ours, theirs
+    return ours, hf_twin(ours)
 
 
 def _inputs(model, ids):

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
-import transformers
 
 import fastbert
 from conftest import HAS_CUDA
+from hf_twin import hf_twin
 from fastbert._warnings import WARNED as _WARNED
 
 CFG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=99,
@@ -21,11 +21,7 @@ def _pair(backend="torch", **cfg):
         pytest.skip("CPU models on the Triton backend need the interpreter (CPU machines)")
     config = fastbert.BertConfig(**{**CFG, **cfg}, backend=backend)
     ours = fastbert.BertModel(config).eval()
-    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k not in ("backend", "unpad")})
-    hf_config._attn_implementation = "eager"
-    theirs = transformers.BertModel(hf_config).eval()
-    theirs.load_state_dict(ours.state_dict(), strict=False)
-    return ours, theirs
+    return ours, hf_twin(ours)
 
 
 def _key_mask(B=3, S=9):

@@ -5,9 +5,9 @@ inputs with padding, every head: outputs, losses and every parameter gradient.
 """
 import pytest
 import torch
-import transformers
 
 import fastbert
+from hf_twin import hf_twin
 
 HEADS = [
     "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
@@ -28,13 +28,7 @@ def make_pair(head, cfg, **extra):
     torch.manual_seed(torch.seed() % 2**31)  # fresh weights every run
     config = fastbert.BertConfig(**cfg, **extra)
     ours = getattr(fastbert, head)(config).eval()
-    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k not in ("backend", "unpad")})
-    hf_config._attn_implementation = "eager"
-    theirs = getattr(transformers, head)(hf_config).eval()
-    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
-    assert not unexpected, unexpected
-    assert not [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))], missing
-    return ours, theirs
+    return ours, hf_twin(ours, head)
 
 
 def make_inputs(head, cfg, batch, seqlen, num_labels=2):
