@@ -174,8 +174,9 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
     result = {"texts": len(texts), "chars": sum(map(len, texts)), "clients": clients,
               "client_processes": client_procs, "rounds": rounds,
               "device": "cpu", "dtype": dtype,
-              "note": "loopback; the load generator shares the CPU with the server; a shared machine (other "
-                      "engineers' jobs ran at the same time): noisy. Providers timed round-robin, medians reported"}
+              "note": "loopback: the load generator shares the CPU with the server. Providers timed round-robin, "
+                      "medians reported"}
+    load_before = os.getloadavg()[0]
     reference = encoder.encode(texts[:64], batch_size=32)
 
     # Both servers up for the whole run; each round times the three providers one after the other, so that a
@@ -202,6 +203,7 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
 
         for name in urls:  # warm-up
             http_round(name, texts[:clients])
+        busy0 = _metric(urls["fastbert_serve"], "fastbert_inference_duration_seconds_sum")
         batches0 = _metric(urls["fastbert_serve"], "fastbert_batch_size_count")
         inputs0 = _metric(urls["fastbert_serve"], "fastbert_batch_size_sum")
         runs = {"in_process_encode": [], **{name: [] for name in urls}}
@@ -224,6 +226,7 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
                                              f"{cos.min():.6f})")
         batches = _metric(urls["fastbert_serve"], "fastbert_batch_size_count") - batches0
         inputs = _metric(urls["fastbert_serve"], "fastbert_batch_size_sum") - inputs0
+        model_seconds = _metric(urls["fastbert_serve"], "fastbert_inference_duration_seconds_sum") - busy0
     finally:
         exit_codes = {name: _stop(proc) for name, proc in procs.items()}
         if pool is not None:
@@ -246,12 +249,25 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
     result["in_process_encode"]["batch_size"] = 32
     result["fastbert_serve"].update({
         "batches": int(batches), "mean_batch_size": round(inputs / max(batches, 1), 2),
+        # the model thread's share of the wall time (near 1: the server is model-bound, and what is missing
+        # against in-process encode is the model's own speed with fewer cores free and smaller batches)
+        "model_busy": round(model_seconds / sum(s for s, _ in runs["fastbert_serve"]), 3),
         "min_cosine_vs_encode": float(cos.min()), "exit_code_after_sigterm": exit_codes["fastbert_serve"],
         "command": "fastbert serve " + " ".join(serve_cmd[3:])})
     if naive:
         result["naive_sentence_transformers_server"]["how"] = (
             "Starlette + uvicorn, SentenceTransformer.encode([text]) per request on Starlette's thread pool (a "
             "sync FastAPI endpoint), fp32")
+    load_after = os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0))
+    result["load_avg"] = [round(load_before, 2), round(load_after, 2)]
+    if load_before > 0.5 * cores:
+        result["note"] += (f"; load average {load_before:.1f} on {cores} cores before the run: other jobs shared "
+                           "the machine, the numbers are noisy")
+    # CPU per text, in-process over the server's: how much of the model's work the server's own overhead
+    # (HTTP, JSON, base64, tokenization handoff, smaller batches) adds, whatever the load generator costs
+    result["encode_cpu_over_serve_cpu"] = round(result["in_process_encode"]["cpu_ms_per_text"] /
+                                                result["fastbert_serve"]["cpu_ms_per_text"], 3)
     result["serve_over_encode"] = round(result["fastbert_serve"]["texts_per_s"] /
                                         result["in_process_encode"]["texts_per_s"], 3)
     env = environment(torch.device("cpu"))
