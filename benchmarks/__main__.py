@@ -27,6 +27,7 @@ import torch
 from . import common
 from .common import (corpus_lengths, environment, fixed_lengths, hardware_line, padded_fraction_lengths,
                      uniform_lengths)
+from .timer import time_calls, time_op, time_round_robin
 
 # In a source checkout the results go beside the benchmarks (benchmarks/results/, committed); an installed
 # fastbert writes them under the current directory, never into site-packages.
@@ -322,7 +323,8 @@ def _measure(section, model_name, dtype_name, w, inputs, built, ref, base_err, d
         # 2. time it
         common.reset_peak_memory(device)
         with _grad_mode(training):
-            stats = common.time_calls(built.fn, inputs, device, warmup, reps, min_s, max_s)
+            stats = time_calls(built.fn, device, inputs, warmup=warmup, reps=reps, min_s=min_s, max_s=max_s,
+                               host=True)
         peak = common.peak_memory_mb(device)
     except P.Skip as e:
         return _row(section, model_name, dtype_name, w, inputs, built.name, status="skipped", reason=str(e))
@@ -340,12 +342,12 @@ def _grad_mode(training):
 
 def _ok_row(section, model_name, dtype_name, w, inputs, built, stats, peak, device, check, check_str):
     real = sum(sum(x["lengths"]) for x in inputs) / len(inputs)
-    return _row(section, model_name, dtype_name, w, inputs, built.name, median_ms=stats["median_ms"],
-                p90_ms=stats["p90_ms"], min_ms=stats["min_ms"], n_calls=stats["n"],
-                tokens_per_s=real / (stats["median_ms"] / 1e3), peak_mem_mb=peak,
+    times_ms, every = stats.kept()
+    return _row(section, model_name, dtype_name, w, inputs, built.name, median_ms=stats.median_ms,
+                p90_ms=stats.p90_ms, min_ms=stats.min_ms, n_calls=stats.n,
+                tokens_per_s=real / (stats.median_ms / 1e3), peak_mem_mb=peak,
                 memory_kind=common.memory_kind(device), check=check_str, check_detail=check,
-                notes=built.notes, times_ms=stats["times_ms"], times_kept_every=stats["times_kept_every"],
-                host_ms=stats.get("host_ms"))
+                notes=built.notes, times_ms=times_ms, times_kept_every=every, host_ms=stats.host_ms)
 
 
 def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref, base_err, dtype, amp, training,
@@ -370,7 +372,8 @@ def _measure_interleaved(section, model_name, dtype_name, w, inputs, ready, ref,
     if not passing:
         return rows
     with _grad_mode(training):
-        stats = common.time_interleaved({n: b.fn for n, b in passing.items()}, inputs, warmup, reps, max_s)
+        stats = time_round_robin({n: b.fn for n, b in passing.items()}, device, inputs, warmup=warmup, reps=reps,
+                                 max_s=max_s)
         for name, built in passing.items():
             common.reset_peak_memory(device)
             built.fn(inputs[0])
@@ -430,11 +433,9 @@ def copy_bandwidth(device) -> Optional[Dict]:
 
 
 def _copy_ms(device, nbytes) -> float:
-    import triton.testing
-
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return time_op(lambda: dst.copy_(src), device).median_ms
 
 
 def run_ops(device, log, out: Optional[Dict] = None, flush=lambda: None) -> Dict:
