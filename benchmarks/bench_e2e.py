@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from fastbert.benchmarks import providers as P
-from fastbert.benchmarks.__main__ import W, _train_check_values, _train_errors
+from fastbert.benchmarks.plan import W
+from fastbert.benchmarks.runner import _train_check_values, _train_errors
 from fastbert.benchmarks.timer import synced
 
 CUDA = torch.cuda.is_available()
