@@ -14,10 +14,10 @@ Two parts:
 
 Modes: ``forward`` (inference: no grad), ``backward`` (dq, dk, dv from a saved graph) and ``full`` (both).
 FLOPs: forward 4 * B * H * S^2 * D (non-causal), backward 2.5x that, full 3.5x. Times: medians with 20th/80th
-percentiles from ``triton.testing.do_bench`` on CUDA. Before timing, fastbert's output and dq, dk, dv are checked
-against a float64 reference (error at most 2x SDPA's for the output, 3x for gradients, plus a floor), padded and
-packed: a wrong kernel is never timed. On CPU only SDPA is
-timed (wall clock; the Triton interpreter is not a speed measurement).
+percentiles of ``timer.time_op`` (CUDA events, L2 flushed before every call) on CUDA. Before timing,
+fastbert's output and dq, dk, dv are checked against a float64 reference (error at most 2x SDPA's for the
+output, 3x for gradients, plus a floor), padded and packed: a wrong kernel is never timed. On CPU only SDPA
+is timed (wall clock; the Triton interpreter is not a speed measurement).
 
     python -m pytest benchmarks/bench_attention.py -o addopts=""      # pytest-benchmark
     python -c "import fastbert.benchmarks.bench_attention as b, torch; print(b.run(torch.device('cuda')))"
@@ -29,7 +29,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbert.benchmarks.common import check_against_reference, op_time_ms
+from fastbert.benchmarks.common import check_against_reference
+from fastbert.benchmarks.timer import synced, time_op
 from fastbert.ops import attention
 
 HEADS, HEAD_DIM = 12, 64
@@ -152,7 +153,7 @@ def _measure(row, provider, mode, device, flops, **call):
         with _backend_ctx(provider):
             fn = make_call(provider, mode, **call)
             fn()  # a backend that cannot run this case says so here
-            med, p20, p80 = op_time_ms(fn, device)
+            t = time_op(fn, device)
     except RuntimeError as e:
         if provider.startswith("sdpa-"):
             return {**row, "status": "unsupported", "reason": str(e).splitlines()[0][:200]}
@@ -160,8 +161,8 @@ def _measure(row, provider, mode, device, flops, **call):
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return {**row, "status": "ok", "median_ms": med, "p20_ms": p20, "p80_ms": p80,
-            "TFLOP/s": flops * FLOP_FACTOR[mode] / (med * 1e-3) / 1e12}
+    return {**row, "status": "ok", "median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms,
+            "TFLOP/s": flops * FLOP_FACTOR[mode] / (t.median_ms * 1e-3) / 1e12}
 
 
 def run_dense(device):
@@ -260,18 +261,8 @@ def test_attention_speed(benchmark, provider, mode, masked, seqlen):
             fn()
         except RuntimeError as e:
             pytest.skip(f"{provider} does not run this case: {str(e).splitlines()[0][:200]}")
-
-        def synced():
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
         flops = 4.0 * batch * HEADS * seqlen * seqlen * HEAD_DIM * FLOP_FACTOR[mode]
         benchmark.extra_info.update(batch=batch, seqlen=seqlen, heads=HEADS, head_dim=HEAD_DIM,
                                     dtype=_dtype_name(dtype), provider=provider, mode=mode, masked=masked,
                                     flops=flops)
-        if device.type == "cuda":
-            med, p20, p80 = op_time_ms(fn, device)
-            benchmark.extra_info.update(do_bench_median_ms=med, do_bench_p20_ms=p20, do_bench_p80_ms=p80,
-                                        tflops=flops / (med * 1e-3) / 1e12)
-        benchmark.pedantic(synced, rounds=10, warmup_rounds=2)
+        benchmark.pedantic(synced(fn, device), rounds=10, warmup_rounds=2)

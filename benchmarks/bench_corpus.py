@@ -2,12 +2,13 @@
 ``SentenceEncoder.encode`` on the same texts with the same encoder, and the job's peak memory at 1M lines.
 
 Throughput. Texts: paragraphs of the plain-text documents under /usr/share/doc (what bench_encode uses),
-written one per line to a .txt file. Timed round-robin (one call each per round, so a drifting machine load
-falls on both): ``encode(texts)`` (texts already in memory, embeddings returned as numpy), and
-``encode_corpus([file], fresh_folder)`` (planning pass, reading, tokenizing, the model, Parquet shards
-written and renamed, manifest), both on one loaded ``SentenceEncoder``. Before timing, the job's vectors are
-checked against ``encode``'s (max abs difference <= 1e-4, else nothing is timed). The ratio is job texts/s
-over encode texts/s in the same round; the headline is the median of those paired ratios.
+written one per line to a .txt file. Timed round-robin by ``timer.time_round_robin`` (one call each per
+round, the order rotating, so a drifting machine load falls on both): ``encode(texts)`` (texts already in
+memory, embeddings returned as numpy), and ``encode_corpus([file], fresh_folder)`` (planning pass, reading,
+tokenizing, the model, Parquet shards written and renamed, manifest), both on one loaded
+``SentenceEncoder``. Before timing, the job's vectors are checked against ``encode``'s (max abs difference
+<= 1e-4, else nothing is timed). The ratio is job texts/s over encode texts/s in the same round;
+the headline is the median of those paired ratios.
 
 Memory. ``--rss-lines N,...``: a fresh process per size runs the job on N short lines with a tiny random BERT
 (hidden 32, 1 layer, MiniLM's vocabulary and pipeline; the model is not the point: what grows with the corpus
@@ -19,6 +20,7 @@ the model adds. These processes run one torch thread (``OMP_NUM_THREADS=1``: mem
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from fastbert.benchmarks.common import _corpus_paragraphs, environment
+from fastbert.benchmarks.timer import time_round_robin
 
 
 def throughput(n_texts=2000, rounds=3, batch_size=32, shard_sizes=(500,), dtype=None, model_dir=None):
@@ -67,13 +70,9 @@ def throughput(n_texts=2000, rounds=3, batch_size=32, shard_sizes=(500,), dtype=
                                      f"(max abs {diff:.2e}, min cos {min_cos:.6f}): not timing")
         calls = {"encode": lambda: enc.encode(texts, batch_size=batch_size)}
         calls.update({f"corpus_shard{s}": (lambda s=s: job(s, work / "out")) for s in shard_sizes})
-        times = {k: [] for k in calls}
-        for _ in range(rounds):
-            for name, fn in calls.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        timings = time_round_robin(calls, warmup=0, reps=rounds, max_s=math.inf)  # every call ends on the host
+        times = {k: [t / 1e3 for t in v.times_ms] for k, v in timings.items()}
+        med = {k: v.median_ms / 1e3 for k, v in timings.items()}
         ratios = {k: [a / b for a, b in zip(times["encode"], v)] for k, v in times.items() if k != "encode"}
         return {"texts": len(texts), "chars": sum(map(len, texts)), "batch_size": batch_size,
                 "dtype": str(enc.model.dtype), "seconds": times,

@@ -9,11 +9,15 @@ shapes in fp32, PyTorch providers only. Each provider is checked against Hugging
 it is timed; every timed call ends with a device synchronisation. For the full matrix with tables, JSON and
 plots use the runner: ``python -m benchmarks``.
 """
+import itertools
+
 import pytest
 import torch
 
 from fastbert.benchmarks import providers as P
-from fastbert.benchmarks.__main__ import W, _train_check_values, _train_errors
+from fastbert.benchmarks.plan import W
+from fastbert.benchmarks.runner import _train_check_values, _train_errors
+from fastbert.benchmarks.timer import synced
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -35,15 +39,8 @@ def _inputs(ref, spec, n_sets=3):
 
 
 def _timed(benchmark, fn, inputs, rounds):
-    state = {"i": 0}
-
-    def call():
-        fn(inputs[state["i"] % len(inputs)])
-        state["i"] += 1
-        if CUDA:
-            torch.cuda.synchronize()
-
-    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=3)
+    sets = itertools.cycle(inputs)
+    benchmark.pedantic(synced(lambda: fn(next(sets)), DEVICE), rounds=rounds, iterations=1, warmup_rounds=3)
 
 
 @pytest.mark.parametrize("spec", WORKLOADS)

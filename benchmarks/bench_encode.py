@@ -1,5 +1,6 @@
 """Benchmark: sentence embeddings, fastbert.SentenceEncoder vs sentence-transformers, same model directory,
-same texts, one run, timed round-robin (one call each per round, so a drifting machine load falls on both).
+same texts, one run, timed round-robin (one call each per round, the order alternating, so a drifting machine
+load falls on both).
 
 Texts: paragraphs of the plain-text documents under /usr/share/doc (real mixed-length English prose, what
 the benchmark suite's corpus workloads use). Before timing, the two providers' embeddings are compared
@@ -13,15 +14,15 @@ the benchmark suite's corpus workloads use). Before timing, the two providers' e
 """
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from fastbert.benchmarks.common import _corpus_paragraphs, environment
+from fastbert.benchmarks.timer import time_round_robin
 
 
 def run(device="cpu", n_texts=400, rounds=3, batch_size=32, model_dir=None):
@@ -41,13 +42,9 @@ def run(device="cpu", n_texts=400, rounds=3, batch_size=32, model_dir=None):
         raise AssertionError(f"embeddings differ from sentence-transformers' (min cosine {cos.min():.6f}): not timing")
     calls = {"fastbert": lambda: ours.encode(texts, batch_size=batch_size),
              "sentence-transformers": lambda: theirs.encode(texts, batch_size=batch_size)}
-    times = {k: [] for k in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    timings = time_round_robin(calls, warmup=0, reps=rounds, max_s=math.inf)  # encode ends on the host
+    times = {k: [t / 1e3 for t in v.times_ms] for k, v in timings.items()}
+    med = {k: v.median_ms / 1e3 for k, v in timings.items()}
     return {"texts": len(texts), "chars": sum(map(len, texts)), "batch_size": batch_size, "device": str(device),
             "torch_threads": torch.get_num_threads(), "min_cosine": float(cos.min()),
             "seconds": times, "texts_per_s": {k: len(texts) / v for k, v in med.items()},

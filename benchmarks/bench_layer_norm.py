@@ -3,8 +3,9 @@
 The op timed is the one BERT's ``attention.output`` / ``output`` blocks run: ``y = LN(x + residual)``, in
 three modes: ``forward`` (a training forward: inputs require grad, so each provider saves what its
 backward needs), ``backward`` (dx, dresidual, dweight, dbias from a saved graph) and ``full`` (both).
-Times are medians (with 20th/80th percentiles) from ``triton.testing.do_bench`` on CUDA; on CPU only the
-PyTorch provider is timed (the Triton interpreter is not a speed measurement), with a wall-clock loop.
+Times are medians (with 20th/80th percentiles) of ``timer.time_op``: CUDA events, L2 flushed before every
+call; on CPU only the PyTorch provider is timed (the Triton interpreter is not a speed measurement), with a
+wall-clock loop.
 
 GB/s is computed from the minimal bytes the op must move, the same for both providers: forward reads x and
 residual and writes y; backward reads dy and x + residual and writes one gradient (dx = dresidual), plus the
@@ -18,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastbert.benchmarks.common import check_against_reference, op_time_ms
+from fastbert.benchmarks.common import add_speedups_vs_torch, check_against_reference
+from fastbert.benchmarks.timer import synced, time_op
 from fastbert.ops import layer_norm
 
 PROVIDERS = ("triton", "torch")
@@ -99,18 +101,15 @@ def run(device) -> list:
                 if provider == "triton" and device.type != "cuda":
                     rows.append({**row, "status": "skipped", "reason": "Triton needs CUDA to be timed"})
                     continue
-                med, p20, p80 = op_time_ms(make_call(provider, mode, inputs), device)
-                gbs = min_bytes(tokens, hidden, dtype, mode) / (med * 1e-3) / 1e9
-                rows.append({**row, "status": "ok", "median_ms": med, "p20_ms": p20, "p80_ms": p80, "GB/s": gbs,
+                t = time_op(make_call(provider, mode, inputs), device)
+                gbs = min_bytes(tokens, hidden, dtype, mode) / (t.median_ms * 1e-3) / 1e9
+                rows.append({**row, "status": "ok", "median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms,
+                             "GB/s": gbs,
                              "checked": "output + 4 gradients vs float64" if errors else None,
                              "max_err": max(e["err"] for e in errors.values()) if errors and provider == "triton"
                              else None})
         del inputs
-    for row in rows:  # speed-up of Triton over PyTorch, same case and mode
-        if row["provider"] == "triton" and row["status"] == "ok":
-            base = next(r for r in rows if r["provider"] == "torch" and all(
-                r[k] == row[k] for k in ("tokens", "hidden", "dtype", "mode")))
-            row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+    add_speedups_vs_torch(rows, ("tokens", "hidden", "dtype", "mode"))
     return rows
 
 
@@ -131,16 +130,6 @@ def test_layer_norm_speed(benchmark, provider, mode, case):
         pytest.skip("Triton is timed on CUDA only (the CPU interpreter is not a speed measurement)")
     tokens, hidden, dtype = case
     fn = make_call(provider, mode, make_inputs(tokens, hidden, dtype, device))
-
-    def synced():
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     benchmark.extra_info.update(tokens=tokens, hidden=hidden, dtype=_dtype_name(dtype), provider=provider,
                                 mode=mode, bytes=min_bytes(tokens, hidden, dtype, mode))
-    if device.type == "cuda":
-        med, p20, p80 = op_time_ms(fn, device)
-        benchmark.extra_info.update(do_bench_median_ms=med, do_bench_p20_ms=p20, do_bench_p80_ms=p80,
-                                    gb_per_s=min_bytes(tokens, hidden, dtype, mode) / (med * 1e-3) / 1e9)
-    benchmark.pedantic(synced, rounds=20, warmup_rounds=3)
+    benchmark.pedantic(synced(fn, device), rounds=20, warmup_rounds=3)

@@ -12,7 +12,8 @@ during one call (inputs included, the same for both). On CPU only the PyTorch pr
 import torch
 import torch.nn.functional as F
 
-from fastbert.benchmarks.common import op_time_ms, peak_memory_mb, reset_peak_memory
+from fastbert.benchmarks.common import add_speedups_vs_torch, peak_memory_mb, reset_peak_memory
+from fastbert.benchmarks.timer import time_op
 from fastbert.ops import linear_cross_entropy
 
 PROVIDERS = ("triton", "torch")
@@ -85,19 +86,16 @@ def run(device) -> list:
                     rows.append({**row, "status": "skipped", "reason": "Triton needs CUDA to be timed"})
                     continue
                 fn = make_call(provider, mode, inputs)
-                med, p20, p80 = op_time_ms(fn, device)
+                t = time_op(fn, device)
+                med = t.median_ms
                 reset_peak_memory(device)
                 fn()
                 flops = 2 * n * k * v * (1 if mode == "forward" else 4)  # backward: recompute + two gradients
-                rows.append({**row, "status": "ok", "median_ms": med, "p20_ms": p20, "p80_ms": p80,
+                rows.append({**row, "status": "ok", "median_ms": med, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms,
                              "TFLOP/s": flops / (med * 1e-3) / 1e12,
                              "GB/s_min_bytes": min_bytes(n, k, v, dtype, mode) / (med * 1e-3) / 1e9,
                              "peak_mb": peak_memory_mb(device) if device.type == "cuda" else None,
                              "rel_err_vs_fp32": errs[provider] if errs else None})
         del inputs
-    for row in rows:
-        if row["provider"] == "triton" and row["status"] == "ok":
-            base = next(r for r in rows if r["provider"] == "torch" and all(
-                r[k] == row[k] for k in ("rows", "hidden", "vocab", "dtype", "mode")))
-            row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+    add_speedups_vs_torch(rows, ("rows", "hidden", "vocab", "dtype", "mode"))
     return rows

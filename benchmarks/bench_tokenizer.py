@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from fastbert.benchmarks.timer import best_s
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,15 +63,6 @@ def _load_corpus(src=None, limit_mb=None):
     return texts
 
 
-def _best(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
     """MB/s of HF tokenizers and fastbert on the same texts (see the module docstring)."""
     import tokenizers
@@ -92,8 +85,8 @@ def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
 
     old = os.environ.get("TOKENIZERS_PARALLELISM")
     try:
-        t_hf_single = _best(hf_run(False), repeat)
-        t_hf_batch = _best(hf_run(True), repeat)
+        t_hf_single = best_s(hf_run(False), repeat)
+        t_hf_batch = best_s(hf_run(True), repeat)
     finally:
         if old is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -109,19 +102,19 @@ def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
         for par in (False, True):
             os.environ["TOKENIZERS_PARALLELISM"] = "true" if par else "false"
             tag = "all" if par else "single"
-            calls[f"hf_call_lists_{tag}"] = _best(lambda: hf_call(texts), repeat)
-            calls[f"hf_call_np128_{tag}"] = _best(lambda: hf_call(texts, **np128), repeat)
+            calls[f"hf_call_lists_{tag}"] = best_s(lambda: hf_call(texts), repeat)
+            calls[f"hf_call_np128_{tag}"] = best_s(lambda: hf_call(texts, **np128), repeat)
     finally:
         if old is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = old
     for tag, n in (("single", 1), ("all", 0)):
-        calls[f"fastbert_call_lists_{tag}"] = _best(lambda: fast(texts, num_threads=n or threads), repeat)
-        calls[f"fastbert_call_np128_{tag}"] = _best(lambda: fast(texts, num_threads=n or threads, **np128), repeat)
-    t_single = _best(lambda: core.encode_batch(texts, offsets=True, num_threads=1, **ids), repeat)
-    t_batch = _best(lambda: core.encode_batch(texts, offsets=True, num_threads=0, **ids), repeat)
-    t_packed = _best(lambda: fast.encode_packed(texts, max_length=10**9, num_threads=1), repeat)
+        calls[f"fastbert_call_lists_{tag}"] = best_s(lambda: fast(texts, num_threads=n or threads), repeat)
+        calls[f"fastbert_call_np128_{tag}"] = best_s(lambda: fast(texts, num_threads=n or threads, **np128), repeat)
+    t_single = best_s(lambda: core.encode_batch(texts, offsets=True, num_threads=1, **ids), repeat)
+    t_batch = best_s(lambda: core.encode_batch(texts, offsets=True, num_threads=0, **ids), repeat)
+    t_packed = best_s(lambda: fast.encode_packed(texts, max_length=10**9, num_threads=1), repeat)
     res = {
         "corpus_mb": round(mb, 2),
         "texts": len(texts),
@@ -137,7 +130,7 @@ def run(corpus_path_or_texts=None, vocab=None, repeat=1, limit_mb=None) -> dict:
     doc = (" ".join(texts) * (1 + 1_000_000 // max(1, sum(map(len, texts)))))[:1_000_000]
     short = " ".join(doc.split()[:400])
     for name, x in (("truncate_1mb_doc_to_512_ms", doc), ("truncate_512_token_text_ms", short)):
-        res[name] = 1e3 * _best(lambda: fast(x, truncation=True, max_length=512, num_threads=1), max(repeat, 5))
+        res[name] = 1e3 * best_s(lambda: fast(x, truncation=True, max_length=512, num_threads=1), max(repeat, 5))
     for k, t in calls.items():
         res[f"{k}_mb_s"] = mb / t
     for what in ("lists", "np128"):
@@ -193,10 +186,10 @@ def run_cuda(corpus_path_or_texts=None, vocab=None, batch=4096, max_length=512, 
             fast.encode_packed(b, max_length=max_length, device="cuda")
         torch.cuda.synchronize()
 
-    t_cuda = _best(cuda_all, repeat)
-    t_cpp1 = _best(lambda: [fast.encode_packed(b, max_length=max_length, num_threads=1) for b in batches], repeat)
-    t_cpp = _best(lambda: [fast.encode_packed(b, max_length=max_length) for b in batches], repeat)
-    t_hf = _best(lambda: [hf.encode_batch(b) for b in batches], repeat)
+    t_cuda = best_s(cuda_all, repeat)
+    t_cpp1 = best_s(lambda: [fast.encode_packed(b, max_length=max_length, num_threads=1) for b in batches], repeat)
+    t_cpp = best_s(lambda: [fast.encode_packed(b, max_length=max_length) for b in batches], repeat)
+    t_hf = best_s(lambda: [hf.encode_batch(b) for b in batches], repeat)
     return {"corpus_mb": round(mb, 2), "texts": len(texts), "batch": batch, "max_length": max_length,
             "texts_checked_vs_hf": checked, "mismatches": mismatches, "device": torch.cuda.get_device_name(),
             "cuda_mb_s": mb / t_cuda, "cpp_packed_single_mb_s": mb / t_cpp1, "cpp_packed_all_cores_mb_s": mb / t_cpp,

@@ -1,11 +1,6 @@
-"""What every benchmark shares: the environment record, timers, peak memory and the length mixes.
+"""What every benchmark shares: the environment record, the checks before timing, peak memory and the length
+mixes. Timing is ``timer.py``'s (the one timer).
 
-Timing rules (a benchmark that times nothing real is a defect):
-
-- GPU: warm-up calls first, then one CUDA-event pair around every call, cycling through several input
-  sets; the stream is synchronised before the events are read. Median and p90 of the per-call times.
-- CPU: ``time.perf_counter`` around every call after warm-up, median and p90. The CPU numbers of a small
-  shared machine are noisy: results files say which machine took them.
 - Peak memory: ``torch.cuda.max_memory_allocated`` over the timed calls on GPU (weights included); on CPU the
   process's peak RSS (VmHWM, reset through ``/proc/self/clear_refs`` when the kernel allows it).
 """
@@ -14,9 +9,7 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -119,138 +112,6 @@ def hardware_line(env: Dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Timers
-# ------------------------------------------------------------------------------------------------------
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of already sorted values."""
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-MAX_KEPT_TIMES = 400  # per-call times kept in the results file (all of them enter the statistics)
-
-
-def summarize(times_ms: List[float]) -> Dict:
-    s = sorted(times_ms)
-    step = max(1, -(-len(times_ms) // MAX_KEPT_TIMES))
-    return {"median_ms": statistics.median(s), "p90_ms": _quantile(s, 0.9), "min_ms": s[0],
-            "mean_ms": statistics.fmean(s), "n": len(s),
-            "times_ms": [round(t, 5) for t in times_ms[::step]], "times_kept_every": step}
-
-
-def time_calls(fn: Callable, inputs: Sequence, device: torch.device, warmup: int = 5, reps: int = 30,
-               min_time_s: float = 0.0, max_time_s: float = 30.0) -> Dict:
-    """Time ``fn(inputs[i % len(inputs)])`` per call: warm-up, then ``reps`` timed calls (more while the
-    total stays under ``min_time_s``, fewer when ``max_time_s`` would be passed), cycling the input sets."""
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        stats = _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s)
-        stats["host_ms"] = host_time_ms(fn, inputs, device)
-        return stats
-    return _time_cpu(fn, inputs, reps, min_time_s, max_time_s)
-
-
-def host_time_ms(fn: Callable, inputs: Sequence, device: torch.device, calls: int = 5) -> float:
-    """Median time for ``fn`` to *return* when the GPU starts idle: the host's cost of issuing one call
-    (Python, dispatch, launches), plus any wait for the GPU inside it (a host sync). Far below the GPU time:
-    the GPU is the bottleneck; close to it or above: host-bound, or the call synchronises."""
-    times = []
-    for i in range(calls):
-        torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn(inputs[i % len(inputs)])
-        times.append((time.perf_counter() - t0) * 1e3)
-    torch.cuda.synchronize(device)
-    return sorted(times)[len(times) // 2]
-
-
-def _time_cpu(fn, inputs, reps, min_time_s, max_time_s):
-    times = []
-    start_all = time.perf_counter()
-    i = 0
-    while True:
-        t0 = time.perf_counter()
-        fn(inputs[i % len(inputs)])
-        times.append((time.perf_counter() - t0) * 1e3)
-        i += 1
-        elapsed = time.perf_counter() - start_all
-        if (i >= reps and elapsed >= min_time_s) or (elapsed >= max_time_s and i >= 3):
-            break
-    return summarize(times)
-
-
-def time_interleaved(fns: Dict[str, Callable], inputs: Sequence, warmup: int = 2, reps: int = 10,
-                     max_time_s: float = 30.0) -> Dict[str, Dict]:
-    """CPU: time several callables round-robin (one call of each per round, the order rotating), so that a
-    load that drifts over seconds falls on all of them alike. ``max_time_s`` bounds the total time."""
-    names = list(fns)
-    for i in range(warmup):
-        for name in names:
-            fns[name](inputs[i % len(inputs)])
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    start_all = time.perf_counter()
-    for i in range(reps):
-        order = names[i % len(names):] + names[:i % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            fns[name](inputs[i % len(inputs)])
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start_all >= max_time_s * len(names) and i >= 2:
-            break
-    return {n: summarize(t) for n, t in times.items()}
-
-
-def _time_cuda(fn, inputs, device, reps, min_time_s, max_time_s):
-    """One CUDA-event pair per call; the events are read after a final synchronisation. Calls are issued
-    back to back, so a per-call time includes the host's launch gaps whenever the GPU waits for the host."""
-    times = []
-    start_all = time.perf_counter()
-    i = 0
-    while True:
-        batch = []
-        for _ in range(max(1, reps // 4)):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(inputs[i % len(inputs)])
-            end.record()
-            batch.append((start, end))
-            i += 1
-        torch.cuda.synchronize(device)
-        times += [s.elapsed_time(e) for s, e in batch]
-        elapsed = time.perf_counter() - start_all
-        if (i >= reps and elapsed >= min_time_s) or (elapsed >= max_time_s and i >= 3):
-            break
-    return summarize(times)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Peak memory
-# ------------------------------------------------------------------------------------------------------
-def op_time_ms(fn: Callable, device: torch.device, reps: int = 50):
-    """(median, p20, p80) in ms of one op call: ``triton.testing.do_bench`` on CUDA (warm-up, L2 flush,
-    CUDA events), a wall-clock loop after warm-up elsewhere (fn must synchronise itself off CUDA)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10)
-    return statistics.median(times), q[1], q[7]
-
-
-# ------------------------------------------------------------------------------------------------------
 # Checks before timing: outputs and every gradient
 # ------------------------------------------------------------------------------------------------------
 def check_against_reference(name: str, fn: Callable, base_fn: Callable, args: Sequence[torch.Tensor],
@@ -283,6 +144,18 @@ def check_against_reference(name: str, fn: Callable, base_fn: Callable, args: Se
     return errors
 
 
+def add_speedups_vs_torch(rows: List[Dict], same: Sequence[str]) -> None:
+    """Per-op rows: ``speedup_vs_torch`` on each timed Triton row, the median ms of the PyTorch row with the same
+    values of the ``same`` keys over its own."""
+    for row in rows:
+        if row["provider"] == "triton" and row["status"] == "ok":
+            base = next(r for r in rows if r["provider"] == "torch" and all(r[k] == row[k] for k in same))
+            row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Peak memory
+# ------------------------------------------------------------------------------------------------------
 def _read_vm(key: str) -> Optional[int]:
     try:
         with open("/proc/self/status", encoding="utf-8") as f:
@@ -316,11 +189,6 @@ def peak_memory_mb(device: torch.device) -> Optional[float]:
 
 def memory_kind(device: torch.device) -> str:
     return "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS (VmHWM)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -8,19 +8,23 @@ writes its JSON and tables.
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from fastbert.benchmarks.common import hardware_line
+from fastbert.benchmarks.plan import ENCODER_SECTIONS
+
 COLORS = {"fastbert-triton-unpad": "#d62728", "fastbert-triton-padded": "#ff9896",
           "fastbert-triton-graph": "#8c564b", "fastbert-torch": "#1f77b4", "hf-eager": "#7f7f7f",
           "hf-sdpa": "#bcbd22", "hf-compile": "#2ca02c"}
 
 
-def _baseline(rows: List[Dict]) -> str:
+def _baseline(rows: List) -> str:
     for base in ("hf-sdpa", "hf-eager"):
-        if any(r["provider"] == base and r["status"] == "ok" for r in rows):
+        if any(r.provider == base and r.ok for r in rows):
             return base
     return ""
 
 
 def draw(results: Dict, stem: Path, log: Callable = print) -> List[str]:
+    """One PNG per encoder section of ``results`` (its rows: report.Row), ``<stem>_<section>.png``."""
     try:
         import matplotlib
 
@@ -29,27 +33,25 @@ def draw(results: Dict, stem: Path, log: Callable = print) -> List[str]:
     except Exception as e:  # noqa: BLE001 - no matplotlib: tables and JSON only
         log(f"no plots: matplotlib is not available ({type(e).__name__}: {e})")
         return []
-    from .common import hardware_line
-
     paths = []
-    for section in ("inference", "training", "pretraining"):
-        rows = [r for r in results["encoder"] if r["section"] == section]
-        panels = list(dict.fromkeys((r["model"], r["dtype"]) for r in rows))
+    for section in ENCODER_SECTIONS:
+        rows = [r for r in results["encoder"] if r.section == section]
+        panels = list(dict.fromkeys((r.model, r.dtype) for r in rows))
         if not panels:
             continue
         fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.2 * len(panels)), squeeze=False)
         for ax, (model, dtype) in zip(axes[:, 0], panels):
-            panel = [r for r in rows if r["model"] == model and r["dtype"] == dtype]
+            panel = [r for r in rows if r.model == model and r.dtype == dtype]
             base = _baseline(panel)
-            workloads = list(dict.fromkeys(r["workload"] for r in panel))
-            providers = [p for p in dict.fromkeys(r["provider"] for r in panel)
-                         if any(r["provider"] == p and r["status"] == "ok" for r in panel)]
+            workloads = list(dict.fromkeys(r.workload for r in panel))
+            providers = [p for p in dict.fromkeys(r.provider for r in panel)
+                         if any(r.provider == p and r.ok for r in panel)]
             width = 0.8 / max(1, len(providers))
             for j, p in enumerate(providers):
                 xs, ys = [], []
                 for i, w in enumerate(workloads):
-                    r = next((r for r in panel if r["provider"] == p and r["workload"] == w), None)
-                    s = r.get(f"speedup_vs_{base}") if r and base else None
+                    r = next((r for r in panel if r.provider == p and r.workload == w), None)
+                    s = r.speedups.get(base) if r and base else None
                     if s:
                         xs.append(i + (j - (len(providers) - 1) / 2) * width)
                         ys.append(s)
@@ -59,7 +61,7 @@ def draw(results: Dict, stem: Path, log: Callable = print) -> List[str]:
                                 fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
             ax.axhline(1.0, color="black", linewidth=0.8)
             ax.set_xticks(range(len(workloads)))
-            pads = {r["workload"]: r["pad_fraction"] for r in panel}
+            pads = {r.workload: r.pad_fraction for r in panel}
             ax.set_xticklabels([f"{w}\n({100 * pads[w]:.0f}% pad)" for w in workloads], fontsize=7)
             ax.set_ylabel(f"speed-up vs {base or '?'}")
             ax.set_title(f"{section}: {model} {dtype}", fontsize=9)

@@ -54,16 +54,17 @@ def _has_matplotlib():
 def test_pretraining_section_checks_the_mlm_loss_and_flushes_per_section(tmp_path, monkeypatch):
     """The pre-training step (MLM + NSP heads) runs, is checked against HF BertForPreTraining, and its rows are
     on disk as soon as the section ends: a run killed later (here: in the tokenizer section) keeps them."""
-    import fastbert.benchmarks.__main__ as runner
+    import fastbert.benchmarks.__main__ as cli
+    import fastbert.benchmarks.runner as runner
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what the device tool's time limit does to a section
 
     monkeypatch.setattr(runner, "run_tokenizer", killed)
     with pytest.raises(KeyboardInterrupt):
-        runner.main(["--suite", "cpu", "--quick", "--models", "tiny", "--only", "pretraining,tokenizer",
-                     "--threads", "1", "--reps", "2", "--out", str(tmp_path), "--providers",
-                     "fastbert-torch,hf-eager,hf-sdpa"])
+        cli.main(["--suite", "cpu", "--quick", "--models", "tiny", "--only", "pretraining,tokenizer",
+                  "--threads", "1", "--reps", "2", "--out", str(tmp_path), "--providers",
+                  "fastbert-torch,hf-eager,hf-sdpa"])
     [json_path] = tmp_path.glob("*.json")
     results = json.loads(json_path.read_text())
     assert results["partial"] is True and "tokenizer" not in results
