@@ -46,6 +46,7 @@ import torch
 
 from fastbert.benchmarks.common import REPO_ROOT, _corpus_paragraphs, environment
 from fastbert.benchmarks.cpu_peers import Runtime, Setup, hf_tokenizer, runtimes
+from fastbert.hardware import physical_cores
 
 DEFAULT_OUT = (Path(__file__).resolve().parent / "results" if (REPO_ROOT / ".git").exists()
                else Path.cwd() / "fastbert-bench-results")
@@ -364,19 +365,6 @@ def run(texts: List[str], corpus: str, setup: Setup, rounds: int = 3, rts: Optio
 # ------------------------------------------------------------------------------------------------------
 # Environment: CPU model and flags, cores, versions
 # ------------------------------------------------------------------------------------------------------
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for c in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
-        try:
-            cores.add(tuple((topo / f).read_text().strip() for f in ("physical_package_id", "core_id")))
-        except OSError:
-            cores.add(("?", str(c)))
-    return max(1, len(cores))
-
-
 def lscpu() -> Dict:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -454,7 +442,7 @@ def markdown(res: Dict) -> str:
         ". min cos: lowest cosine to sentence-transformers fp32 over "
         "all texts; NN agreement: share of texts whose nearest other text is sentence-transformers'. passes: "
         "seconds of each timed pass over all texts, in round order (their spread shows the machine's noise).",
-        *([f"OpenVINO's INFERENCE_PRECISION_HINT: " + ", ".join(
+        *(["OpenVINO's INFERENCE_PRECISION_HINT: " + ", ".join(
             f"{r['requested']} -> {r['INFERENCE_PRECISION_HINT']}" for r in ov) + "."] if ov else []), "",
         table(res), "",
         f"Versions: {vers}. Commit {env['git_commit']}{' (dirty tree)' if env['git_dirty'] else ''}.", ""])

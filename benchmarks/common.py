@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from fastbert.hardware import cpu_model
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_LENGTHS_FILE = Path(__file__).resolve().parent / "corpus_lengths.json"
 
@@ -36,17 +38,6 @@ def _git(*args) -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _nvidia_driver() -> Optional[str]:
@@ -79,7 +70,7 @@ def environment(device: torch.device) -> Dict:
         "transformers": _version("transformers"),
         "tokenizers": _version("tokenizers"),
         "fastbert": _version("fastbert"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores_visible": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
