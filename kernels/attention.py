@@ -46,7 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpret
+from ..ops._dispatch import interpret_mode
+from ._common import autotune_enabled, launch
 
 LOG2E = 1.4426950408889634
 
@@ -595,21 +596,18 @@ def _untuned_config(name: str, meta: dict, seq_bucket: int):
     return _prune(configs, dict(meta, SEQ_BUCKET=seq_bucket))[0]
 
 
-def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict, seq_bucket: int):
-    on_gpu = args[0].is_cuda and not interpret()
+def _launch(name: str, kernel, fixed: dict, grid, args: tuple, meta: dict, seq_bucket: int):
+    """Kernel ``name`` with a forced config (``forced_config``), else autotuned; without autotuning, the first
+    config the autotuner would consider (FASTBERT_AUTOTUNE=0) or, under the interpreter, ``fixed``."""
     config = _FORCED.get(name)
-    if config is None and on_gpu and not autotune_enabled():
-        config = _untuned_config(name, meta, seq_bucket)
-    if not on_gpu:  # the interpreter: block sizes only (warps and stages mean nothing there)
+    if config is None and autotune_enabled():
+        return launch(kernel, grid, args, meta, tuned=_tuned(name))
+    if interpret_mode():  # block sizes only (warps and stages mean nothing there)
         blocks = fixed if config is None else config.kwargs
-        kernel[grid_of(blocks)](*args, **meta, **blocks)
-        return
-    with torch.cuda.device(args[0].device):  # the tensors' device, not the current one
-        if config is None:
-            _tuned(name)[grid_of](*args, **meta)
-        else:
-            kernel[grid_of(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                                           num_stages=config.num_stages)
+    else:
+        config = config or _untuned_config(name, meta, seq_bucket)
+        blocks = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    launch(kernel, grid, args, meta, blocks)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -726,10 +724,9 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(lay.head_dim)
     slb, slh = (0, lse.stride(0)) if lay.varlen else (lse.stride(0), lse.stride(1))
     delta = torch.empty_like(lse)
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        _attn_bwd_preprocess_kernel[lay.grid(_PREPROCESS_BLOCK_M)](
-            out, dout, delta, lay.cu_seqlens, *lay.strides(out), *lay.strides(dout), slb, slh, lay.seqlen,
-            HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, VARLEN=lay.varlen, BLOCK_M=_PREPROCESS_BLOCK_M)
+    launch(_attn_bwd_preprocess_kernel, lambda c: lay.grid(c["BLOCK_M"]),
+           (out, dout, delta, lay.cu_seqlens, *lay.strides(out), *lay.strides(dout), slb, slh, lay.seqlen),
+           dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, VARLEN=lay.varlen), dict(BLOCK_M=_PREPROCESS_BLOCK_M))
 
     if deterministic:
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
