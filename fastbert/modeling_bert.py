@@ -42,7 +42,7 @@ from .modeling_outputs import (
 from .model_inputs import capturing, check_inputs, reject_unsupported, tracing
 from .modeling_utils import BertPreTrainedModel
 from .packing import Batch, packed_batch
-from .ops._dispatch import interpret_mode, triton_available
+from .ops._dispatch import triton_runs_on
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Module-level functions only (no lambdas): models pickle (torch.save(model), DataLoader workers, multiprocessing).
@@ -79,7 +79,7 @@ def resolve_backend(config: BertConfig, device: torch.device, inference: bool = 
             raise RuntimeError("backend='cpu' is inference-only (no gradients, eval mode, not traced or compiled); "
                                "use backend='auto' (which picks it for inference) or 'torch'")
         return "cpu"
-    triton_ok = triton_available() and (device.type == "cuda" or (device.type == "cpu" and interpret_mode()))
+    triton_ok = triton_runs_on(device)
     if config.backend == "triton":
         if not triton_ok:
             raise RuntimeError(

@@ -1,4 +1,5 @@
-"""Helpers shared by the kernels (layer_norm, gelu, attention)."""
+"""Helpers shared by the kernels (layer_norm, gelu, attention, lm_head_ce), and their one launch path."""
+import contextlib
 import functools
 import os
 
@@ -6,14 +7,29 @@ import torch
 import triton
 import triton.language as tl
 
-
-def interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ..ops._dispatch import interpret_mode
 
 
 def autotune_enabled() -> bool:
     """Autotune on CUDA unless FASTBERT_AUTOTUNE=0; never under the interpreter (it has no driver)."""
-    return not interpret() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
+    return not interpret_mode() and os.environ.get("FASTBERT_AUTOTUNE", "1") != "0"
+
+
+def launch(kernel, grid, args: tuple, meta: dict, config: dict = None, tuned=None):
+    """The one way a kernel is launched: ``kernel[grid](*args, **meta, **config)`` on the tensors' device.
+
+    ``grid``: a function of the launch's meta-parameters (``meta`` and the config's block sizes), as Triton
+    calls it. ``config``: block sizes, and on a GPU ``num_warps`` / ``num_stages``. ``tuned``: the kernel's
+    ``triton.autotune`` variant; when given and autotuning is on (``autotune_enabled``) it runs instead and
+    picks its own config. Triton launches on the current CUDA device: it is made the tensors' one
+    (``args[0]``'s) for the launch.
+    """
+    device = args[0].device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        if tuned is not None and autotune_enabled():
+            tuned[grid](*args, **meta)
+        else:
+            kernel[grid](*args, **meta, **(config or {}))
 
 
 def rows_bucket(m: int) -> int:

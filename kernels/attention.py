@@ -8,8 +8,9 @@ Layouts (the last dim must be contiguous; token and head strides are free, so q/
 fused QKV projection):
   padded  q, k, v, out: (batch, seqlen, heads, head_dim); key_padding_mask (batch, seqlen), True = real token
   packed  q, k, v, out: (total_tokens, heads, head_dim); cu_seqlens (batch + 1,) int32; max_seqlen int
-Both are addressed the same way: token ``t`` of sequence ``b`` lives at ``b * stride_b + (tok0 + t) * stride_t``
-where padded has ``tok0 = 0`` and packed has ``stride_b = 0, tok0 = cu_seqlens[b]``.
+Both are addressed the same way: token ``t`` of sequence ``b``, head ``h`` lives at ``b * stride_b + (tok0 + t)
+* stride_t + h * stride_h`` where padded has ``tok0 = 0`` and packed has ``stride_b = 0, tok0 = cu_seqlens[b]``
+(``_head_offset``: each program computes its (sequence, head) start once per tensor).
 
 Log-sum-exp (natural log, fp32): padded (batch, heads, seqlen), packed (heads, total_tokens). Rows with no
 key at all (every key masked) output zeros and store ``lse = +inf`` so the backward gives them zero weight.
@@ -46,9 +47,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpret
+from ..ops._dispatch import interpret_mode
+from ._common import autotune_enabled, launch
 
-LOG2E = 1.4426950408889634
+# constexpr: readable inside the kernels (Triton takes no other globals); ``.value`` on the host
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2) = 1 / LOG2E
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -80,6 +84,14 @@ def _store_rows(ptrs, x, row_mask, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.c
         tl.store(ptrs, x, mask=row_mask[:, None])
     else:
         tl.store(ptrs, x, mask=row_mask[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _head_offset(off_b, tok0, off_h, stride_b, stride_t, stride_h):
+    """Offset (int64) of sequence off_b's first token, head off_h: padded ``tok0 = 0``, packed ``stride_b = 0``.
+    For the (B, H, S) / (H, T) log-sum-exp and delta buffers the token stride is 1. (Summed batch, head, token:
+    in this order the sm_90 compile of the forward keeps its register count, 213 at d64 packed 128x64.)"""
+    return off_b.to(tl.int64) * stride_b + off_h * stride_h + tok0 * stride_t
 
 
 @triton.jit
@@ -215,10 +227,10 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < seqlen
-    off_b64 = off_b.to(tl.int64)
-    q_base = Q + off_b64 * stride_qb + tok0 * stride_qt + off_h * stride_qh
-    k_base = K + off_b64 * stride_kb + tok0 * stride_kt + off_h * stride_kh
-    v_base = V + off_b64 * stride_vb + tok0 * stride_vt + off_h * stride_vh
+    q_base = Q + _head_offset(off_b, tok0, off_h, stride_qb, stride_qt, stride_qh)
+    k_base = K + _head_offset(off_b, tok0, off_h, stride_kb, stride_kt, stride_kh)
+    v_base = V + _head_offset(off_b, tok0, off_h, stride_vb, stride_vt, stride_vh)
+    keep_base = KEEP + off_b.to(tl.int64) * stride_mb
 
     q = _load_rows(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max, log2 units
@@ -236,12 +248,12 @@ def _attn_fwd_kernel(
         full_end = kv_len // BLOCK_N * BLOCK_N
         if CAUSAL:
             full_end = tl.minimum(full_end, (start_m * BLOCK_M) // BLOCK_N * BLOCK_N)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, KEEP + off_b64 * stride_mb, stride_kt,
-                                    stride_vt, 0, full_end, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, keep_base, stride_kt, stride_vt,
+                                    0, full_end, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
                                     SEED, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
                                     DOT_PRECISION, BLOCK_M, BLOCK_N, False)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, KEEP + off_b64 * stride_mb, stride_kt,
-                                    stride_vt, full_end, hi, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, keep_base, stride_kt, stride_vt,
+                                    full_end, hi, kv_len, offs_m, offs_n, offs_d, qk_scale, dropout_p,
                                     SEED, off_b, off_h, H, SEQLEN, HEAD_DIM, BLOCK_D, CAUSAL, HAS_MASK, DROPOUT,
                                     DOT_PRECISION, BLOCK_M, BLOCK_N, True)
 
@@ -251,9 +263,9 @@ def _attn_fwd_kernel(
     if DROPOUT:
         out_scale = out_scale / (1.0 - dropout_p)
     acc = acc * out_scale[:, None]
-    lse = tl.where(empty, float("inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    tl.store(LSE + off_b64 * stride_lb + off_h * stride_lh + tok0 + offs_m, lse, mask=m_valid)
-    o_base = O + off_b64 * stride_ob + tok0 * stride_ot + off_h * stride_oh
+    lse = tl.where(empty, float("inf"), (m_i + tl.log2(l_safe)) * LN2)
+    tl.store(LSE + _head_offset(off_b, tok0, off_h, stride_lb, 1, stride_lh) + offs_m, lse, mask=m_valid)
+    o_base = O + _head_offset(off_b, tok0, off_h, stride_ob, stride_ot, stride_oh)
     _store_rows(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], acc.to(O.dtype.element_ty), m_valid,
                 offs_d, HEAD_DIM, BLOCK_D)
 
@@ -284,13 +296,12 @@ def _attn_bwd_preprocess_kernel(
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < seqlen
-    off_b64 = off_b.to(tl.int64)
-    o = _load_rows(O + off_b64 * stride_ob + tok0 * stride_ot + off_h * stride_oh
-                   + offs_m[:, None] * stride_ot + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
-    do = _load_rows(DO + off_b64 * stride_dob + tok0 * stride_dot + off_h * stride_doh
-                    + offs_m[:, None] * stride_dot + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
+    o_base = O + _head_offset(off_b, tok0, off_h, stride_ob, stride_ot, stride_oh)
+    do_base = DO + _head_offset(off_b, tok0, off_h, stride_dob, stride_dot, stride_doh)
+    o = _load_rows(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_rows(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + off_b64 * stride_lb + off_h * stride_lh + tok0 + offs_m, delta, mask=m_valid)
+    tl.store(DELTA + _head_offset(off_b, tok0, off_h, stride_lb, 1, stride_lh) + offs_m, delta, mask=m_valid)
 
 
 @triton.jit
@@ -335,11 +346,10 @@ def _attn_bwd_dkdv_kernel(
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     n_in = offs_n < seqlen
-    off_b64 = off_b.to(tl.int64)
-    dk_ptrs = DK + off_b64 * stride_dkb + tok0 * stride_dkt + off_h * stride_dkh \
-        + offs_n[:, None] * stride_dkt + offs_d[None, :]
-    dv_ptrs = DV + off_b64 * stride_dkb + tok0 * stride_dkt + off_h * stride_dkh \
-        + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    dkv_offsets = _head_offset(off_b, tok0, off_h, stride_dkb, stride_dkt, stride_dkh) \
+        + offs_n[:, None] * stride_dkt + offs_d[None, :]  # dK and dV: one layout
+    dk_ptrs = DK + dkv_offsets
+    dv_ptrs = DV + dkv_offsets
     kv_len = seqlen
     if HAS_MASK:
         kv_len = tl.load(KV_LEN + off_b)
@@ -350,19 +360,19 @@ def _attn_bwd_dkdv_kernel(
         return
 
     n_valid = offs_n < kv_len
-    k = _load_rows(K + off_b64 * stride_kb + tok0 * stride_kt + off_h * stride_kh
-                   + offs_n[:, None] * stride_kt + offs_d[None, :], n_valid, offs_d, HEAD_DIM, BLOCK_D)
-    v = _load_rows(V + off_b64 * stride_vb + tok0 * stride_vt + off_h * stride_vh
-                   + offs_n[:, None] * stride_vt + offs_d[None, :], n_valid, offs_d, HEAD_DIM, BLOCK_D)
+    k_base = K + _head_offset(off_b, tok0, off_h, stride_kb, stride_kt, stride_kh)
+    v_base = V + _head_offset(off_b, tok0, off_h, stride_vb, stride_vt, stride_vh)
+    k = _load_rows(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], n_valid, offs_d, HEAD_DIM, BLOCK_D)
+    v = _load_rows(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], n_valid, offs_d, HEAD_DIM, BLOCK_D)
     key_ok = n_valid
     if HAS_MASK:
-        keep_k = tl.load(KEEP + off_b64 * stride_mb + offs_n, mask=n_valid, other=0)
+        keep_k = tl.load(KEEP + off_b.to(tl.int64) * stride_mb + offs_n, mask=n_valid, other=0)
         key_ok = key_ok & (keep_k != 0)
-    q_base = Q + off_b64 * stride_qb + tok0 * stride_qt + off_h * stride_qh
-    do_base = DO + off_b64 * stride_dob + tok0 * stride_dot + off_h * stride_doh
-    dq_base = DQ + off_b64 * stride_dqb + tok0 * stride_dqt + off_h * stride_dqh
-    l_base = off_b64 * stride_lb + off_h * stride_lh + tok0
-    qk_scale = sm_scale * 1.4426950408889634
+    q_base = Q + _head_offset(off_b, tok0, off_h, stride_qb, stride_qt, stride_qh)
+    do_base = DO + _head_offset(off_b, tok0, off_h, stride_dob, stride_dot, stride_doh)
+    dq_base = DQ + _head_offset(off_b, tok0, off_h, stride_dqb, stride_dqt, stride_dqh)
+    l_base = _head_offset(off_b, tok0, off_h, stride_lb, 1, stride_lh)
+    qk_scale = sm_scale * LOG2E
     inv_keep = 1.0 / (1.0 - dropout_p)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -382,7 +392,7 @@ def _attn_bwd_dkdv_kernel(
         valid = key_ok[:, None]
         if CAUSAL:
             valid = valid & (offs_m[None, :] >= offs_n[:, None])
-        pT = tl.where(valid, tl.exp2(qkT - lse[None, :] * 1.4426950408889634), 0.0)
+        pT = tl.where(valid, tl.exp2(qkT - lse[None, :] * LOG2E), 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
         if DROPOUT:
             keep = _dropout_keep(SEED, off_b, off_h, H, offs_m, offs_n, SEQLEN, dropout_p, BLOCK_M, BLOCK_N, True)
@@ -447,17 +457,17 @@ def _attn_bwd_dq_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < seqlen
-    off_b64 = off_b.to(tl.int64)
-    q = _load_rows(Q + off_b64 * stride_qb + tok0 * stride_qt + off_h * stride_qh
-                   + offs_m[:, None] * stride_qt + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
-    do = _load_rows(DO + off_b64 * stride_dob + tok0 * stride_dot + off_h * stride_doh
-                    + offs_m[:, None] * stride_dot + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
-    l_base = off_b64 * stride_lb + off_h * stride_lh + tok0
-    lse2 = tl.load(LSE + l_base + offs_m, mask=m_valid, other=float("inf")) * 1.4426950408889634
+    q_base = Q + _head_offset(off_b, tok0, off_h, stride_qb, stride_qt, stride_qh)
+    do_base = DO + _head_offset(off_b, tok0, off_h, stride_dob, stride_dot, stride_doh)
+    q = _load_rows(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_rows(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], m_valid, offs_d, HEAD_DIM, BLOCK_D)
+    l_base = _head_offset(off_b, tok0, off_h, stride_lb, 1, stride_lh)
+    lse2 = tl.load(LSE + l_base + offs_m, mask=m_valid, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + l_base + offs_m, mask=m_valid, other=0.0)
-    k_base = K + off_b64 * stride_kb + tok0 * stride_kt + off_h * stride_kh
-    v_base = V + off_b64 * stride_vb + tok0 * stride_vt + off_h * stride_vh
-    qk_scale = sm_scale * 1.4426950408889634
+    k_base = K + _head_offset(off_b, tok0, off_h, stride_kb, stride_kt, stride_kh)
+    v_base = V + _head_offset(off_b, tok0, off_h, stride_vb, stride_vt, stride_vh)
+    keep_base = KEEP + off_b.to(tl.int64) * stride_mb
+    qk_scale = sm_scale * LOG2E
     inv_keep = 1.0 / (1.0 - dropout_p)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -472,7 +482,7 @@ def _attn_bwd_dq_kernel(
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         valid = n_valid[None, :]
         if HAS_MASK:
-            keep_k = tl.load(KEEP + off_b64 * stride_mb + cols, mask=n_valid, other=0)
+            keep_k = tl.load(keep_base + cols, mask=n_valid, other=0)
             valid = valid & (keep_k != 0)[None, :]
         if CAUSAL:
             valid = valid & (offs_m[:, None] >= cols[None, :])
@@ -484,9 +494,9 @@ def _attn_bwd_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
     dq = dq * sm_scale
-    _store_rows(DQ + off_b64 * stride_dqb + tok0 * stride_dqt + off_h * stride_dqh
-                + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), m_valid, offs_d,
-                HEAD_DIM, BLOCK_D)
+    dq_base = DQ + _head_offset(off_b, tok0, off_h, stride_dqb, stride_dqt, stride_dqh)
+    _store_rows(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), m_valid,
+                offs_d, HEAD_DIM, BLOCK_D)
 
 
 # ------------------------------------------------------------------------------------------- launch configs
@@ -595,21 +605,18 @@ def _untuned_config(name: str, meta: dict, seq_bucket: int):
     return _prune(configs, dict(meta, SEQ_BUCKET=seq_bucket))[0]
 
 
-def _launch(name: str, kernel, fixed: dict, grid_of, args: tuple, meta: dict, seq_bucket: int):
-    on_gpu = args[0].is_cuda and not interpret()
+def _launch(name: str, kernel, fixed: dict, grid, args: tuple, meta: dict, seq_bucket: int):
+    """Kernel ``name`` with a forced config (``forced_config``), else autotuned; without autotuning, the first
+    config the autotuner would consider (FASTBERT_AUTOTUNE=0) or, under the interpreter, ``fixed``."""
     config = _FORCED.get(name)
-    if config is None and on_gpu and not autotune_enabled():
-        config = _untuned_config(name, meta, seq_bucket)
-    if not on_gpu:  # the interpreter: block sizes only (warps and stages mean nothing there)
+    if config is None and autotune_enabled():
+        return launch(kernel, grid, args, meta, tuned=_tuned(name))
+    if interpret_mode():  # block sizes only (warps and stages mean nothing there)
         blocks = fixed if config is None else config.kwargs
-        kernel[grid_of(blocks)](*args, **meta, **blocks)
-        return
-    with torch.cuda.device(args[0].device):  # the tensors' device, not the current one
-        if config is None:
-            _tuned(name)[grid_of](*args, **meta)
-        else:
-            kernel[grid_of(config.kwargs)](*args, **meta, **config.kwargs, num_warps=config.num_warps,
-                                           num_stages=config.num_stages)
+    else:
+        config = config or _untuned_config(name, meta, seq_bucket)
+        blocks = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    launch(kernel, grid, args, meta, blocks)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -700,7 +707,8 @@ def attention_fwd(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(lay.head_dim)
     args = (q, k, v, out, lse, lay.keep, lay.kv_len, lay.cu_seqlens,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(out), slb, slh, lay.keep.stride(0),
-            lay.heads, lay.seqlen, scale * LOG2E, float(dropout_p), _seed_ptr(seed, q), lay.seq_bucket, lay.work_bucket)
+            lay.heads, lay.seqlen, scale * LOG2E.value, float(dropout_p), _seed_ptr(seed, q), lay.seq_bucket,
+            lay.work_bucket)
     meta = dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, CAUSAL=bool(causal), VARLEN=lay.varlen,
                 HAS_MASK=lay.has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
     _launch("fwd", _attn_fwd_kernel, _INTERPRET_FWD, lambda c: lay.grid(c["BLOCK_M"]), args, meta, lay.seq_bucket)
@@ -726,10 +734,9 @@ def attention_bwd(dout, q, k, v, out, lse, *, key_padding_mask=None, cu_seqlens=
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(lay.head_dim)
     slb, slh = (0, lse.stride(0)) if lay.varlen else (lse.stride(0), lse.stride(1))
     delta = torch.empty_like(lse)
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        _attn_bwd_preprocess_kernel[lay.grid(_PREPROCESS_BLOCK_M)](
-            out, dout, delta, lay.cu_seqlens, *lay.strides(out), *lay.strides(dout), slb, slh, lay.seqlen,
-            HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, VARLEN=lay.varlen, BLOCK_M=_PREPROCESS_BLOCK_M)
+    launch(_attn_bwd_preprocess_kernel, lambda c: lay.grid(c["BLOCK_M"]),
+           (out, dout, delta, lay.cu_seqlens, *lay.strides(out), *lay.strides(dout), slb, slh, lay.seqlen),
+           dict(HEAD_DIM=lay.head_dim, BLOCK_D=lay.block_d, VARLEN=lay.varlen), dict(BLOCK_M=_PREPROCESS_BLOCK_M))
 
     if deterministic:
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)

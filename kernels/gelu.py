@@ -10,13 +10,12 @@ are stored in ``x``'s dtype. The backward splits the rows into a fixed number of
 block; each writes one fp32 partial row of dbias, which the launcher sums (deterministic: no atomics).
 The autograd Function and argument checks live in fastbert/ops/gelu.py.
 """
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpret, round_to, rows_bucket, sm_count
+from ..ops._dispatch import interpret_mode
+from ._common import launch, round_to, rows_bucket, sm_count
 
 
 @triton.jit
@@ -118,11 +117,6 @@ _bias_gelu_bwd_kernel_tuned = triton.autotune(configs=_tile_configs(), key=["N",
 _FIXED_TILE = dict(BLOCK_M=8, BLOCK_N=256, num_warps=4)
 
 
-def _on(device: torch.device):
-    """Triton launches on the current CUDA device: make it the tensors' one."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def bias_gelu_fwd(x, bias, approximate="none"):
     """``gelu(x + bias)`` for ``x`` ``(M, N)`` with unit column stride; the result has ``x``'s dtype."""
     M, N = x.shape
@@ -130,14 +124,9 @@ def bias_gelu_fwd(x, bias, approximate="none"):
     if M == 0 or N == 0:
         return y
     args = (x, bias, y, x.stride(0), y.stride(0), M, N, rows_bucket(M))
-    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret())
-    with _on(x.device):
-        if autotune_enabled():
-            grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-            _bias_gelu_fwd_kernel_tuned[grid](*args, **flags)
-        else:
-            grid = (triton.cdiv(M, _FIXED_TILE["BLOCK_M"]), triton.cdiv(N, _FIXED_TILE["BLOCK_N"]))
-            _bias_gelu_fwd_kernel[grid](*args, **flags, **_FIXED_TILE)
+    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret_mode())
+    launch(_bias_gelu_fwd_kernel, lambda c: (triton.cdiv(M, c["BLOCK_M"]), triton.cdiv(N, c["BLOCK_N"])), args,
+           flags, _FIXED_TILE, tuned=_bias_gelu_fwd_kernel_tuned)
     return y
 
 
@@ -161,11 +150,7 @@ def bias_gelu_bwd(dy, x, bias, approximate="none"):
         return dx, db_partial.zero_().sum(dim=0)
     args = (dy, x, bias, dx, db_partial, dy.stride(0), x.stride(0), dx.stride(0), M, N, rows_per_program,
             rows_bucket(M))
-    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret())
-    with _on(x.device):
-        if autotune_enabled():
-            grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-            _bias_gelu_bwd_kernel_tuned[grid](*args, **flags)
-        else:
-            _bias_gelu_bwd_kernel[(programs, triton.cdiv(N, _FIXED_TILE["BLOCK_N"]))](*args, **flags, **_FIXED_TILE)
+    flags = dict(APPROX_TANH=approximate == "tanh", EMULATE_RTNE=interpret_mode())
+    launch(_bias_gelu_bwd_kernel, lambda c: (programs, triton.cdiv(N, c["BLOCK_N"])), args, flags, _FIXED_TILE,
+           tuned=_bias_gelu_bwd_kernel_tuned)
     return dx, db_partial.sum(dim=0)

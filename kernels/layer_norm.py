@@ -9,13 +9,12 @@ Layout: ``x``, ``residual`` and ``dy`` are 2-D ``(rows, hidden)`` with unit colu
 ``weight`` and ``bias`` are contiguous ``(hidden,)``. The autograd Function and argument checks live in
 fastbert/ops/layer_norm.py; this module is imported only when a kernel is first launched.
 """
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpret, round_to, rows_bucket, sm_count
+from ..ops._dispatch import interpret_mode
+from ._common import launch, round_to, rows_bucket, sm_count
 
 # The whole row sits in one block, computed in fp32: past 16384 features (64 KiB of fp32 per row) registers
 # spill badly. BERT's hidden sizes are far below this.
@@ -161,11 +160,6 @@ def _bwd_meta(block_n: int) -> dict:
     return dict(BLOCK_M=block_m, num_warps=min(16, max(1, block_m * block_n // 256)))
 
 
-def _on(device: torch.device):
-    """Triton launches on the current CUDA device: make it the tensors' one."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _block_n(n: int) -> int:
     if n > MAX_HIDDEN_SIZE:
         raise ValueError(
@@ -200,12 +194,9 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None, store_residual=False, st
             x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
             z.stride(0) if z is not None else 0,
             N, eps, rows_bucket(M))
-    flags = dict(HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats, BLOCK_N=block_n)
-    with _on(x.device):
-        if autotune_enabled():
-            _layer_norm_fwd_kernel_tuned[(M,)](*args, **flags, EMULATE_RTNE=False)
-        else:
-            _layer_norm_fwd_kernel[(M,)](*args, **flags, EMULATE_RTNE=interpret(), **_fwd_meta(block_n))
+    flags = dict(HAS_RESIDUAL=residual is not None, STORE_Z=z is not None, STORE_STATS=store_stats, BLOCK_N=block_n,
+                 EMULATE_RTNE=interpret_mode())
+    launch(_layer_norm_fwd_kernel, lambda c: (M,), args, flags, _fwd_meta(block_n), tuned=_layer_norm_fwd_kernel_tuned)
     return y, z, mean, rstd
 
 
@@ -247,13 +238,9 @@ def layer_norm_bwd(dy, z, weight, mean, rstd, dz=None, dx_dtype=None, dres_dtype
                 z.stride(0), dy.stride(0), dz.stride(0) if dz is not None else 0, dx.stride(0),
                 dr.stride(0) if dr is not None else 0,
                 M, N, rows_per_program, rows_bucket(M))
-        flags = dict(HAS_DZ=dz is not None, STORE_DR=store_dr, BLOCK_N=block_n)
-        with _on(z.device):
-            if autotune_enabled():
-                _layer_norm_bwd_kernel_tuned[(programs,)](*args, **flags, EMULATE_RTNE=False)
-            else:
-                _layer_norm_bwd_kernel[(programs,)](*args, **flags, EMULATE_RTNE=interpret(),
-                                                    **_bwd_meta(block_n))
+        flags = dict(HAS_DZ=dz is not None, STORE_DR=store_dr, BLOCK_N=block_n, EMULATE_RTNE=interpret_mode())
+        launch(_layer_norm_bwd_kernel, lambda c: (programs,), args, flags, _bwd_meta(block_n),
+               tuned=_layer_norm_bwd_kernel_tuned)
     dw, db = partial.sum(dim=1)
     if dres_dtype is None:
         dr = None

@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpret
+from ..ops._dispatch import interpret_mode
+from ._common import launch
 
 
 @triton.jit
@@ -127,7 +128,7 @@ def _lm_ce_bwd_kernel(
 def _config(dtype, backward=False):
     """(block sizes, num_warps): one fixed config per dtype and direction, chosen so that the sm_90 compile
     spills nothing (ptxas: fwd bf16 244 / fp32 208 registers, bwd bf16 209 / fp32 224; docs/perf-notes.md)."""
-    if interpret():
+    if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_V=32, BLOCK_K=16), 1
     if dtype == torch.float32:
         return (dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=16) if backward else dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32)), 4
@@ -148,12 +149,10 @@ def lm_head_ce_fwd(hidden, weight, bias, target, ignore_index):
     if N == 0:
         return loss, lse, argmax
     cfg, warps = _config(hidden.dtype)
-    grid = (triton.cdiv(N, cfg["BLOCK_M"]),)
-    with torch.cuda.device(hidden.device) if hidden.is_cuda else _nullcontext():
-        _lm_ce_fwd_kernel[grid](hidden, weight, bias if bias is not None else weight, target, loss, lse, argmax,
-                                N, V, K, hidden.stride(0), weight.stride(0), ignore_index,
-                                HAS_BIAS=bias is not None, DOT_PRECISION=_precision(hidden.dtype),
-                                num_warps=warps, **cfg)
+    launch(_lm_ce_fwd_kernel, lambda c: (triton.cdiv(N, c["BLOCK_M"]),),
+           (hidden, weight, bias if bias is not None else weight, target, loss, lse, argmax,
+            N, V, K, hidden.stride(0), weight.stride(0), ignore_index),
+           dict(HAS_BIAS=bias is not None, DOT_PRECISION=_precision(hidden.dtype)), dict(cfg, num_warps=warps))
     return loss, lse, argmax
 
 
@@ -165,20 +164,9 @@ def lm_head_ce_bwd(dloss, hidden, weight, bias, target, lse, ignore_index, need_
     db = torch.zeros(V, device=hidden.device, dtype=torch.float32) if bias is not None else None
     if N > 0:
         cfg, warps = _config(hidden.dtype, backward=True)
-        grid = (triton.cdiv(N, cfg["BLOCK_M"]), triton.cdiv(V, cfg["BLOCK_V"]))
-        with torch.cuda.device(hidden.device) if hidden.is_cuda else _nullcontext():
-            _lm_ce_bwd_kernel[grid](hidden, weight, bias if bias is not None else weight, target, lse,
-                                    dloss.float().contiguous(), dh, dw, db if db is not None else dw,
-                                    N, V, K, hidden.stride(0), weight.stride(0), ignore_index,
-                                    HAS_BIAS=bias is not None, DOT_PRECISION=_precision(hidden.dtype),
-                                    num_warps=warps, **cfg)
+        launch(_lm_ce_bwd_kernel, lambda c: (triton.cdiv(N, c["BLOCK_M"]), triton.cdiv(V, c["BLOCK_V"])),
+               (hidden, weight, bias if bias is not None else weight, target, lse, dloss.float().contiguous(),
+                dh, dw, db if db is not None else dw, N, V, K, hidden.stride(0), weight.stride(0), ignore_index),
+               dict(HAS_BIAS=bias is not None, DOT_PRECISION=_precision(hidden.dtype)), dict(cfg, num_warps=warps))
     return (dh.to(hidden.dtype) if need_dh else None, dw.to(weight.dtype) if need_dw else None,
             db.to(bias.dtype) if need_db else None)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -135,7 +135,7 @@ from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 import fastbert.kernels.lm_head_ce as C
 
-C.interpret = lambda: False
+C.interpret_mode = lambda: False
 for dtype, torch_dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
     import torch
     for fn, backward in ((C._lm_ce_fwd_kernel, False), (C._lm_ce_bwd_kernel, True)):

@@ -1,8 +1,8 @@
 """fastbert's fused ops: a ``torch.autograd.Function`` per op over a Triton kernel, with a PyTorch path.
 
-Dispatch (fastbert/ops/_dispatch.py): Triton for CUDA tensors, and for CPU tensors under
-``TRITON_INTERPRET=1``; PyTorch otherwise. ``ops.cpu``: oneDNN linear layers with fused epilogues for CPU
-inference (the model's ``cpu`` backend).
+Dispatch, one rule for every op (``use_triton`` in fastbert/ops/_dispatch.py): Triton for CUDA tensors, and
+for CPU tensors under ``TRITON_INTERPRET=1``; PyTorch otherwise. ``ops.cpu``: oneDNN linear layers with fused
+epilogues for CPU inference (the model's ``cpu`` backend).
 """
 from . import cpu, padding
 from .attention import attention, trust_cu_seqlens

@@ -1,7 +1,8 @@
 """Multi-head attention over padded or packed variable-length batches.
 
-``attention(q, k, v, ...)`` runs the Triton FlashAttention-2 kernel (kernels/attention.py) for CUDA tensors,
-and for CPU tensors under ``TRITON_INTERPRET=1``; PyTorch's ``scaled_dot_product_attention`` otherwise.
+``attention(q, k, v, ...)`` runs the Triton FlashAttention-2 kernel (kernels/attention.py) where
+``_dispatch.use_triton`` says (CUDA tensors, CPU tensors under ``TRITON_INTERPRET=1``) and the head dim suits it;
+PyTorch's ``scaled_dot_product_attention`` otherwise.
 
 Layouts: padded ``(batch, seqlen, heads, head_dim)`` with ``key_padding_mask (batch, seqlen)`` where True
 (or 1) marks a real token, as in Hugging Face's ``attention_mask``; or packed ``(total_tokens, heads,

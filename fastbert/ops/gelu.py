@@ -1,7 +1,7 @@
 """Fused bias + GELU: ``gelu(x + bias)``, exact (erf, BERT's ``"gelu"``) or tanh-approximated (``"gelu_new"``).
 
-``bias_gelu`` runs the Triton kernel (kernels/gelu.py) for CUDA tensors, and for CPU tensors under
-``TRITON_INTERPRET=1``; otherwise, and for float64 inputs, the PyTorch path. The output has ``x``'s dtype
+``bias_gelu`` runs the Triton kernel (kernels/gelu.py) where ``_dispatch.use_triton`` says (CUDA tensors, CPU
+tensors under ``TRITON_INTERPRET=1``; not float64), the PyTorch path otherwise. The output has ``x``'s dtype
 even when ``bias`` is float32 (BERT under AMP: a bf16/fp16 matmul output plus an fp32 bias parameter, as
 autocast's ``addmm`` would give); the bias gradient has the bias's dtype.
 """
@@ -12,21 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import interpret_mode, kernels, use_triton
-
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from ._dispatch import kernels, use_triton
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with unit column stride, a view whenever possible."""
     t2 = t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
     return t2 if t2.stride(-1) == 1 or t2.shape[-1] <= 1 else t2.contiguous()
-
-
-def _kernel_path(x: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():  # torch.compile cannot trace use_triton's import check
-        return x.is_cuda or (x.device.type == "cpu" and interpret_mode())
-    return use_triton(x)
 
 
 # ---- the launchers as torch custom ops, so torch.compile sees through them (used only while compiling:
@@ -116,6 +108,6 @@ def bias_gelu(x, bias, approximate="none"):
     approximation (``"gelu_new"``). The result has ``x``'s dtype.
     """
     _check(x, bias, approximate)
-    if _kernel_path(x) and x.dtype in _KERNEL_DTYPES and bias.dtype in _KERNEL_DTYPES:
+    if use_triton(x, bias):
         return BiasGeluFunction.apply(x, bias, approximate)
     return F.gelu(x + bias.to(x.dtype), approximate=approximate)

@@ -1,8 +1,8 @@
 """Fused residual + LayerNorm: ``y = LN(x + residual) * weight + bias``.
 
-``layer_norm`` runs the Triton kernel (kernels/layer_norm.py) for CUDA tensors, and for CPU tensors under
-``TRITON_INTERPRET=1``; otherwise, and for float64 inputs or hidden sizes past the kernel's limit, the
-PyTorch path. Both paths compute the same thing:
+``layer_norm`` runs the Triton kernel (kernels/layer_norm.py) where ``_dispatch.use_triton`` says (CUDA
+tensors, CPU tensors under ``TRITON_INTERPRET=1``; not float64) up to the kernel's hidden size limit, the
+PyTorch path otherwise. Both paths compute the same thing:
 
 - ``x + residual`` follows PyTorch's type promotion and is rounded to that dtype before normalizing, as
   ``F.layer_norm(x + residual, ...)`` does; ``y`` (and the returned sum) have that dtype.
@@ -18,16 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import interpret_mode, kernels, use_triton
+from ._dispatch import kernels, use_triton
 
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HIDDEN_SIZE = 16384  # kernels/layer_norm.py's limit (one row per block); larger takes the PyTorch path
-
-
-def _kernel_path(x: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():  # torch.compile cannot trace use_triton's import check
-        return x.is_cuda or (x.device.type == "cpu" and interpret_mode())
-    return use_triton(x)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -192,7 +185,7 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, return_residual=False)
     """
     _check(x, weight, bias, residual)
     tensors = [x, weight, bias] + ([residual] if residual is not None else [])
-    if _kernel_path(x) and all(t.dtype in _KERNEL_DTYPES for t in tensors) and x.shape[-1] <= MAX_HIDDEN_SIZE:
+    if use_triton(*tensors) and x.shape[-1] <= MAX_HIDDEN_SIZE:
         if residual is None:
             y = LayerNormFunction.apply(x, weight, bias, None, float(eps), False)
             return (y, x) if return_residual else y

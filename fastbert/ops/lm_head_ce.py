@@ -2,8 +2,9 @@
 
 ``linear_cross_entropy(hidden, weight, bias, target)`` returns, per row, the cross-entropy of
 ``hidden @ weight.T + bias`` against ``target`` (0 where ``target == ignore_index``) and the argmax of the
-logits (for accuracy). It runs the Triton kernel pair (kernels/lm_head_ce.py) for CUDA tensors, and for CPU
-tensors under ``TRITON_INTERPRET=1``; the PyTorch path (``F.linear`` + ``F.cross_entropy``) otherwise.
+logits (for accuracy). It runs the Triton kernel pair (kernels/lm_head_ce.py) where ``_dispatch.use_triton``
+says (CUDA tensors, CPU tensors under ``TRITON_INTERPRET=1``), the PyTorch path (``F.linear`` +
+``F.cross_entropy``) otherwise.
 The loss is fp32 whatever the inputs' dtype (as the MLM loss computed from fp32-cast logits).
 """
 from typing import Optional, Tuple
@@ -12,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._dispatch import interpret_mode, kernels, use_triton
-
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from ._dispatch import kernels, use_triton
 
 
 @torch.library.custom_op("fastbert::lm_head_ce_fwd", mutates_args=())
@@ -79,10 +78,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optio
         target: (N,) class indices; rows equal to ``ignore_index`` get loss 0 and no gradient.
     """
     _check(hidden, weight, bias, target)
-    kernel = hidden.dtype in _KERNEL_DTYPES and (
-        (hidden.is_cuda or (hidden.device.type == "cpu" and interpret_mode())) if torch.compiler.is_compiling()
-        else use_triton(hidden))
-    if not kernel:
+    if not use_triton(hidden):  # (weight and bias share its dtype)
         logits = F.linear(hidden, weight, bias).float()
         loss = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
         return loss, logits.detach().argmax(-1)
