@@ -23,7 +23,6 @@ often the student's top prediction at a masked position is the teacher's.
     fastbert distill --train-files data/text/pretrain/train --eval-files data/text/pretrain/heldout \
         --max-steps 300 --output-dir runs/distill
 """
-import itertools
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -40,9 +39,9 @@ from ..configuration_bert import BertConfig
 from ..encode import pool, sentence_pipeline
 from ..modeling_bert import BertForMaskedLM, BertModel
 from .checkpoint import read_best
-from .data import IGNORE_INDEX, PretrainingStream, _rng, check_vocab_matches, collate_packed, iter_documents, \
-    load_tokenizer, masked_positions, read_vocab, resolve_files, split_sentences
-from .loop import Trainer, TrainArgs, check_ranges, init_distributed
+from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, held_out_batches, load_tokenizer, \
+    masked_positions, read_sentences, read_vocab, sentence_batches, step_batches
+from .loop import Trainer, TrainArgs, check_ranges, evaluate_task, init_distributed
 from .pretrain import _copy_tokenizer
 
 OBJECTIVES = ("auto", "embedding", "mlm")
@@ -208,39 +207,6 @@ def mlm_report(sums, counts):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Data
-# ------------------------------------------------------------------------------------------------------
-def read_sentences(files) -> List[str]:
-    return [s for doc in iter_documents(files, "blank") for s in split_sentences(doc) if len(s.split()) >= 3]
-
-
-def sentence_batches(sentences: List[str], tokenizer, cfg: DistillConfig, max_length: int, world=1, rank=0):
-    """For each step from ``start``: this rank's micro-batches, a seeded shuffle per epoch (exact resume)."""
-    per_rank = cfg.batch_size * cfg.grad_accum
-    G = per_rank * world
-    if len(sentences) < G:
-        raise ValueError(f"{len(sentences)} training sentences are fewer than one global batch ({G})")
-    spe = len(sentences) // G
-
-    def encode(texts):
-        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "token_type_ids": enc["token_type_ids"]}
-
-    def steps(start):
-        step = start
-        while True:
-            epoch, k = divmod(step, spe)
-            order = _rng(cfg.seed, epoch, 3).permutation(len(sentences))
-            idx = order[k * G:(k + 1) * G][rank * per_rank:(rank + 1) * per_rank]
-            yield [encode([sentences[i] for i in idx[m * cfg.batch_size:(m + 1) * cfg.batch_size]])
-                   for m in range(cfg.grad_accum)]
-            step += 1
-
-    return steps
-
-
-# ------------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------------
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -265,7 +231,7 @@ def evaluate_embeddings(student, teacher, sentences: List[str], tokenizer, spec,
     student.train(was)
     s, t = torch.cat(embs["student"]), torch.cat(embs["teacher"])
     n = s.shape[0]
-    rng = _rng(seed, 7)
+    rng = np.random.default_rng([seed, 7])
     i, j = rng.integers(0, n, 4 * n), rng.integers(0, n, 4 * n)
     keep = i != j
     i, j = i[keep], j[keep]
@@ -283,14 +249,7 @@ def evaluate_mlm(student, teacher, stream: PretrainingStream, batches, batch_siz
     was = student.training
     student.eval()
     task = MLMDistillLoss(student, teacher, DistillConfig(max_steps=1))
-    it = stream.instances(0)
-    sums, counts = 0, 0
-    for _ in range(batches):
-        batch = collate_packed([inst for _, inst in itertools.islice(it, batch_size)])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        c = mlm_count(batch)
-        _, s = task(batch, c.to(device).clamp(min=1))
-        sums, counts = sums + s.double().cpu(), counts + c.double()
+    sums, counts = evaluate_task(task, held_out_batches(stream, batches, batch_size), mlm_count, device)
     student.train(was)
     return mlm_report(sums, counts)
 
@@ -343,37 +302,30 @@ def run(cfg: DistillConfig) -> Dict:
 
     if objective == "embedding":
         task = EmbeddingDistillLoss(student, teacher, spec, cfg)
-        steps = sentence_batches(read_sentences(resolve_files(cfg.train_files)), tokenizer, cfg, max_length,
-                                 info.world, info.rank)
+        steps = sentence_batches(read_sentences(cfg.train_files), tokenizer, cfg, max_length, info.world, info.rank)
         count, report, fields = embedding_count, embedding_report, ["loss", "hidden_cos_loss", "emb_cos"]
         tokens_of = lambda b: int(b["attention_mask"].sum())  # noqa: E731
         run_eval, metric = None, "pair_spearman"
         if cfg.eval_files:
-            held = read_sentences(resolve_files(cfg.eval_files))[:cfg.eval_sentences]
+            held = read_sentences(cfg.eval_files)[:cfg.eval_sentences]
             run_eval = lambda: evaluate_embeddings(student, teacher, held, tokenizer, spec, max_length,  # noqa: E731
                                                    info.device, seed=cfg.seed)
     else:
         vocab = read_vocab(teacher_dir)
-        stream = PretrainingStream(resolve_files(cfg.train_files), tokenizer, vocab, max_length, seed=cfg.seed,
-                                   mlm_probability=cfg.mlm_probability,
-                                   max_position_embeddings=teacher.config.max_position_embeddings)
+
+        def stream(files, seed):
+            return PretrainingStream(files, tokenizer, vocab, max_length, seed=seed,
+                                     mlm_probability=cfg.mlm_probability,
+                                     max_position_embeddings=teacher.config.max_position_embeddings)
+
         task = MLMDistillLoss(student, teacher, cfg)
-        per_rank, G = cfg.batch_size * cfg.grad_accum, cfg.batch_size * cfg.grad_accum * info.world
-
-        def steps(start):
-            it = stream.instances(start * G)
-            while True:
-                mine = [inst for _, inst in itertools.islice(it, G)][info.rank * per_rank:(info.rank + 1) * per_rank]
-                yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
-
+        steps = step_batches(stream(cfg.train_files, cfg.seed), cfg, info)
         count, report = mlm_count, mlm_report
         fields = ["loss", "soft_loss", "mlm_loss", "hidden_cos_loss", "mlm_acc", "teacher_agree"]
         tokens_of = lambda b: int(b["input_ids"].numel())  # noqa: E731
         run_eval, metric = None, "teacher_agree"
         if cfg.eval_files:
-            ev = PretrainingStream(resolve_files(cfg.eval_files), tokenizer, vocab, max_length, seed=cfg.seed + 1,
-                                   mlm_probability=cfg.mlm_probability,
-                                   max_position_embeddings=teacher.config.max_position_embeddings)
+            ev = stream(cfg.eval_files, cfg.seed + 1)
             run_eval = lambda: evaluate_mlm(student, teacher, ev, 10, cfg.batch_size, info.device)  # noqa: E731
 
     trainer = Trainer(task, student, args, info, count, report, fields + ["grad_norm"],

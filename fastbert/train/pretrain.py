@@ -1,5 +1,4 @@
 """MLM + NSP pre-training: the loss (vocabulary projection on masked positions only), the batches, the run."""
-import itertools
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -15,10 +14,10 @@ from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
 from ..ops._dispatch import use_triton
-from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, \
-    masked_positions, read_vocab, unigram_baseline
+from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, held_out_batches, load_tokenizer, \
+    masked_positions, read_vocab, step_batches, unigram_baseline
 from .checkpoint import read_best
-from .loop import DistInfo, Trainer, TrainArgs, check_ranges, init_distributed
+from .loop import Trainer, TrainArgs, check_ranges, evaluate_task, init_distributed
 
 
 class PreTrainingLoss(nn.Module):
@@ -126,41 +125,17 @@ def make_stream(cfg: PretrainConfig, files, tokenizer, vocab, config: BertConfig
                              max_position_embeddings=config.max_position_embeddings)
 
 
-def step_batches(stream: PretrainingStream, cfg: PretrainConfig, info: DistInfo):
-    """For each step from ``start``: this rank's micro-batches. Step s uses global instances
-    [s*G, (s+1)*G), G = batch_size * grad_accum * world; rank r takes the r-th contiguous share."""
-    per_rank = cfg.batch_size * cfg.grad_accum
-    G = per_rank * info.world
-
-    def steps(start: int):
-        it = stream.instances(start * G)
-        while True:
-            insts = [inst for _, inst in itertools.islice(it, G)]
-            mine = insts[info.rank * per_rank:(info.rank + 1) * per_rank]
-            yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
-
-    return steps
-
-
 @torch.no_grad()
 def evaluate(model: BertForPreTraining, stream: PretrainingStream, batches: int, batch_size: int,
              device) -> Dict[str, float]:
     """MLM loss/accuracy and NSP accuracy on held-out text, with the unigram baseline of the same targets."""
     was_training = model.training
     model.eval()
-    task = PreTrainingLoss(model)
-    it = stream.instances(0)
-    sums, counts, all_labels = 0, 0, []
-    for _ in range(batches):
-        batch = collate_packed([inst for _, inst in itertools.islice(it, batch_size)])
-        all_labels.append(batch["labels"])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        c = count(batch)
-        _, s = task(batch, c.to(device).clamp(min=1))
-        sums, counts = sums + s.double().cpu(), counts + c.double()
+    held = held_out_batches(stream, batches, batch_size)
+    sums, counts = evaluate_task(PreTrainingLoss(model), held, count, device)
     model.train(was_training)
     out = report(sums, counts)
-    out["unigram_acc"] = unigram_baseline(torch.cat(all_labels))
+    out["unigram_acc"] = unigram_baseline(torch.cat([b["labels"] for b in held]))
     out["masked_tokens"] = int(counts[0])
     return out
 
