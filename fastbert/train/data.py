@@ -11,8 +11,13 @@ Documents: one per line (``doc_format="line"``), or paragraphs separated by blan
 (``doc_format="blank"``). A document is split into sentences at ``. ! ?`` followed by white space (and at
 line ends in blank-line mode when a line ends a sentence); a sentence longer than a whole sequence is cut
 into pieces rather than dropped.
+
+``step_batches`` cuts a stream into each step's micro-batches for this rank (pre-training, MLM
+distillation); ``sentence_batches`` does the same for a list of sentences (embedding distillation), shuffled
+per epoch by a seeded generator, so it too resumes exactly.
 """
 import glob
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,6 +336,62 @@ def collate_packed(instances: Sequence[Instance]) -> dict:
     }
 
 
+def step_batches(stream: "PretrainingStream", cfg, info):
+    """For each step from ``start`` on: this rank's ``cfg.grad_accum`` packed micro-batches of
+    ``cfg.batch_size`` instances. Step s uses global instances [s*G, (s+1)*G), G = batch_size * grad_accum *
+    world; rank r (``info.rank`` of ``info.world``) takes the r-th contiguous share."""
+    per_rank = cfg.batch_size * cfg.grad_accum
+    G = per_rank * info.world
+
+    def steps(start: int):
+        it = stream.instances(start * G)
+        while True:
+            insts = [inst for _, inst in itertools.islice(it, G)]
+            mine = insts[info.rank * per_rank:(info.rank + 1) * per_rank]
+            yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
+
+    return steps
+
+
+def held_out_batches(stream: "PretrainingStream", batches: int, batch_size: int) -> List[dict]:
+    """The first ``batches`` packed batches of ``stream``: the same held-out set at every evaluation."""
+    it = stream.instances(0)
+    return [collate_packed([inst for _, inst in itertools.islice(it, batch_size)]) for _ in range(batches)]
+
+
+def read_sentences(files) -> List[str]:
+    """The sentences (of three words or more) of blank-line separated documents: distillation's text."""
+    return [s for doc in iter_documents(resolve_files(files), "blank") for s in split_sentences(doc)
+            if len(s.split()) >= 3]
+
+
+def sentence_batches(sentences: List[str], tokenizer, cfg, max_length: int, world=1, rank=0):
+    """For each step from ``start`` on: this rank's ``cfg.grad_accum`` padded micro-batches of
+    ``cfg.batch_size`` sentences, from a shuffle seeded by ``(cfg.seed, epoch)`` (exact resume)."""
+    per_rank = cfg.batch_size * cfg.grad_accum
+    G = per_rank * world
+    if len(sentences) < G:
+        raise ValueError(f"{len(sentences)} training sentences are fewer than one global batch ({G})")
+    spe = len(sentences) // G
+
+    def encode(texts):
+        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "token_type_ids": enc["token_type_ids"]}
+
+    def steps(start):
+        step = start
+        while True:
+            epoch, k = divmod(step, spe)
+            order = _rng(cfg.seed, epoch, 3).permutation(len(sentences))
+            idx = order[k * G:(k + 1) * G][rank * per_rank:(rank + 1) * per_rank]
+            yield [encode([sentences[i] for i in idx[m * cfg.batch_size:(m + 1) * cfg.batch_size]])
+                   for m in range(cfg.grad_accum)]
+            step += 1
+
+    return steps
+
+
 def masked_positions(batch: dict) -> torch.Tensor:
     """(M,) positions of the masked tokens of a packed batch: its host-computed ``mlm_index`` when it has one
     (no host sync), else ``nonzero`` on the labels (one)."""
@@ -367,5 +428,6 @@ def unigram_baseline(labels: torch.Tensor) -> float:
 
 
 __all__ = ["load_tokenizer", "read_vocab", "check_vocab_matches", "PretrainingStream", "Instance", "mask_tokens",
-           "collate_packed", "masked_positions", "packed_to_padded", "iter_documents", "split_sentences", "resolve_files",
+           "collate_packed", "step_batches", "held_out_batches", "read_sentences", "sentence_batches",
+           "masked_positions", "packed_to_padded", "iter_documents", "split_sentences", "resolve_files",
            "unigram_baseline", "IGNORE_INDEX"]

