@@ -18,19 +18,18 @@ tokenization_cuda (encode_packed on a GPU).
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import tokenization_cuda, tokenization_windows
 from ._warnings import warn_once
-from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
+from .tokenization_added import AddedTokensMixin
 from .tokenization_compat import TokenizerCompatMixin
 from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
-from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
+from .tokenization_files import (SPECIAL_ATTRS, VERY_LARGE_INTEGER, _token_str, load_vocab,  # noqa: F401
+                                  read_pretrained, write_pretrained)
 from .tokenization_outputs import BatchEncoding, _Alignment, _Sliced  # noqa: F401 - BatchEncoding is public
 _TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
 _PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
@@ -180,43 +179,9 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], **kwargs) -> "BertTokenizer":
-        """Load from a local directory (vocab.txt + optional tokenizer_config.json / special_tokens_map.json)
-        or a vocab.txt path. Keyword arguments override the config."""
-        p = Path(path)
-        if p.is_file():
-            vocab, cfg_dir = p, p.parent
-        elif p.is_dir():
-            vocab, cfg_dir = p / "vocab.txt", p
-            if not vocab.is_file() and (p / "tokenizer.json").is_file():
-                vocab, kwargs = _from_tokenizer_json(p / "tokenizer.json", kwargs)  # what transformers 5 writes
-            elif not vocab.is_file():
-                raise FileNotFoundError(f"{p} has no vocab.txt or tokenizer.json: fastbert.BertTokenizer needs a "
-                                        "BERT WordPiece vocab")
-        else:
-            raise FileNotFoundError(
-                f"{path} is not a local directory or vocab file (fastbert loads tokenizers from disk only; "
-                "download the model first, e.g. with huggingface_hub.snapshot_download)")
-        config: Dict[str, Any] = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            f = cfg_dir / name
-            if f.is_file() and p.is_dir():
-                try:
-                    config.update(json.loads(f.read_text(encoding="utf-8")))
-                except (ValueError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{f} is not valid JSON: {e}") from None
-        allowed = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
-                   "strip_accents", "model_max_length", "padding_side", "truncation_side",
-                   "split_special_tokens", "clean_up_tokenization_spaces", *_SPECIAL_ATTRS}
-        args = {k: v for k, v in config.items() if k in allowed}
-        if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
-            args["model_max_length"] = None
-        added = {}
-        if isinstance(kwargs.get("_added_tokens"), list):  # from tokenizer.json
-            added = {int(a["id"]): a for a in kwargs.pop("_added_tokens") if "id" in a}
-        if isinstance(config.get("added_tokens_decoder"), dict):
-            added.update({int(i): a for i, a in config["added_tokens_decoder"].items()})
-        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        args.update(kwargs)
+        """Load from a local directory (vocab.txt + optional tokenizer_config.json / special_tokens_map.json,
+        or tokenizer.json) or a vocab.txt path. Keyword arguments override the config."""
+        vocab, args, added, extra = read_pretrained(path, kwargs)
         tok = cls(vocab, **args)
         tok._load_added(added, extra)
         tok.name_or_path = str(path)
@@ -227,11 +192,6 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
         ``transformers.AutoTokenizer`` / ``BertTokenizerFast.from_pretrained`` and fastbert load."""
         if kwargs:
             raise NotImplementedError(f"save_pretrained({sorted(kwargs)}): fastbert saves to a local directory only")
-        d = Path(save_directory)
-        if d.is_file():
-            raise ValueError(f"{d} is a file: save_pretrained needs a directory")
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "vocab.txt").write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
                   "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.tokenize_chinese_chars,
                   "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces, "padding_side": self.padding_side,
@@ -242,11 +202,7 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
         if self._added_map or self._extra_special:  # what transformers writes and reads back
             config["added_tokens_decoder"] = {str(i): a for i, a in self.added_tokens_decoder.items()}
             config["extra_special_tokens"] = list(self._extra_special)
-        files = (d / "tokenizer_config.json", d / "special_tokens_map.json", d / "vocab.txt")
-        files[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        files[1].write_text(json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
-        return tuple(str(f) for f in files)
+        return write_pretrained(save_directory, self._tokens, config, self.special_tokens_map)
 
     # ---- vocabulary --------------------------------------------------------------------------------
 
@@ -295,7 +251,7 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
 
     @property
     def special_tokens_map(self) -> Dict[str, str]:
-        return {a: getattr(self, a) for a in _SPECIAL_ATTRS if getattr(self, a)}
+        return {a: getattr(self, a) for a in SPECIAL_ATTRS if getattr(self, a)}
 
     def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]):
         unk = self.unk_token_id

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Tuple
 
+from .tokenization_files import write_vocab
+
 
 class TokenizerCompatMixin:
     name_or_path = ""  # the directory or file from_pretrained read
@@ -41,8 +43,7 @@ class TokenizerCompatMixin:
         if not os.path.isdir(save_directory):
             raise ValueError(f"save_vocabulary needs an existing directory, got {save_directory!r}")
         path = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + "vocab.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(t + "\n" for t in self._tokens)
+        write_vocab(path, self._tokens)
         return (path,)
 
 
