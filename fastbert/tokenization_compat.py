@@ -7,6 +7,7 @@ import os
 from typing import Dict, Optional, Tuple
 
 from .tokenization_files import write_vocab
+from .tokenization_vocab import _clean_up_tokenization
 
 
 class TokenizerCompatMixin:
@@ -34,8 +35,6 @@ class TokenizerCompatMixin:
         return self.model_max_length - self.num_special_tokens_to_add(True)
 
     def clean_up_tokenization(self, out_string: str) -> str:
-        from .tokenization_bert import _clean_up_tokenization
-
         return _clean_up_tokenization(out_string)
 
     def save_vocabulary(self, save_directory, filename_prefix: Optional[str] = None) -> Tuple[str]:
