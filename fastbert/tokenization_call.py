@@ -227,8 +227,8 @@ class TokenizerCallMixin:
         if add_special_tokens and None in self._post_ids:
             raise ValueError(f"the vocabulary has no {self.cls_token!r} / {self.sep_token!r} token: "
                              "pass add_special_tokens=False")
-        if padding != "do_not_pad":
-            self._pad_id()
+        if padding != "do_not_pad" and self.pad_token_id is None:
+            raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
         return CallArgs(
             add_special_tokens=bool(add_special_tokens), padding=padding, truncation=truncation,
             max_length=None if max_length is None else int(max_length), stride=int(stride),
@@ -240,11 +240,6 @@ class TokenizerCallMixin:
             return_special_tokens_mask=bool(return_special_tokens_mask),
             return_offsets_mapping=bool(return_offsets_mapping), return_length=bool(return_length),
             verbose=verbose, split_special_tokens=bool(split_special_tokens), device=device, num_threads=num_threads)
-
-    def _pad_id(self) -> int:
-        if self.pad_token_id is None:
-            raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
-        return self.pad_token_id
 
     # ---- the public calls --------------------------------------------------------------------------
 
@@ -377,32 +372,33 @@ class TokenizerCallMixin:
         single = not data["input_ids"] or not isinstance(data["input_ids"][0], (list, tuple))
         if single:
             data = {k: [v] for k, v in data.items()}
-        padding = padding_strategy(padding)
-        side = check_side("padding_side", self.padding_side if padding_side is None else padding_side)
+        # the same resolution as a call's (nothing is truncated: the rows are already made)
+        args = self._resolve(add_special_tokens=False, padding=padding, truncation=False, max_length=max_length,
+                             pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side,
+                             return_attention_mask=return_attention_mask, return_tensors=return_tensors)
         rows = data["input_ids"]
-        if return_attention_mask is None or return_attention_mask:
+        if args.return_attention_mask:
             if "attention_mask" not in data:
                 data["attention_mask"] = [[1] * len(r) for r in rows]
         else:
             data.pop("attention_mask", None)
-        if padding == "max_length" and max_length is None:
-            if self.model_max_length >= VERY_LARGE_INTEGER:
-                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
-            max_length = self.model_max_length
-        if padding != "do_not_pad":
-            width = max((len(r) for r in rows), default=0) if padding == "longest" else max_length
-            width = round_up(width, pad_to_multiple_of)
-            fill = pad_values(self._pad_id(), self.pad_token_type_id)
+        if args.padding == "max_length" and args.max_length is None:
+            raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
+        if args.padding != "do_not_pad":
+            width = max((len(r) for r in rows), default=0) if args.padding == "longest" else args.max_length
+            width = round_up(width, args.pad_to_multiple_of)
+            fill = pad_values(self.pad_token_id, self.pad_token_type_id)
             del fill["offset_mapping"]  # as HF: offsets pass through unpadded
             for k, value in fill.items():
                 if k in data:
                     gaps = [[value] * max(0, width - len(r)) for r in data[k]]
-                    data[k] = [g + list(r) if side == "left" else list(r) + g for r, g in zip(data[k], gaps)]
+                    data[k] = [g + list(r) if args.left else list(r) + g for r, g in zip(data[k], gaps)]
         if single:
             data = {k: v[0] for k, v in data.items()}
-        if return_tensors is None:
+        if args.return_tensors is None:
             return BatchEncoding(data)
-        return BatchEncoding(as_tensors(data, return_tensors, ragged="pass padding=True to pad() to get tensors"))
+        return BatchEncoding(as_tensors(data, args.return_tensors,
+                                        ragged="pass padding=True to pad() to get tensors"))
 
     # ---- encoding a batch --------------------------------------------------------------------------
 
