@@ -51,16 +51,10 @@ class CallArgs:
     keys: Tuple[str, ...] = field(init=False)  # the per-token outputs asked for, in HF's order
 
     def __post_init__(self):
-        keys = ["input_ids"]
-        if self.return_token_type_ids:
-            keys.append("token_type_ids")
-        if self.return_attention_mask:
-            keys.append("attention_mask")
-        if self.return_special_tokens_mask:
-            keys.append("special_tokens_mask")
-        if self.return_offsets_mapping:
-            keys.append("offset_mapping")
-        self.keys = tuple(keys)
+        asked = (("token_type_ids", self.return_token_type_ids), ("attention_mask", self.return_attention_mask),
+                 ("special_tokens_mask", self.return_special_tokens_mask),
+                 ("offset_mapping", self.return_offsets_mapping))
+        self.keys = ("input_ids",) + tuple(k for k, on in asked if on)
 
     @property
     def left(self) -> bool:
