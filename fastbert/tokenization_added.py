@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .tokenization_files import _token_str
-
-_SPECIAL_ATTRS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+from .tokenization_files import SPECIAL_ATTRS, _token_str
 
 
 class AddedTokensMixin:
@@ -118,7 +116,7 @@ class AddedTokensMixin:
                 else:
                     self._extra_special.extend(names)
                 to_add.extend(new)
-            elif key in _SPECIAL_ATTRS:
+            elif key in SPECIAL_ATTRS:
                 spec = self._added_spec(value, True)
                 setattr(self, key, spec["content"])
                 to_add.append(spec)
@@ -127,7 +125,7 @@ class AddedTokensMixin:
                                           "(add it with extra_special_tokens)")
             else:
                 raise ValueError(f"Key {key} is not a valid special token. Valid keys are: "
-                                 f"{sorted(set(_SPECIAL_ATTRS) | {'extra_special_tokens'})}")
+                                 f"{sorted(set(SPECIAL_ATTRS) | {'extra_special_tokens'})}")
         return self._add_specs(to_add, True)
 
     def get_added_vocab(self) -> Dict[str, int]:

@@ -2,74 +2,39 @@
 
 The C++ core (``fastbert._C``, sources in csrc/) does everything per text: special-token matching, BERT
 normalization, pre-tokenization, LinMaxMatch WordPiece, truncation, special tokens, padding and offsets,
-for a whole batch across threads with the GIL released. This module only parses arguments, reads
-vocab.txt / tokenizer_config.json and wraps the numpy arrays it gets back.
+for a whole batch across threads with the GIL released. The Python side, as Hugging Face splits it between
+the call layer and the backend:
+
+- tokenization_call: the call layer (``__call__``, ``encode``, ``batch_encode_plus``, ``encode_packed``,
+  ``pad``...), the call's keywords resolved once into a ``CallArgs``;
+- tokenization_core: the thin wrapper over ``fastbert._C`` that runs a batch with those arguments;
+- tokenization_vocab, tokenization_added, tokenization_files: the vocabulary, special and added tokens,
+  decoding, and the files (vocab.txt, tokenizer.json, tokenizer_config.json);
+- tokenization_outputs (BatchEncoding, tensors), tokenization_windows (is_split_into_words, overflowing
+  windows), tokenization_encoding (``BatchEncoding.encodings``), tokenization_cuda (encode_packed on a GPU).
+
+This module holds the class that puts them together: its options, construction, pickling and
+from_pretrained / save_pretrained.
 
 Output is identical to Hugging Face `tokenizers` (``transformers.BertTokenizer`` in transformers >= 5,
 ``BertTokenizerFast`` before): ids, token type ids, attention mask, special tokens mask and offsets
 (code point offsets into the input str). Where HF's Rust and legacy Python tokenizers disagree, fastbert
 follows the Rust one; docs/tokenizer.md lists the differences and the few places fastbert raises a clear
 error where HF returns something surprising (max_length smaller than the special tokens, ragged tensors).
-
-Packed output for the variable-length kernels: :meth:`BertTokenizer.encode_packed`. The rest of the API
-lives next door: tokenization_outputs (BatchEncoding), tokenization_added (add_tokens), tokenization_windows
-(is_split_into_words, overflowing windows), tokenization_files (vocab.txt, tokenizer.json),
-tokenization_cuda (encode_packed on a GPU).
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
-import numpy as np
-
-from . import tokenization_cuda, tokenization_windows
-from ._warnings import warn_once
-from .tokenization_added import _SPECIAL_ATTRS, AddedTokensMixin
+from .tokenization_added import AddedTokensMixin
+from .tokenization_call import TokenizerCallMixin
 from .tokenization_compat import TokenizerCompatMixin
-from .tokenization_cuda import _launch_cuda, cuda_wordpiece_available  # noqa: F401 - public / used by tests
-from .tokenization_files import VERY_LARGE_INTEGER, _from_tokenizer_json, _token_str, load_vocab  # noqa: F401
-from .tokenization_outputs import BatchEncoding, _Alignment, _Sliced  # noqa: F401 - BatchEncoding is public
-_TRUNCATION = {"do_not_truncate": 0, "longest_first": 1, "only_first": 2, "only_second": 3}
-_PADDING = {"do_not_pad": 0, "longest": 1, "max_length": 2}
-# the keywords __call__ honours (HF's __call__ signature, plus fastbert's device / num_threads)
-_CALL_KEYWORDS = frozenset({
-    "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
-    "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids", "return_attention_mask",
-    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
-    "verbose", "split_special_tokens", "device", "num_threads"})
-
-
-def _core():
-    try:
-        from . import _C
-    except ImportError as e:  # pragma: no cover - a broken install
-        raise ImportError(
-            "fastbert's C++ tokenizer (fastbert._C) is not built: reinstall with "
-            "`pip install --no-build-isolation --no-deps -e .` (needs a C++17 compiler and pybind11)"
-        ) from e
-    return _C
-
-
-def _default_threads() -> int:
-    env = os.environ.get("FASTBERT_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _clean_up_tokenization(text: str) -> str:
-    """transformers' ``clean_up_tokenization``: English spacing artefacts of token-by-token decoding."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-        text = text.replace(a, b)
-    return text
-
+from .tokenization_core import Core, default_threads
+from .tokenization_cuda import cuda_wordpiece_available  # noqa: F401 - public
+from .tokenization_files import VERY_LARGE_INTEGER, _token_str, load_vocab, read_pretrained, write_pretrained
+from .tokenization_outputs import BatchEncoding  # noqa: F401 - public
+from .tokenization_vocab import VocabularyMixin
 
 # Keywords transformers' tokenizers accept that change nothing for a local WordPiece tokenizer: taken and
 # ignored, so code written for AutoTokenizer runs unchanged. Any other unknown keyword raises TypeError.
@@ -77,7 +42,7 @@ _NO_EFFECT_KWARGS = frozenset({"use_fast", "trust_remote_code", "_from_auto", "_
                                "local_files_only", "cache_dir", "tokenizer_class", "auto_map"})
 
 
-class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
+class BertTokenizer(TokenizerCallMixin, VocabularyMixin, AddedTokensMixin, TokenizerCompatMixin):
     """BERT WordPiece tokenizer with Hugging Face's API and output, computed in C++.
 
     Args mirror ``transformers.BertTokenizer``: ``do_lower_case``, ``strip_accents`` (None: same as
@@ -88,8 +53,7 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
 
     vocab_files_names = {"vocab_file": "vocab.txt"}
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
-    padding_side = "right"
-    truncation_side = "right"
+    is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
 
     def __init__(self, vocab_file, do_lower_case: bool = True, do_basic_tokenize: bool = True,
                  never_split: Optional[Iterable[str]] = None, unk_token="[UNK]", sep_token="[SEP]",
@@ -107,11 +71,7 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
                             "split_special_tokens, the special tokens, ...)")
         if not do_basic_tokenize:
             raise NotImplementedError("do_basic_tokenize=False is not supported by fastbert.BertTokenizer")
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
-        if truncation_side not in ("right", "left"):
-            raise ValueError(f"truncation_side={truncation_side!r}: use 'right' or 'left'")
-        self.padding_side, self.truncation_side = padding_side, truncation_side
+        self.padding_side, self.truncation_side = padding_side, truncation_side  # checked when set (SideOption)
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)  # decode's default, as in HF
         self.split_special_tokens = bool(split_special_tokens)
         if isinstance(vocab_file, (list, tuple)):  # the tokens themselves (tokenizer.json's vocab)
@@ -124,7 +84,7 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
         self.clean_text = bool(clean_text)
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self.model_max_length = int(model_max_length) if model_max_length is not None else VERY_LARGE_INTEGER
-        self.num_threads = int(num_threads) if num_threads else _default_threads()
+        self.num_threads = int(num_threads) if num_threads else default_threads()
         self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token = (
             _token_str(t) for t in (unk_token, sep_token, pad_token, cls_token, mask_token))
         self.never_split = [s for s in (never_split or []) if s]
@@ -150,15 +110,10 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
         # the [CLS] / [SEP] ids put around sequences are fixed here, as in HF's post-processor (setting
         # cls_token later, e.g. by add_special_tokens, does not change them)
         self._post_ids = (self.cls_token_id, self.sep_token_id)
-        self._init_specials = [t for t in (self.pad_token, self.unk_token, self.cls_token, self.sep_token,
-                                           self.mask_token) if t]
-
-    is_fast = True  # the whole pipeline runs in native code, like HF's fast tokenizers
+        self._init_specials = specials
 
     def __getstate__(self):  # the C++ core is rebuilt from the vocabulary on unpickling (DataLoader workers)
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("_tok", "_tok_plain", "_device_tries", "_starts_cache")}
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in ("_tok", "_device_tries", "_starts_cache")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -168,55 +123,19 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
             self._init_specials = list(self.all_special_tokens)
 
     def _build_core(self):
-        self._tok = _core().Tokenizer(self._tokens, never_split=self._matched, added=self._added_patterns(),
-                                      **self._core_args)
-        self._tok_plain = None
+        """The C++ core for the vocabulary, special and added tokens as they are now (again after each change)."""
+        self._tok = Core(self._tokens, self._matched, self.never_split, self._added_patterns(),
+                         self._added_patterns(special=False), self._core_args)
         self._vocab = None
         self._starts_cache = None
         self._added_display = {i: (self._tok.normalize(a["content"]) if a["normalized"] else a["content"])
                                for i, a in self._added_by_id.items()}
 
-    # ---- construction ------------------------------------------------------------------------------
-
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], **kwargs) -> "BertTokenizer":
-        """Load from a local directory (vocab.txt + optional tokenizer_config.json / special_tokens_map.json)
-        or a vocab.txt path. Keyword arguments override the config."""
-        p = Path(path)
-        if p.is_file():
-            vocab, cfg_dir = p, p.parent
-        elif p.is_dir():
-            vocab, cfg_dir = p / "vocab.txt", p
-            if not vocab.is_file() and (p / "tokenizer.json").is_file():
-                vocab, kwargs = _from_tokenizer_json(p / "tokenizer.json", kwargs)  # what transformers 5 writes
-            elif not vocab.is_file():
-                raise FileNotFoundError(f"{p} has no vocab.txt or tokenizer.json: fastbert.BertTokenizer needs a "
-                                        "BERT WordPiece vocab")
-        else:
-            raise FileNotFoundError(
-                f"{path} is not a local directory or vocab file (fastbert loads tokenizers from disk only; "
-                "download the model first, e.g. with huggingface_hub.snapshot_download)")
-        config: Dict[str, Any] = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            f = cfg_dir / name
-            if f.is_file() and p.is_dir():
-                try:
-                    config.update(json.loads(f.read_text(encoding="utf-8")))
-                except (ValueError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{f} is not valid JSON: {e}") from None
-        allowed = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
-                   "strip_accents", "model_max_length", "padding_side", "truncation_side",
-                   "split_special_tokens", "clean_up_tokenization_spaces", *_SPECIAL_ATTRS}
-        args = {k: v for k, v in config.items() if k in allowed}
-        if args.get("model_max_length") is not None and args["model_max_length"] >= VERY_LARGE_INTEGER:
-            args["model_max_length"] = None
-        added = {}
-        if isinstance(kwargs.get("_added_tokens"), list):  # from tokenizer.json
-            added = {int(a["id"]): a for a in kwargs.pop("_added_tokens") if "id" in a}
-        if isinstance(config.get("added_tokens_decoder"), dict):
-            added.update({int(i): a for i, a in config["added_tokens_decoder"].items()})
-        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        args.update(kwargs)
+        """Load from a local directory (vocab.txt + optional tokenizer_config.json / special_tokens_map.json,
+        or tokenizer.json) or a vocab.txt path. Keyword arguments override the config."""
+        vocab, args, added, extra = read_pretrained(path, kwargs)
         tok = cls(vocab, **args)
         tok._load_added(added, extra)
         tok.name_or_path = str(path)
@@ -227,11 +146,6 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
         ``transformers.AutoTokenizer`` / ``BertTokenizerFast.from_pretrained`` and fastbert load."""
         if kwargs:
             raise NotImplementedError(f"save_pretrained({sorted(kwargs)}): fastbert saves to a local directory only")
-        d = Path(save_directory)
-        if d.is_file():
-            raise ValueError(f"{d} is a file: save_pretrained needs a directory")
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "vocab.txt").write_text("".join(t + "\n" for t in self._tokens), encoding="utf-8")
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
                   "strip_accents": self.strip_accents, "tokenize_chinese_chars": self.tokenize_chinese_chars,
                   "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces, "padding_side": self.padding_side,
@@ -242,659 +156,9 @@ class BertTokenizer(AddedTokensMixin, TokenizerCompatMixin):
         if self._added_map or self._extra_special:  # what transformers writes and reads back
             config["added_tokens_decoder"] = {str(i): a for i, a in self.added_tokens_decoder.items()}
             config["extra_special_tokens"] = list(self._extra_special)
-        files = (d / "tokenizer_config.json", d / "special_tokens_map.json", d / "vocab.txt")
-        files[0].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        files[1].write_text(json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
-        return tuple(str(f) for f in files)
-
-    # ---- vocabulary --------------------------------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tokens)
-
-    def __len__(self) -> int:
-        """Size of the vocabulary with the added tokens (HF: len(get_vocab()))."""
-        if not self._added_map:
-            return len(self._tokens)
-        if self._vocab is None:
-            self.get_vocab()
-        return len(self._vocab)
-
-    def get_vocab(self) -> Dict[str, int]:
-        if self._vocab is None:
-            self._vocab = {t: i for i, t in enumerate(self._tokens)}
-            self._vocab.update(self._added_map)
-        return dict(self._vocab)
-
-    def _id(self, token: Optional[str]) -> Optional[int]:
-        if token is None:
-            return None
-        i = self._added_map.get(token)
-        if i is not None:
-            return i
-        i = self._tok.token_to_id(token)
-        return i if i >= 0 else None
-
-    unk_token_id = property(lambda self: self._id(self.unk_token))
-    sep_token_id = property(lambda self: self._id(self.sep_token))
-    pad_token_id = property(lambda self: self._id(self.pad_token))
-    cls_token_id = property(lambda self: self._id(self.cls_token))
-    mask_token_id = property(lambda self: self._id(self.mask_token))
-    pad_token_type_id = 0
-
-    @property
-    def all_special_tokens(self) -> List[str]:
-        named = [t for t in (self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token) if t]
-        return named + [t for t in self._extra_special if t not in named]
-
-    @property
-    def all_special_ids(self) -> List[int]:
-        return [i for i in (self._id(t) for t in self.all_special_tokens) if i is not None]
-
-    @property
-    def special_tokens_map(self) -> Dict[str, str]:
-        return {a: getattr(self, a) for a in _SPECIAL_ATTRS if getattr(self, a)}
-
-    def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]):
-        unk = self.unk_token_id
-        if isinstance(tokens, str):
-            i = self._id(tokens)
-            return i if i is not None else unk
-        return [self.convert_tokens_to_ids(t) for t in tokens]
-
-    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        if isinstance(ids, (int, np.integer)):
-            return self._id_to_token(int(ids))
-        ids = ids.tolist() if hasattr(ids, "tolist") else ids
-        special = set(self.all_special_ids) if skip_special_tokens else ()
-        return [self._id_to_token(int(i)) for i in ids if int(i) not in special]
-
-    def _id_to_token(self, i: int) -> str:
-        if i in self._added_display:  # HF: a normalized added token reads as its normalized content
-            return self._added_display[i]
-        if not 0 <= i < len(self._tokens):
-            raise IndexError(f"token id {i} is out of range for a vocabulary of {len(self._tokens)} tokens")
-        return self._tokens[i]
-
-    # ---- encoding ----------------------------------------------------------------------------------
-
-    def _texts(self, texts, what: str) -> List[str]:
-        out = []
-        for i, t in enumerate(texts):
-            if isinstance(t, str):
-                out.append(t)
-            elif isinstance(t, (bytes, bytearray)):
-                try:
-                    out.append(bytes(t).decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"{what}[{i}] is bytes that are not valid UTF-8 ({e}); decode it with the "
-                                     "right codec and pass str") from None
-            else:
-                raise TypeError(f"{what}[{i}] is {type(t).__name__}, not str: every text must be a str")
-        return out
-
-    def _as_batch(self, text, what: str):
-        if isinstance(text, (str, bytes, bytearray)):
-            return self._texts([text], what), False
-        if text is None:
-            raise TypeError(f"{what} is None: pass a str or a list of str")
-        if isinstance(text, (list, tuple)):
-            return self._texts(text, what), True
-        raise TypeError(f"{what} must be a str or a list/tuple of str, not {type(text).__name__}")
-
-    def _resolve(self, n_texts, pairs, add_special_tokens, padding, truncation, max_length):
-        """HF's padding / truncation / max_length arguments as (padding, truncation, max_length or None)."""
-        if isinstance(padding, bool):
-            padding = "longest" if padding else "do_not_pad"
-        padding = getattr(padding, "value", padding)
-        if padding not in _PADDING:
-            raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
-        if truncation is None:  # as transformers: max_length alone truncates, but not when padding too
-            truncation = "longest_first" if max_length is not None and padding == "do_not_pad" else "do_not_truncate"
-        elif isinstance(truncation, bool):
-            truncation = "longest_first" if truncation else "do_not_truncate"
-        truncation = getattr(truncation, "value", truncation)
-        if truncation not in _TRUNCATION:
-            raise ValueError(f"truncation={truncation!r}: use True/'longest_first', 'only_first', "
-                             "'only_second' or False/'do_not_truncate'")
-        if max_length is None and (truncation != "do_not_truncate" or padding == "max_length"):
-            max_length = self.model_max_length if self.model_max_length < VERY_LARGE_INTEGER else None
-        if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 0):
-            raise ValueError(f"max_length must be a non-negative int, got {max_length!r}")
-        if pairs is not None and len(pairs) != n_texts:
-            raise ValueError(f"got {n_texts} texts but {len(pairs)} text pairs: they must match one to one")
-        if add_special_tokens and None in self._post_ids:
-            raise ValueError(f"the vocabulary has no {self.cls_token!r} / {self.sep_token!r} token: "
-                             "pass add_special_tokens=False")
-        if padding != "do_not_pad" and self.pad_token_id is None:
-            raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
-        return padding, truncation, max_length
-
-    def _run(self, texts: List[str], pairs: Optional[List[str]], *, add_special_tokens=True, padding=False,
-             truncation=None, max_length=None, pad_to_multiple_of=None, offsets=False, num_threads=None,
-             arrays=("token_type_ids", "attention_mask", "special_tokens_mask"), split_special_tokens=False,
-             as_lists=False):
-        padding, truncation, max_length = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation,
-                                                        max_length)
-        threads = num_threads or (self.num_threads if len(texts) > 32 else 1)
-        core = self._plain_core() if split_special_tokens else self._tok
-        return core.encode_batch(
-            texts, pairs, add_special_tokens=add_special_tokens,
-            max_length=-1 if max_length is None else int(max_length), truncation=_TRUNCATION[truncation],
-            padding=_PADDING[padding], pad_to_multiple_of=int(pad_to_multiple_of or 0), offsets=offsets,
-            num_threads=threads, cls_id=self._post_ids[0] if add_special_tokens else -1,
-            sep_id=self._post_ids[1] if add_special_tokens else -1,
-            pad_id=-1 if self.pad_token_id is None else self.pad_token_id,
-            type_ids="token_type_ids" in arrays, attention_mask="attention_mask" in arrays,
-            special_tokens_mask="special_tokens_mask" in arrays, as_lists=as_lists,
-            truncate_left=self.truncation_side == "left")
-
-    def _plain_core(self):
-        """The C++ core without special-token matching, for split_special_tokens=True (built on first use)."""
-        if self._tok_plain is None:
-            self._tok_plain = _core().Tokenizer(self._tokens, never_split=list(self.never_split),
-                                                added=self._added_patterns(special=False), **self._core_args)
-        return self._tok_plain
-
-    def _pad_left(self, r, keys, lengths):
-        """Moves right-padded rows of r to the right end (HF's padding_side='left')."""
-        width = r["input_ids"].shape[1]
-        src = np.arange(width)[None, :] - (width - lengths)[:, None]  # (rows, width): source column or < 0
-        valid = src >= 0
-        src = np.maximum(src, 0)
-        fill = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "attention_mask": 0,
-                "special_tokens_mask": 1, "offset_mapping": 0}
-        for k in keys:
-            a = r[k]
-            if a.ndim == 3:
-                moved = np.take_along_axis(a, src[:, :, None], axis=1)
-                r[k] = np.where(valid[:, :, None], moved, fill[k])
-            else:
-                r[k] = np.where(valid, np.take_along_axis(a, src, axis=1), fill[k]).astype(a.dtype)
-
-    def __call__(self, text=None, text_pair=None, text_target=None, text_pair_target=None,
-                 add_special_tokens: bool = True, padding=False, truncation=None, max_length: Optional[int] = None,
-                 stride: int = 0, is_split_into_words: bool = False, pad_to_multiple_of: Optional[int] = None,
-                 padding_side: Optional[str] = None, return_tensors: Optional[str] = None,
-                 return_token_type_ids: Optional[bool] = None, return_attention_mask: Optional[bool] = None,
-                 return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
-                 return_offsets_mapping: bool = False, return_length: bool = False, verbose: bool = True,
-                 tokenizer_kwargs: Optional[Dict[str, Any]] = None, **kwargs) -> BatchEncoding:
-        """Encode one text (or pair) or a batch, like HF's tokenizer ``__call__``.
-
-        Every keyword HF's ``BertTokenizerFast.__call__`` takes is either honoured with HF's output or
-        raises NotImplementedError naming it; an unknown keyword raises TypeError (HF would warn and drop it).
-        """
-        args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                    max_length=max_length, stride=stride, is_split_into_words=is_split_into_words,
-                    pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side, return_tensors=return_tensors,
-                    return_token_type_ids=return_token_type_ids, return_attention_mask=return_attention_mask,
-                    return_overflowing_tokens=return_overflowing_tokens,
-                    return_special_tokens_mask=return_special_tokens_mask,
-                    return_offsets_mapping=return_offsets_mapping, return_length=return_length, verbose=verbose,
-                    split_special_tokens=kwargs.pop("split_special_tokens", self.split_special_tokens))
-        max_target_length = kwargs.pop("max_target_length", None)
-        if tokenizer_kwargs:  # as HF: tokenizer_kwargs override the keywords above, **kwargs override both
-            args.update(tokenizer_kwargs)
-        args.update(kwargs)
-        unknown = sorted(set(args) - _CALL_KEYWORDS)
-        if unknown:
-            raise TypeError(f"fastbert.BertTokenizer.__call__ got unexpected keyword argument(s) {unknown}")
-        if text is None and text_target is None:
-            raise ValueError("You need to specify either `text` or `text_target`.")
-        enc = self._encode_call(text, text_pair, **args) if text is not None else None
-        if text_target is None:
-            return enc
-        if max_target_length is not None:
-            args["max_length"] = max_target_length
-        target = self._encode_call(text_target, text_pair_target, **args)
-        if enc is None:
-            return target
-        enc["labels"] = target["input_ids"]
-        return enc
-
-    def _encode_call(self, text, text_pair, *, add_special_tokens, padding, truncation, max_length, stride,
-                     is_split_into_words, pad_to_multiple_of, padding_side, return_tensors, return_token_type_ids,
-                     return_attention_mask, return_overflowing_tokens, return_special_tokens_mask,
-                     return_offsets_mapping, return_length, verbose, split_special_tokens, device=None,
-                     num_threads=None) -> BatchEncoding:
-        if not isinstance(stride, (int, np.integer)) or stride < 0:
-            raise ValueError(f"stride must be a non-negative int, got {stride!r}")
-        padding_side = self.padding_side if padding_side is None else padding_side
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side={padding_side!r}: use 'right' or 'left'")
-        if self.truncation_side not in ("right", "left"):
-            raise ValueError(f"truncation_side={self.truncation_side!r}: use 'right' or 'left'")
-        keys = ["input_ids"]
-        if return_token_type_ids is None or return_token_type_ids:
-            keys.append("token_type_ids")
-        if return_attention_mask is None or return_attention_mask:
-            keys.append("attention_mask")
-        if return_special_tokens_mask:
-            keys.append("special_tokens_mask")
-        if return_offsets_mapping:
-            keys.append("offset_mapping")
-        run_args = dict(add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, num_threads=num_threads,
-                        split_special_tokens=split_special_tokens)
-        if is_split_into_words:
-            texts, pairs, batched = self._as_word_batch(text, text_pair)
-        else:
-            if (text_pair is None and isinstance(text, (list, tuple)) and text
-                    and all(isinstance(t, (list, tuple)) and len(t) == 2 for t in text)):
-                text, text_pair = [t[0] for t in text], [t[1] for t in text]  # a batch of (text, pair) tuples
-            texts, pairs, batched = self._as_text_batch(text, text_pair)
-        extra = {}
-        strided = False
-        if stride:  # HF's checks: stride against max_length - 2 up front, against each window when cutting
-            _, trunc, ml = self._resolve(len(texts), pairs, add_special_tokens, padding, truncation, max_length)
-            strided = trunc != "do_not_truncate" and ml is not None
-            if strided and stride > ml - 2:
-                raise ValueError(f"stride={stride} is larger than max_length={ml} minus 2 special tokens: each window "
-                                 "must move forward (HF's tokenizers raises the same)")
-        if is_split_into_words or return_overflowing_tokens or strided:
-            r, origin = self._assembled(texts, pairs, is_split_into_words, stride, return_overflowing_tokens,
-                                        padding_side, run_args)
-            if return_overflowing_tokens:
-                extra["overflow_to_sample_mapping"] = origin.mapping
-                batched = True  # as HF: the windows of one text come back as a batch
-        else:
-            # Python lists straight from C++ unless left padding (moved on the numpy arrays) or tensors
-            as_lists = return_tensors is None and padding_side == "right"
-            r = self._run(texts, pairs, offsets=return_offsets_mapping, arrays=keys, as_lists=as_lists, **run_args)
-            origin = _Alignment(self, texts, pairs, run_args, padding_side)
-        widths = self._ragged_widths(r, len(texts), pairs, run_args)
-        if widths is not None:  # padding='max_length' without truncation, rows longer than max_length: as HF
-            if return_tensors is not None:
-                raise ValueError(f"padding='max_length' without truncation leaves rows longer than max_length="
-                                 f"{run_args['max_length']}: pass truncation=True to get a tensor")
-            r = self._unpad_rows(r, keys, widths, padding_side)
-            origin = _Sliced(origin, widths, padding_side == "left")
-        out = self._outputs(r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device)
-        # .encodings, built on first access (tokenization_encoding), runs the same call again
-        out._encodings_source = (self, texts, pairs, is_split_into_words, dict(
-            add_special_tokens=add_special_tokens, padding=padding, truncation=truncation, max_length=max_length,
-            stride=stride, pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side,
-            return_overflowing_tokens=return_overflowing_tokens, verbose=verbose,
-            split_special_tokens=split_special_tokens, num_threads=num_threads))
-        return out
-
-    def _ragged_widths(self, r, n_texts, pairs, run_args):
-        """Per-row widths when padding='max_length' meets rows longer than max_length (no truncation): HF
-        pads each row to max_length and leaves the longer ones as they are."""
-        if not r["padded"]:
-            return None
-        padding, _, max_length = self._resolve(n_texts, pairs, run_args["add_special_tokens"], run_args["padding"],
-                                               run_args["truncation"], run_args["max_length"])
-        if padding != "max_length" or max_length is None:
-            return None
-        target, multiple = int(max_length), int(run_args["pad_to_multiple_of"] or 0)
-        if multiple and target % multiple:
-            target += multiple - target % multiple
-        lengths = r["lengths"]
-        if not len(lengths) or int(lengths.max()) <= target:
-            return None
-        return np.maximum(lengths, target)
-
-    def _unpad_rows(self, r, keys, widths, padding_side):
-        """The padded rows of r cut to their own widths (Python lists; left padding applied first)."""
-        if padding_side == "left" and not r.get("lists"):
-            self._pad_left(r, keys, r["lengths"])
-        out = dict(r, lists=True, padded=True, ragged=widths)
-        for k in keys:
-            rows = r[k] if r.get("lists") else _core().to_lists(np.ascontiguousarray(r[k], dtype=np.int64), None,
-                                                                 k == "offset_mapping")
-            out[k] = [row[len(row) - w:] if padding_side == "left" else row[:w]
-                      for row, w in zip(rows, widths.tolist())]
-        return out
-
-    def _as_text_batch(self, text, text_pair):
-        texts, batched = self._as_batch(text, "text")
-        pairs = None
-        if not batched and isinstance(text_pair, str) and not text_pair:
-            text_pair = None  # as HF: a single empty pair means no pair (in a batch it stays an empty pair)
-        if text_pair is not None:
-            pairs, pair_batched = self._as_batch(text_pair, "text_pair")
-            if pair_batched != batched:
-                raise TypeError("text and text_pair must both be a str or both be a list of str")
-        return texts, pairs, batched
-
-    def _as_word_batch(self, text, text_pair):
-        """is_split_into_words: one list of words, or a batch of them (HF: batched when text[0] is a list)."""
-        def examples(x, what):
-            if not isinstance(x, (list, tuple)):
-                raise TypeError(f"with is_split_into_words=True, {what} must be a list of words (str) or a list "
-                                f"of such lists, not {type(x).__name__}")
-            batched = bool(x) and isinstance(x[0], (list, tuple))
-            items = list(x) if batched else [x]
-            for i, words in enumerate(items):
-                if not isinstance(words, (list, tuple)):
-                    raise TypeError(f"{what}[{i}] is {type(words).__name__}: with is_split_into_words=True each item "
-                                    "is a list of words")
-                self._texts(words, f"{what}[{i}]" if batched else what)
-            return [list(w) for w in items], batched
-        texts, batched = examples(text, "text")
-        pairs = None
-        if text_pair is not None:
-            pairs, pair_batched = examples(text_pair, "text_pair")
-            if pair_batched != batched or len(pairs) != len(texts):
-                raise TypeError("text and text_pair must both be lists of words, or both batches of the same size")
-        return texts, pairs, batched
-
-    def _sequences(self, items, words: bool, split_special_tokens: bool, num_threads):
-        """The items' tokens without special tokens, flat (tokenization_windows.Side): texts, or lists of words
-        (each word tokenized alone, offsets relative to it, its index as word id, as HF's pre-tokenized input)."""
-        flat = [w for item in items for w in item] if words else list(items)
-        r = self._run(flat, None, add_special_tokens=False, offsets=True, arrays=(), num_threads=num_threads,
-                      split_special_tokens=split_special_tokens)
-        ids, offs, lengths = r["input_ids"], r["offset_mapping"].reshape(-1, 2), r["lengths"]
-        if not words:
-            wids = tokenization_windows.word_ids_by_pieces(ids, lengths, self._word_starts())
-            count = lengths
-        else:
-            k = np.array([len(item) for item in items], dtype=np.int64)  # words per item
-            first_word = np.concatenate(([0], np.cumsum(k)[:-1])).astype(np.int64)
-            word_in_item = np.arange(len(flat), dtype=np.int64) - np.repeat(first_word, k)
-            wids = np.repeat(word_in_item, lengths)
-            item_of_word = np.repeat(np.arange(len(items)), k)
-            count = np.bincount(item_of_word, weights=lengths, minlength=len(items)).astype(np.int64)
-        start = np.concatenate(([0], np.cumsum(count)[:-1])).astype(np.int64)
-        return tokenization_windows.Side(ids, offs, wids, start, count)
-
-    def _word_starts(self) -> np.ndarray:
-        """Per token id: whether it starts a word (anything but a "##" piece of the vocabulary; added and
-        special tokens do). Cached until the vocabulary changes."""
-        if getattr(self, "_starts_cache", None) is None:
-            starts = np.ones(self._id_space(), dtype=bool)
-            matched = set(self._matched)
-            for i, t in enumerate(self._tokens):
-                if t.startswith("##") and t not in matched:
-                    starts[i] = False
-            starts[list(self._added_by_id)] = True
-            self._starts_cache = starts
-        return self._starts_cache
-
-    def _id_space(self) -> int:
-        return max(len(self._tokens), max(self._added_by_id, default=-1) + 1)
-
-    def _assembled(self, texts, pairs, words, stride, overflow, padding_side, run_args):
-        padding, truncation, max_length = self._resolve(len(texts), pairs, run_args["add_special_tokens"],
-                                                        run_args["padding"], run_args["truncation"],
-                                                        run_args["max_length"])
-        a = self._sequences(texts, words, run_args["split_special_tokens"], run_args["num_threads"])
-        b = self._sequences(pairs, words, run_args["split_special_tokens"], run_args["num_threads"]) \
-            if pairs is not None else None
-        r, rows, mapping = tokenization_windows.assemble(
-            a, b, add_special_tokens=run_args["add_special_tokens"], truncation=truncation,
-            max_length=max_length, stride=int(stride), overflow=bool(overflow), padding=padding,
-            left_truncation=self.truncation_side == "left",
-            pad_to_multiple_of=int(run_args["pad_to_multiple_of"] or 0), cls_id=self._post_ids[0],
-            sep_id=self._post_ids[1], pad_id=self.pad_token_id, left=padding_side == "left")
-        rows.mapping = mapping
-        return r, rows
-
-    def _outputs(self, r, keys, batched, origin, extra, padding_side, return_tensors, return_length, device):
-        lengths = r["lengths"]
-        if r["padded"] and padding_side == "left" and not r.get("lists"):
-            self._pad_left(r, keys, lengths)
-        # HF's "length" counts padding too
-        if r.get("ragged") is not None:
-            out_lengths = r["ragged"]
-        elif r["padded"]:
-            width = len(r["input_ids"][0]) if r.get("lists") and len(lengths) else np.shape(r["input_ids"])[-1]
-            out_lengths = np.full_like(lengths, width)
-        else:
-            out_lengths = lengths
-        if r.get("lists"):
-            out = BatchEncoding({k: r[k] if batched else r[k][0] for k in keys})
-            if return_length:
-                out["length"] = out_lengths.tolist()
-            out.update(extra)
-            out._origin = origin
-            return out
-        if return_tensors is None:
-            out = BatchEncoding()
-            to_lists = _core().to_lists  # C++: no numpy .tolist() / np.split per row
-            for k in keys:
-                a = np.ascontiguousarray(r[k], dtype=np.int64)
-                rows = to_lists(a, None if r["padded"] else lengths, k == "offset_mapping")
-                out[k] = rows if batched else rows[0]
-            if return_length:
-                out["length"] = out_lengths.tolist()  # HF: a list even for one text
-            out.update(extra)
-            out._origin = origin
-            return out
-        if return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
-        if not r["padded"]:
-            if len(lengths) and (lengths != lengths[0]).any():
-                raise ValueError("the texts have different lengths: pass padding=True (or 'max_length') to get "
-                                 "a tensor, or use encode_packed() for the unpadded (flat + cu_seqlens) layout")
-            width = int(lengths[0]) if len(lengths) else 0
-            arrays = {k: r[k].reshape((len(lengths), width) + r[k].shape[1:]) for k in keys}
-        else:
-            arrays = {k: r[k] for k in keys}
-        if return_length:
-            arrays["length"] = out_lengths
-        arrays.update({k: np.asarray(v, dtype=np.int64) for k, v in extra.items()})
-        out = BatchEncoding(arrays)
-        if return_tensors == "pt":
-            import torch
-            out = BatchEncoding({k: torch.from_numpy(v) for k, v in arrays.items()})
-            if device is not None:
-                out = out.to(device)
-        out._origin = origin
-        return out
-
-    def pad(self, encoded_inputs, padding=True, max_length: Optional[int] = None,
-            pad_to_multiple_of: Optional[int] = None, padding_side: Optional[str] = None,
-            return_attention_mask: Optional[bool] = None, return_tensors: Optional[str] = None,
-            verbose: bool = True) -> BatchEncoding:
-        """Pads encodings (one dict of lists, or a list of dicts as DataCollatorWithPadding passes), like HF:
-        input_ids, token_type_ids, attention_mask (made if missing) and special_tokens_mask are padded;
-        other keys pass through unchanged."""
-        if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and hasattr(encoded_inputs[0], "keys"):
-            encoded_inputs = {k: [ex[k] for ex in encoded_inputs] for k in encoded_inputs[0].keys()}
-        if not hasattr(encoded_inputs, "keys") or "input_ids" not in encoded_inputs:
-            raise ValueError("pad() needs a dict (or a list of dicts) with 'input_ids', as the tokenizer returns")
-        tolist = lambda v: v.tolist() if hasattr(v, "tolist") else v  # noqa: E731
-        data = {k: tolist(v) for k, v in encoded_inputs.items()}
-        single = not data["input_ids"] or not isinstance(data["input_ids"][0], (list, tuple))
-        if single:
-            data = {k: [v] for k, v in data.items()}
-        if isinstance(padding, bool):
-            padding = "longest" if padding else "do_not_pad"
-        padding = getattr(padding, "value", padding)
-        if padding not in _PADDING:
-            raise ValueError(f"padding={padding!r}: use True/'longest', 'max_length' or False/'do_not_pad'")
-        side = self.padding_side if padding_side is None else padding_side
-        if side not in ("right", "left"):
-            raise ValueError(f"padding_side={side!r}: use 'right' or 'left'")
-        rows = data["input_ids"]
-        if return_attention_mask is None or return_attention_mask:
-            if "attention_mask" not in data:
-                data["attention_mask"] = [[1] * len(r) for r in rows]
-        else:
-            data.pop("attention_mask", None)
-        if padding == "max_length" and max_length is None:
-            if self.model_max_length >= VERY_LARGE_INTEGER:
-                raise ValueError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
-            max_length = self.model_max_length
-        width = max((len(r) for r in rows), default=0) if padding == "longest" else max_length
-        if padding != "do_not_pad":
-            if pad_to_multiple_of and width % pad_to_multiple_of:
-                width += pad_to_multiple_of - width % pad_to_multiple_of
-            if self.pad_token_id is None:
-                raise ValueError(f"the vocabulary has no pad token {self.pad_token!r}: cannot pad")
-            fill = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "attention_mask": 0,
-                    "special_tokens_mask": 1}
-            for k, value in fill.items():
-                if k not in data:
-                    continue
-                out = []
-                for r in data[k]:
-                    r = list(r)
-                    gap = [value] * max(0, width - len(r))
-                    out.append(gap + r if side == "left" else r + gap)
-                data[k] = out
-        if single:
-            data = {k: v[0] for k, v in data.items()}
-        if return_tensors is None:
-            return BatchEncoding(data)
-        if return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors={return_tensors!r}: use 'pt', 'np' or None")
-        try:
-            arrays = {k: np.asarray(v) for k, v in data.items()}
-        except ValueError:
-            raise ValueError("the rows have different lengths: pass padding=True to pad() to get tensors") from None
-        if any(a.dtype == object for a in arrays.values()):
-            raise ValueError("the rows have different lengths: pass padding=True to pad() to get tensors")
-        if return_tensors == "pt":
-            import torch
-            return BatchEncoding({k: torch.as_tensor(v) for k, v in arrays.items()})
-        return BatchEncoding(arrays)
-
-    def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
-        """One text (or pair), like HF's ``encode_plus`` (the same as ``__call__`` on one text)."""
-        if not isinstance(text, (str, bytes, bytearray)):
-            raise TypeError(f"encode_plus() takes one text (str), not {type(text).__name__}; use batch_encode_plus")
-        return self(text, text_pair, **kwargs)
-
-    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
-        """A list of texts or of (text, pair) tuples, like HF's ``batch_encode_plus``."""
-        if isinstance(batch_text_or_text_pairs, (str, bytes, bytearray)):
-            raise TypeError("batch_encode_plus() takes a list of texts or (text, pair) tuples, not one str")
-        return self(list(batch_text_or_text_pairs), **kwargs)
-
-    def build_inputs_with_special_tokens(self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None):
-        """[CLS] A [SEP] (B [SEP])."""
-        out = [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
-        return out if token_ids_1 is None else out + list(token_ids_1) + [self.sep_token_id]
-
-    def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> List[int]:
-        n0 = len(token_ids_0) + 2
-        return [0] * n0 if token_ids_1 is None else [0] * n0 + [1] * (len(token_ids_1) + 1)
-
-    def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens: bool = False):
-        """1 where build_inputs_with_special_tokens puts a special token (or, already_has_special_tokens,
-        where an id is one of all_special_ids)."""
-        if already_has_special_tokens:
-            if token_ids_1 is not None:
-                raise ValueError("with already_has_special_tokens=True pass one sequence (token_ids_1=None)")
-            special = set(self.all_special_ids)
-            return [1 if i in special else 0 for i in token_ids_0]
-        out = [1] + [0] * len(token_ids_0) + [1]
-        return out if token_ids_1 is None else out + [0] * len(token_ids_1) + [1]
-
-    def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
-               max_length: Optional[int] = None, return_tensors: Optional[str] = None, **kwargs):
-        """Ids of one text (or pair): a list of int, or a (1, n) tensor with return_tensors."""
-        if not isinstance(text, (str, bytes, bytearray)) and not kwargs.get("is_split_into_words"):
-            raise TypeError(f"encode() takes one text (str), not {type(text).__name__}; use __call__ for batches")
-        enc = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-                   max_length=max_length, return_tensors=return_tensors, return_token_type_ids=False,
-                   return_attention_mask=False, **kwargs)
-        return enc["input_ids"]
-
-    def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False, **kwargs) -> List[str]:
-        """Word-piece strings of one text (no special tokens unless asked)."""
-        ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
-        return [self._id_to_token(i) for i in ids]
-
-    def encode_packed(self, text, text_pair=None, *, truncation=True, max_length: Optional[int] = None,
-                      return_tensors: str = "pt", add_special_tokens: bool = True, device=None,
-                      num_threads: Optional[int] = None) -> BatchEncoding:
-        """Packed (unpadded) encoding for variable-length kernels.
-
-        Returns ``input_ids`` and ``token_type_ids`` of shape (total_tokens,) int64 (rows laid end to end),
-        ``cu_seqlens`` (batch + 1,) int32 starting at 0, and ``max_seqlen`` (python int). With
-        ``truncation=True`` rows are cut to ``max_length`` (default: model_max_length).
-        """
-        texts, _ = self._as_batch(text, "text")
-        pairs = None
-        if text_pair is not None:
-            pairs, _ = self._as_batch(text_pair, "text_pair")
-        if device is not None and return_tensors == "pt":
-            import torch
-
-            if torch.device(device).type == "cuda":
-                why = ("text pairs" if pairs is not None else
-                       "added tokens matched in the normalized text" if self._tok.has_normalized_added else
-                       "truncation_side='left'" if self.truncation_side != "right" else
-                       None if cuda_wordpiece_available() else "fastbert._C_cuda is not built or no GPU is visible")
-                if why is None:
-                    return self._encode_packed_device(texts, truncation, max_length, add_special_tokens,
-                                                      torch.device(device), _launch_cuda)
-                warn_once(("encode_packed", str(device), why),
-                          f"encode_packed(device={str(device)!r}): the CUDA WordPiece path does not take {why}; "
-                          "tokenizing on the CPU and copying the result to the device (same output)")
-        r = self._run(texts, pairs, add_special_tokens=add_special_tokens, padding=False, truncation=truncation,
-                      max_length=max_length, num_threads=num_threads, arrays=("token_type_ids",))
-        lengths = r["lengths"]
-        cu = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=cu[1:])
-        out = {"input_ids": r["input_ids"], "token_type_ids": r["token_type_ids"], "cu_seqlens": cu}
-        if return_tensors == "pt":
-            import torch
-            out = {k: torch.from_numpy(v) for k, v in out.items()}
-            if device is not None:
-                out = {k: v.to(device) for k, v in out.items()}
-        elif return_tensors != "np":
-            raise ValueError(f"return_tensors={return_tensors!r}: encode_packed returns 'pt' or 'np' arrays")
-        out["max_seqlen"] = int(lengths.max()) if len(lengths) else 0
-        return BatchEncoding(out)
-
-    def _encode_packed_device(self, texts, truncation, max_length, add_special_tokens, device, launch):
-        """encode_packed with WordPiece on `device` (fastbert/tokenization_cuda.py)."""
-        return tokenization_cuda.encode_packed_device(self, texts, truncation, max_length, add_special_tokens,
-                                                      device, launch)
-
-    # ---- decoding ----------------------------------------------------------------------------------
-
-    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
-        return " ".join(tokens).replace(" ##", "").strip()
-
-    def decode(self, token_ids, skip_special_tokens: bool = False,
-               clean_up_tokenization_spaces: Optional[bool] = None) -> str:
-        """Text of a list of ids, as HF's WordPiece decoder writes it (## joined, spaces before punctuation
-        removed), then, when ``clean_up_tokenization_spaces`` (default: the tokenizer's own, False unless set),
-        HF's English clean-up (``" 's"`` -> ``"'s"``, ``" n't"`` -> ``"n't"``, ...)."""
-        if hasattr(token_ids, "tolist"):
-            token_ids = token_ids.tolist()
-        if isinstance(token_ids, int):
-            token_ids = [token_ids]
-        tokens = [self._id_to_token(int(i)) for i in token_ids]
-        if skip_special_tokens:  # HF's backend: a token whose string is a special token's content
-            special = set(self._init_specials) | set(self.all_special_tokens)
-            special |= {a["content"] for a in self._added_by_id.values() if a["special"]}
-            tokens = [t for t in tokens if t not in special]
-        parts = []
-        for i, tok in enumerate(tokens):
-            if i and tok.startswith("##"):
-                tok = tok[2:]
-            elif i:
-                tok = " " + tok
-            parts.append(_cleanup(tok))
-        text = "".join(parts)
-        if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
-            text = _clean_up_tokenization(text)
-        return text
-
-    def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> List[str]:
-        if hasattr(sequences, "tolist"):
-            sequences = sequences.tolist()
-        return [self.decode(s, skip_special_tokens=skip_special_tokens, **kwargs) for s in sequences]
+        return write_pretrained(save_directory, self._tokens, config, self.special_tokens_map)
 
     def __repr__(self) -> str:
         return (f"fastbert.BertTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"strip_accents={self.strip_accents}, tokenize_chinese_chars={self.tokenize_chinese_chars}, "
                 f"model_max_length={self.model_max_length})")
-
-
-def _cleanup(s: str) -> str:
-    """HF tokenizers' WordPiece decoder clean-up, applied to each token as it does."""
-    return (s.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",").replace(" ' ", "'")
-            .replace(" n't", "n't").replace(" 'm", "'m").replace(" do not", " don't").replace(" 's", "'s")
-            .replace(" 've", "'ve").replace(" 're", "'re"))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Tuple
 
+from .tokenization_files import write_vocab
+from .tokenization_vocab import _clean_up_tokenization
+
 
 class TokenizerCompatMixin:
     name_or_path = ""  # the directory or file from_pretrained read
@@ -32,8 +35,6 @@ class TokenizerCompatMixin:
         return self.model_max_length - self.num_special_tokens_to_add(True)
 
     def clean_up_tokenization(self, out_string: str) -> str:
-        from .tokenization_bert import _clean_up_tokenization
-
         return _clean_up_tokenization(out_string)
 
     def save_vocabulary(self, save_directory, filename_prefix: Optional[str] = None) -> Tuple[str]:
@@ -41,8 +42,7 @@ class TokenizerCompatMixin:
         if not os.path.isdir(save_directory):
             raise ValueError(f"save_vocabulary needs an existing directory, got {save_directory!r}")
         path = os.path.join(save_directory, (filename_prefix + "-" if filename_prefix else "") + "vocab.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(t + "\n" for t in self._tokens)
+        write_vocab(path, self._tokens)
         return (path,)
 
 

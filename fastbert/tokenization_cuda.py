@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tokenization_files import VERY_LARGE_INTEGER
 from .tokenization_outputs import BatchEncoding
 
 
-def encode_packed_device(tok, texts, truncation, max_length, add_special_tokens, device, launch):
-    """encode_packed with WordPiece on `device`: words from the C++ core (CPU), LinMaxMatch by `launch`
-    (the CUDA kernel), compaction, truncation and special tokens with torch ops on the device."""
+def encode_packed_device(tok, texts, args, device, launch):
+    """encode_packed with WordPiece on `device` (``args``: the call's resolved CallArgs): words from the C++ core
+    (CPU), LinMaxMatch by `launch` (the CUDA kernel), compaction, truncation and special tokens with torch ops
+    on the device."""
     import torch
 
-    if truncation is True or truncation == "longest_first":
-        if max_length is None and tok.model_max_length < VERY_LARGE_INTEGER:
-            max_length = tok.model_max_length
-    elif truncation not in (False, None, "do_not_truncate"):
-        raise ValueError(f"truncation={truncation!r}: encode_packed on a device supports True / False")
-    else:
-        max_length = None
-    specials = 2 if add_special_tokens else 0
-    if add_special_tokens and (tok._post_ids[0] is None or tok._post_ids[1] is None):
-        raise ValueError("the vocabulary has no [CLS]/[SEP] token: pass add_special_tokens=False")
+    if args.truncation not in ("longest_first", "do_not_truncate"):
+        raise ValueError(f"truncation={args.truncation!r}: encode_packed on a device supports True / False")
+    max_length = args.max_length if args.truncation == "longest_first" else None
+    specials = 2 if args.add_special_tokens else 0
     if max_length is not None and max_length < specials:
         raise ValueError(f"max_length={max_length} is smaller than the {specials} special tokens added to each "
                          "sequence")
@@ -92,7 +86,7 @@ def _trie_on(tok: "BertTokenizer", device):
     return cache[device]
 
 
-def _launch_cuda(tok, device, raw, starts, fixed, out_start, out_ids, out_count):
+def launch_cuda(tok, device, raw, starts, fixed, out_start, out_ids, out_count):
     import torch
 
     from . import _C_cuda

@@ -14,6 +14,7 @@ encoding lists its windows in ``overflowing`` whether or not the call asked for 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
@@ -249,14 +250,14 @@ def _ranges(seq: Sequence[Optional[int]], n_sequences: int) -> Dict[int, Tuple[i
     return out
 
 
-def build_encodings(tok, texts, pairs, words: bool, call_args: dict) -> List[Encoding]:
-    """The encodings of the rows a tokenizer call returned: its texts run again with every output on and the
-    overflowing windows kept (those of a row become its ``overflowing``, nested as tokenizers' merge nests the
-    windows of a pair; listed as rows only when the call asked for them)."""
-    args = dict(call_args, return_tensors=None, return_token_type_ids=True, return_attention_mask=True,
-                return_overflowing_tokens=True, return_special_tokens_mask=True, return_offsets_mapping=True,
-                return_length=False, device=None)
-    full = tok._encode_call(texts, pairs, is_split_into_words=words, **args)
+def build_encodings(tok, texts, pairs, args) -> List[Encoding]:
+    """The encodings of the rows a tokenizer call returned (``args``: its CallArgs): its texts run again with
+    every output on and the overflowing windows kept (those of a row become its ``overflowing``, nested as
+    tokenizers' merge nests the windows of a pair; listed as rows only when the call asked for them)."""
+    full = tok._encode(texts, pairs, True, replace(
+        args, return_tensors=None, return_token_type_ids=True, return_attention_mask=True,
+        return_overflowing_tokens=True, return_special_tokens_mask=True, return_offsets_mapping=True,
+        return_length=False, device=None))
     origin, n_seq = full._origin, 1 if pairs is None else 2
     rows = []
     for i, ids in enumerate(full["input_ids"]):
@@ -279,7 +280,7 @@ def build_encodings(tok, texts, pairs, words: bool, call_args: dict) -> List[Enc
                 rows[r].overflowing = [e for (a, b), e in cell.items() if a == i and b > 0]
             elif i == 0:
                 rows[r].overflowing = [e for (a, b), e in cell.items() if b == j and a > 0]
-    if call_args["return_overflowing_tokens"]:
+    if args.return_overflowing_tokens:
         return [_deep(e) for e in rows]
     return [_deep(rows[members[0]]) for members in by_example.values()]
 

@@ -2,7 +2,7 @@
 sequence_ids, char_to_token...) and the alignment rows behind those methods, computed on first use."""
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class BatchEncoding(dict):
                        "Encoding, and (3) slices for data subsetting.")
 
     # ---- HF fast tokenizers' Encoding objects -------------------------------------------------------
-    # (tokenizer, texts, pairs, is_split_into_words, call arguments): set by BertTokenizer.__call__
+    # (tokenizer, texts, pairs, the call's CallArgs): set by BertTokenizer.__call__
     _encodings_source = None
     _encodings = None
 
@@ -148,22 +148,46 @@ class BatchEncoding(dict):
         """Lists to 'pt' tensors or 'np' arrays, in place (None: unchanged), as HF."""
         if tensor_type is None:
             return self
-        tensor_type = getattr(tensor_type, "value", tensor_type)
-        if tensor_type not in ("pt", "np"):
-            raise ValueError(f"tensor_type={tensor_type!r}: use 'pt', 'np' or None")
-        for k, v in list(self.items()):
-            try:
-                a = np.asarray([v] if prepend_batch_axis else v)
-            except ValueError:
-                a = np.empty(0, dtype=object)
-            if a.dtype == object:
-                raise ValueError(f"{k!r} has rows of different lengths: pad them (padding=True) to make a tensor")
-            if tensor_type == "pt":
-                import torch
-
-                a = torch.as_tensor(a)
-            dict.__setitem__(self, k, a)
+        data = {k: [v] if prepend_batch_axis else v for k, v in self.items()}
+        dict.update(self, as_tensors(data, getattr(tensor_type, "value", tensor_type), what="tensor_type"))
         return self
+
+
+def as_tensors(data: Dict[str, Any], tensor_type: str, device=None, what: str = "return_tensors",
+               ragged: str = "pad them (padding=True) to make a tensor") -> Dict[str, Any]:
+    """``data``'s values (numpy arrays or rectangular lists) as 'np' arrays or 'pt' tensors (on ``device``):
+    where the tokenizer makes every array it returns. Rows of different lengths raise (``ragged``: what to do)."""
+    if tensor_type not in ("pt", "np"):
+        raise ValueError(f"{what}={tensor_type!r}: use 'pt', 'np' or None")
+    out = {}
+    for k, v in data.items():
+        try:
+            a = np.asarray(v)
+        except ValueError:
+            a = np.empty(0, dtype=object)
+        if a.dtype == object:
+            raise ValueError(f"{k!r} has rows of different lengths: {ragged}")
+        out[k] = a
+    if tensor_type == "pt":
+        import torch
+
+        out = {k: torch.from_numpy(a) for k, a in out.items()}  # no copy
+        if device is not None:
+            out = {k: t.to(device) for k, t in out.items()}
+    return out
+
+
+def pad_values(pad_id: Optional[int], pad_type_id: int = 0) -> Dict[str, Any]:
+    """What padding puts in each output, as HF: the pad id, type 0, attention 0, special 1, offsets (0, 0)."""
+    return {"input_ids": pad_id, "token_type_ids": pad_type_id, "attention_mask": 0, "special_tokens_mask": 1,
+            "offset_mapping": 0}
+
+
+def round_up(width: int, multiple: Optional[int]) -> int:
+    """``width`` rounded up to a multiple of ``pad_to_multiple_of`` (0 or None: unchanged)."""
+    if multiple and width % multiple:
+        width += multiple - width % multiple
+    return width
 
 
 class _Sliced:
@@ -180,10 +204,11 @@ class _Sliced:
 
 
 class _Alignment:
-    """Sequence ids, word ids and offsets of the rows of one __call__, computed on first use."""
+    """Sequence ids, word ids and offsets of the rows of one __call__ (its resolved CallArgs), computed on
+    first use."""
 
-    def __init__(self, tok, texts, pairs, run_args, padding_side):
-        self.tok, self.texts, self.pairs, self.run_args, self.side = tok, texts, pairs, run_args, padding_side
+    def __init__(self, tok, texts, pairs, args):
+        self.tok, self.texts, self.pairs, self.args = tok, texts, pairs, args
         self.rows = None
 
     def row(self, i: int):
@@ -196,12 +221,12 @@ class _Alignment:
     def _compute(self):
         tok = self.tok
         if tok.truncation_side == "left":  # word ids count the words cut from the front: whole sequences first
-            rows = tok._assembled(self.texts, self.pairs, False, 0, False, self.side, self.run_args)[1]
+            rows = tok._assembled(self.texts, self.pairs, self.args)[1]
             return [rows.row(i) for i in range(len(rows))]
         keys = ("input_ids", "token_type_ids", "special_tokens_mask", "offset_mapping")
-        r = tok._run(self.texts, self.pairs, offsets=True, arrays=keys, **self.run_args)
+        r = tok._run(self.texts, self.pairs, self.args, offsets=True, arrays=keys)
         lengths = r["lengths"]
-        if r["padded"] and self.side == "left":
+        if r["padded"] and self.args.left:
             tok._pad_left(r, keys, lengths)
         if r["padded"]:
             rows = [[r[k][i] for k in keys] for i in range(len(lengths))]

@@ -15,6 +15,8 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .tokenization_outputs import pad_values, round_up
+
 
 class Side(NamedTuple):
     """The first (or second) sequences of a batch, flat: token ids, offsets (n, 2), word ids, and each
@@ -121,13 +123,15 @@ def _cut(parts, overflow):
     return parts if overflow else parts[:1]
 
 
-def assemble(a: Side, b: Optional[Side], *, add_special_tokens: bool, truncation: str, max_length: Optional[int],
-             stride: int, overflow: bool, padding: str, pad_to_multiple_of: int, cls_id: int, sep_id: int,
-             pad_id: Optional[int], left: bool = False, left_truncation: bool = False):
-    """Rows of the examples (a[i], b[i] or none): (encode_batch-like dict, Rows alignment, sample mapping)."""
+def assemble(a: Side, b: Optional[Side], args, *, cls_id: int, sep_id: int, pad_id: Optional[int],
+             left_truncation: bool = False):
+    """Rows of the examples (a[i], b[i] or none) as the call's resolved arguments (``args``: a CallArgs) say:
+    (encode_batch-like dict, Rows alignment, sample mapping)."""
     pair = b is not None
-    sp = bool(add_special_tokens)
+    sp = args.add_special_tokens
     specials = (3 if pair else 2) if sp else 0
+    truncation, max_length, stride = args.truncation, args.max_length, args.stride
+    overflow = args.return_overflowing_tokens
     target = None
     if truncation != "do_not_truncate" and max_length is not None:
         target = max_length - specials
@@ -176,27 +180,26 @@ def assemble(a: Side, b: Optional[Side], *, add_special_tokens: bool, truncation
         if sp:
             sep2 = b_dst + lb
             ids[sep2], special[sep2], types[sep2] = sep_id, 1, 1
-    padded = padding != "do_not_pad"
+    padded = args.padding != "do_not_pad"
     width = int(lengths.max()) if rows else 0
-    if padding == "max_length" and max_length is not None:
+    if args.padding == "max_length" and max_length is not None:
         width = max(width, max_length)
-    if padded and pad_to_multiple_of and width % pad_to_multiple_of:
-        width += pad_to_multiple_of - width % pad_to_multiple_of
+    if padded:
+        width = round_up(width, args.pad_to_multiple_of)
     out = {"lengths": lengths, "padded": padded}
     flat = {"input_ids": ids, "token_type_ids": types, "special_tokens_mask": special, "offset_mapping": offs,
             "attention_mask": np.ones(total, dtype=np.int64)}
     if padded:
         row_of = np.repeat(np.arange(rows), lengths)
         col = np.arange(total) - np.repeat(row_start, lengths)
-        fills = {"input_ids": pad_id, "token_type_ids": 0, "special_tokens_mask": 1, "offset_mapping": 0,
-                 "attention_mask": 0}
+        fills = pad_values(pad_id)
         for name, v in flat.items():
             m = np.full((rows, width) + v.shape[1:], fills[name], dtype=np.int64)
             m[row_of, col] = v
             out[name] = m
     else:
         out.update(flat)
-    rows_out = Rows(seq, word, offs, row_start, lengths, width if padded else None, left)
+    rows_out = Rows(seq, word, offs, row_start, lengths, width if padded else None, args.left)
     rows_out.grid = grid
     return out, rows_out, mapping
 

@@ -212,8 +212,8 @@ def test_device_path_glue_on_cpu(minilm_dir, max_length):
     tok = BertTokenizer.from_pretrained(minilm_dir)
     texts = SAMPLES + ["unaffable " * 30]
     ref = tok.encode_packed(texts, max_length=max_length if max_length else 10**6)
-    got = tok._encode_packed_device(texts, True if max_length else False, max_length, True,
-                                    torch.device("cpu"), _launch_python)
+    args = tok._resolve(truncation=True if max_length else False, max_length=max_length)
+    got = tok._encode_packed_device(texts, args, torch.device("cpu"), _launch_python)
     assert torch.equal(got["input_ids"], ref["input_ids"])
     assert torch.equal(got["cu_seqlens"], ref["cu_seqlens"])
     assert torch.equal(got["token_type_ids"], ref["token_type_ids"])
