@@ -8,6 +8,10 @@ Three numbers on the same texts (paragraphs of the plain-text documents under /u
 3. the same load against sentence-transformers behind a naive one-request-one-forward server (a tiny Starlette
    app below: each request runs ``SentenceTransformer.encode([text])`` on Starlette's thread pool, as a sync
    FastAPI endpoint does), for contrast.
+4. with ``wrk`` on PATH (``apt install wrk``; skipped with a note otherwise): the same N connections from
+   wrk, a C load generator that costs the shared cores next to nothing, for --wrk-seconds against each server
+   (the same texts cycled, the same request bodies): closer to clients on other machines, which is how a
+   server is used. The httpx clients of (2) spend ~2 ms of CPU per request on the same 2 cores as the server.
 The server's embeddings are checked against (1) (cosine >= 0.9999) before anything is reported. Bounded: a
 fixed number of texts, and every phase stops with an error past --time-limit seconds. Loopback only.
 
@@ -25,10 +29,12 @@ import base64
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -159,7 +165,47 @@ def _lscpu():
     return {k: fields[k].strip() for k in ("Model name", "CPU(s)", "Thread(s) per core", "Flags") if k in fields}
 
 
-def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, rounds=2, client_procs=1):
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  if i > #bodies then i = 1 end
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK_RESULT %%d %%f %%d %%d %%f %%f\\n", summary.requests, summary.duration / 1e6,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+
+def wrk_load(url, provider, texts, clients, seconds, work_dir):
+    """``wrk -t1 -c clients -d seconds`` posting the texts in turn (one per request) to ``provider``'s route:
+    texts/s and p50/p99 latency; None when wrk is not installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    path, make_body, _ = LOADS[provider]
+    bodies, script = Path(work_dir) / f"{provider}.bodies", Path(work_dir) / f"{provider}.lua"
+    bodies.write_text("".join(json.dumps(make_body(t)) + "\n" for t in texts))
+    script.write_text(WRK_SCRIPT % (bodies, path))
+    out = subprocess.run([wrk, "-t1", f"-c{clients}", f"-d{int(seconds)}s", "--timeout", "30s", "-s", str(script), url],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_RESULT ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+    requests, secs, errors, bad_status, p50, p99 = line.split()[1:]
+    if int(errors) or int(bad_status):
+        raise AssertionError(f"wrk against {provider}: {errors} socket errors, {bad_status} non-2xx answers")
+    return {"texts_per_s": round(int(requests) / float(secs), 2), "requests": int(requests),
+            "seconds": round(float(secs), 2), "latency_ms": {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}}
+
+
+def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, rounds=2, client_procs=1,
+        wrk_seconds=10):
     import numpy as np
     import torch
 
@@ -227,6 +273,11 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
         batches = _metric(urls["fastbert_serve"], "fastbert_batch_size_count") - batches0
         inputs = _metric(urls["fastbert_serve"], "fastbert_batch_size_sum") - inputs0
         model_seconds = _metric(urls["fastbert_serve"], "fastbert_inference_duration_seconds_sum") - busy0
+        light = {}
+        if wrk_seconds > 0:
+            with tempfile.TemporaryDirectory(prefix="bench_serve_wrk_") as work:
+                for name in urls:
+                    light[name] = wrk_load(urls[name], name, texts, clients, wrk_seconds, work)
     finally:
         exit_codes = {name: _stop(proc) for name, proc in procs.items()}
         if pool is not None:
@@ -258,6 +309,16 @@ def run(n_texts=384, clients=32, time_limit=300.0, dtype=None, naive=True, round
         result["naive_sentence_transformers_server"]["how"] = (
             "Starlette + uvicorn, SentenceTransformer.encode([text]) per request on Starlette's thread pool (a "
             "sync FastAPI endpoint), fp32")
+    encode_rate = result["in_process_encode"]["texts_per_s"]
+    if wrk_seconds <= 0:
+        result["wrk"] = "not run (--wrk-seconds 0)"
+    elif any(v is None for v in light.values()):
+        result["wrk"] = "not run: wrk is not installed (apt install wrk)"
+    else:
+        result["wrk"] = {name: {**v, "over_encode": round(v["texts_per_s"] / encode_rate, 3)}
+                         for name, v in light.items()}
+        result["wrk"]["how"] = (f"wrk -t1 -c{clients} -d{wrk_seconds}s, the same texts cycled, one per request; "
+                                "in-process encode from the httpx rounds above")
     load_after = os.getloadavg()[0]
     cores = len(os.sched_getaffinity(0))
     result["load_avg"] = [round(load_before, 2), round(load_after, 2)]
@@ -322,13 +383,15 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                     help="fastbert's dtype, in process and in the server (default: the encoder's default)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive sentence-transformers server")
+    ap.add_argument("--wrk-seconds", type=int, default=10,
+                    help="seconds of wrk load per server when wrk is installed (0: none)")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.naive_server:
         return naive_server(args.naive_server)
     res = run(args.texts, args.clients, args.time_limit, args.dtype, naive=not args.no_naive, rounds=args.rounds,
-              client_procs=args.client_processes)
+              client_procs=args.client_processes, wrk_seconds=args.wrk_seconds)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "environment"}, indent=2, default=str))

@@ -3,7 +3,9 @@
 a failed forward failing only its own requests."""
 import asyncio
 import random
+import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +30,7 @@ class StandIn:
         seqs = [batch["input_ids"][a:b].tolist() for a, b in zip(cu, cu[1:])]
         assert batch["max_seqlen"] == max(map(len, seqs))
         self.batches.append(seqs)
+        self.threads = getattr(self, "threads", set()) | {threading.get_ident()}
         if self.fail_on is not None and any(self.fail_on in s for s in seqs):
             raise RuntimeError("forward failed")
         return torch.tensor([[float(sum(s)), float(len(s))] for s in seqs])
@@ -109,3 +112,36 @@ def test_permits_refuse_past_the_limit():
 def test_budget_below_max_seq_length_is_refused():
     with pytest.raises(ValueError, match="max_batch_tokens \\(7\\) must be at least the model's max_seq_length"):
         Batcher(StandIn(), 7, 10, Metrics())
+
+
+def test_finish_matches_torch_normalize():
+    """The answer's rows (numpy, off torch's thread pool) equal torch's cut-then-normalize, zero rows included."""
+    from fastbert.serve.schemas import finish
+
+    pooled = torch.randn(5, 48) * torch.rand(5, 1) * 10
+    pooled[2] = 0
+    for dims in (None, 17):
+        want = pooled if dims is None else pooled[:, :dims]
+        got = finish(pooled, True, dims)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, torch.nn.functional.normalize(want, dim=-1).numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(finish(pooled, False, dims), want.numpy())
+
+
+def test_forwards_run_on_the_given_model_thread():
+    """Every forward runs on the thread the model was loaded on (``model_thread()``), none elsewhere."""
+    from fastbert.serve.batching import model_thread
+
+    thread = model_thread()
+    loaded_on = thread.submit(threading.get_ident).result()
+    encoder = StandIn()
+
+    async def scenario():
+        batcher = Batcher(encoder, 8, 100, Metrics(), thread)
+        await batcher.start()
+        outs = await asyncio.gather(*[batcher.submit(packed(r)) for r in random_requests(random.Random(0), 6)])
+        await batcher.stop()
+        return outs
+
+    assert len(asyncio.run(scenario())) == 6
+    assert encoder.threads == {loaded_on}

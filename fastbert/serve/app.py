@@ -96,11 +96,11 @@ def _model_name(model_dir) -> str:
     return Path(model_dir).resolve().name
 
 
-def create_app(encoder, config: Optional[ServerConfig] = None) -> Starlette:
+def create_app(encoder, config: Optional[ServerConfig] = None, model_thread=None) -> Starlette:
     config = config or ServerConfig()
     config.check()
     metrics = Metrics()
-    batcher = Batcher(encoder, config.max_batch_tokens, config.max_concurrent_requests, metrics)
+    batcher = Batcher(encoder, config.max_batch_tokens, config.max_concurrent_requests, metrics, model_thread)
     tokenization = Tokenization(encoder, config.tokenization_workers, metrics)
     limits = schemas.Limits(config.max_client_batch_size, encoder.tokenizer.vocab_size,
                             encoder.get_sentence_embedding_dimension())

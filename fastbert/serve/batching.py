@@ -6,12 +6,19 @@ head up to ``max_batch_tokens`` tokens whenever the model is free (so the next b
 the current one ran), lays them end to end in one packed batch (no padding) and runs the encoder's
 ``embed_packed`` on the single model thread (torch releases the GIL: the event loop keeps serving meanwhile).
 A request with more tokens than the budget is split over consecutive batches and reassembled in its order.
+
+The model thread is the only thread that runs the model's torch work, and ``fastbert serve`` loads the model on
+it too (``model_thread()``): torch's OpenMP runtime (libgomp) gives each thread that opens a parallel region a
+team of its own, and once the teams hold more threads than there are CPUs it stops spin-waiting between
+regions; every op then pays for waking its team. On 2 cores a forward ran 1.6x slower after a second thread
+had run the model once (MiniLM, bf16, batches of 16). What the other threads do with tensors stays below
+torch's parallel grain (tokenization's small tensors, one row copied per input) or uses numpy.
 """
 import asyncio
 import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -49,10 +56,17 @@ def pack(entries: List[_Entry]):
                         [e.job.enc["token_type_ids"][e.start:e.stop] for e in entries])
 
 
-class Batcher:
-    """The queue, its permits and the batching task. ``start``/``stop`` run in the app's lifespan."""
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread that runs the model (load it there too: ``model_thread().submit(SentenceEncoder, ...)``)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastbert-model")
 
-    def __init__(self, encoder, max_batch_tokens: int, max_concurrent: int, metrics):
+
+class Batcher:
+    """The queue, its permits and the batching task. ``start``/``stop`` run in the app's lifespan. ``thread``:
+    the model's thread (``model_thread()``, the one the model was loaded on); a new one when not given."""
+
+    def __init__(self, encoder, max_batch_tokens: int, max_concurrent: int, metrics,
+                 thread: Optional[ThreadPoolExecutor] = None):
         if max_batch_tokens < encoder.max_seq_length:
             raise ValueError(f"max_batch_tokens ({max_batch_tokens}) must be at least the model's max_seq_length "
                              f"({encoder.max_seq_length}), so that every input fits in one batch")
@@ -63,7 +77,7 @@ class Batcher:
         self._in_flight = 0
         self._busy = False  # a batch is on the model thread
         self._task = None
-        self._model_thread = None
+        self._model_thread = thread
         self._wakeup = None
 
     # ---- permits: admission control -----------------------------------------------------------------
@@ -143,7 +157,8 @@ class Batcher:
 
     async def start(self):
         self._wakeup = asyncio.Event()
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastbert-model")
+        if self._model_thread is None:
+            self._model_thread = model_thread()
         self._task = asyncio.create_task(self._run(), name="fastbert-batcher")
 
     async def stop(self):

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
         import uvicorn
 
         from .app import ServerConfig, create_app
+        from .batching import model_thread
     except ImportError as e:
         print(f"{MISSING_EXTRA} ({e})", file=sys.stderr)
         return 1
@@ -86,8 +87,12 @@ def main(argv=None) -> int:
             from fastbert.hardware import configure_threads
 
             configure_threads(args.threads)
-        encoder = SentenceEncoder(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
-        app = create_app(encoder, config)
+        # the model loaded on the thread that will run it, so that no other thread opens an OpenMP team
+        # (fastbert/serve/batching.py says why)
+        thread = model_thread()
+        encoder = thread.submit(SentenceEncoder, args.model, device=args.device, dtype=args.dtype,
+                                backend=args.backend).result()
+        app = create_app(encoder, config, thread)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
         print(f"fastbert serve: error: {e}", file=sys.stderr)
         return 1

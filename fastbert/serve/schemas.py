@@ -206,8 +206,9 @@ def parse_tokenize(body: dict, limits: Limits):
 def finish(pooled: torch.Tensor, normalize: bool, dimensions: Optional[int]) -> np.ndarray:
     """Pooled (B, H) embeddings -> the answer's (B, dimensions) float32 rows: the first ``dimensions``
     components, L2-normalised after the cut when ``normalize`` (as OpenAI shortens its embeddings)."""
+    rows = pooled.numpy()  # numpy on the event loop: torch ops here could open a second OpenMP team (batching.py)
     if dimensions is not None:
-        pooled = pooled[:, :dimensions]
-    if normalize:
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-    return pooled.numpy()
+        rows = rows[:, :dimensions]
+    if normalize:  # as torch.nn.functional.normalize: x / max(||x||, 1e-12)
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), np.float32(1e-12))
+    return np.ascontiguousarray(rows, dtype=np.float32)
