@@ -40,7 +40,8 @@ def _encode_parser(sub):
     p.add_argument("--backend", choices=["auto", "torch", "triton", "cpu"], default="auto")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for the model (default: OMP_NUM_THREADS, else one per physical core)")
+                   help="torch's CPU threads: the model's on a CPU, the host-side ops' on a GPU (default: OMP_NUM_THREADS, "
+                        "else one per physical core when the model runs on the CPU)")
     p.add_argument("--max-length", type=positive_int, default=None,
                    help="truncate texts to this many tokens (default: the model's max_seq_length)")
     p.add_argument("--no-normalize", action="store_true", help="skip the pipeline's Normalize module")
@@ -134,7 +135,7 @@ def encode_main(args) -> int:
         raise ValueError(f"--device {args.device!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
-    threads = configure_threads(args.threads) if device.type == "cpu" else None
+    threads = configure_threads(args.threads) if device.type == "cpu" or args.threads else None
     encoder = SentenceEncoder(args.model, device=device, dtype=args.dtype, backend=args.backend)
     if args.backend == "triton":
         encoder.backend(device)  # raises a clear error where the Triton path cannot run

@@ -51,7 +51,8 @@ def build_parser(parser=None):
     p.add_argument("--tokenization-workers", type=positive_int, default=2,
                    help="threads tokenizing requests (default 2)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for the model (default: OMP_NUM_THREADS, else one per physical core)")
+                   help="torch's CPU threads: the model's on a CPU, the host-side ops' on a GPU (default: "
+                        "OMP_NUM_THREADS, else one per physical core)")
     p.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin browser requests from ORIGIN (repeatable; default: no CORS headers)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         config.check()
         if args.device and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: no CUDA device is visible on this machine; use --device cpu")
-        if not args.device or torch.device(args.device).type == "cpu":
+        if args.threads or not args.device or torch.device(args.device).type == "cpu":
             from fastbert.hardware import configure_threads
 
             configure_threads(args.threads)
