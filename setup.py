@@ -4,6 +4,12 @@
   thin pybind11 layer (csrc/bindings.cpp). Its Unicode tables (csrc/generated/unicode_tables.h) are
   generated at build time by scripts/gen_unicode_tables.py from UCD data (csrc/unicode/ucd-8.0.0.txt and
   Python's unicodedata). Always built; needs only a C++17 compiler and pybind11.
+* ``fastbert._C_cpu`` (x86-64 Linux with GCC or Clang): the cpu backend's attention on AMX tiles
+  (csrc/cpu/attention_amx.cpp), a plain pybind11 extension that takes raw pointers, so torch is not needed to
+  build it either. Built with OpenMP, whose runtime at run time is torch's (``fastbert.ops.cpu`` imports torch
+  first). The AMX instructions sit in functions compiled for AMX only; the module loads on any x86-64 CPU and
+  is called only where the CPU has AMX-BF16. If its compilation fails the build still succeeds (a warning is
+  printed) and the cpu backend uses PyTorch's attention.
 * ``fastbert._C_cuda`` (optional): the CUDA WordPiece batch path (csrc/cuda/*.cu), a plain pybind11
   + nvcc extension that writes into device buffers allocated by torch on the Python side, so torch is not
   needed to build it. Built only when ``nvcc`` is found and either a CUDA build of torch is importable
@@ -12,6 +18,7 @@
 """
 import glob
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -60,6 +67,12 @@ class BuildExt(build_ext):
         super().run()
 
     def build_extension(self, ext):
+        if ext.name == "fastbert._C_cpu":
+            try:
+                return super().build_extension(ext)
+            except Exception as e:  # the tokenizer build must always work
+                print(f"WARNING: fastbert._C_cpu (AMX attention) was not built: {e}", file=sys.stderr)
+                return None
         if ext.name != "fastbert._C_cuda":
             return super().build_extension(ext)
         try:
@@ -90,6 +103,14 @@ ext_modules = [
         extra_compile_args=["-O3"],
     ),
 ]
+if platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux"):
+    ext_modules.append(Pybind11Extension(
+        "fastbert._C_cpu",
+        _sources("csrc/cpu/*.cpp"),
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ))
 if _want_cuda():
     ext_modules.append(Pybind11Extension("fastbert._C_cuda", _sources("csrc/cuda/*.cu"), cxx_std=17))
 

@@ -14,8 +14,9 @@ embeddings, the encoder over the layout of ``fastbert.packing``, the pooler. Lay
   ``config.unpad`` (the default) padding is removed once after the embeddings, every layer runs on real
   tokens only (packed variable-length attention), and the padded layout is restored at the end.
 - ``cpu``: CPU inference (``fastbert.ops.cpu``, docs/cpu.md): packed like ``triton``, oneDNN GEMMs with the
-  bias, GELU or residual add fused, attention by ``scaled_dot_product_attention`` over Q/K/V padded per group
-  of similar lengths.
+  bias, GELU or residual add fused; attention in bf16 on AMX tiles straight from the packed rows where the CPU
+  has AMX-BF16 (``ops.cpu.packed_attention``), else by ``scaled_dot_product_attention`` over Q/K/V padded per
+  group of similar lengths.
 """
 import functools
 from typing import Optional
@@ -206,6 +207,10 @@ class BertSelfAttention(nn.Module):
             qkv = ops.cpu.linear(hidden_states, weight, torch.cat([m.bias for m in linears]))  # (T, 3H)
         else:
             qkv = F.linear(hidden_states, *self._fused_qkv())
+        if (batch.backend == "cpu" and qkv.dtype == torch.bfloat16 and dropout_p == 0.0 and hd in (32, 64)
+                and ops.cpu.amx_attention_available()):
+            # on AMX tiles, straight from the packed rows: no padding, no gathers (fastbert/ops/cpu.py)
+            return ops.cpu.packed_attention(qkv, batch.cu_seqlens, nh, hd, self.scaling)
         outs = []
         for g in batch.groups:
             rows = qkv[: g.n * g.S] if g.gather is None else qkv.index_select(0, g.gather)  # (n * S, 3H)
