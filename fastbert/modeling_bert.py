@@ -439,13 +439,15 @@ class BertModel(BertPreTrainedModel):
             and not inputs.all_real
         if unpad and not torch.compiler.is_exporting():  # every layer on real tokens only
             unpadded = ops.unpad_input(embeddings, inputs.mask, total=inputs.total, max_seqlen=inputs.max_seqlen)
-            batch = packed_batch(backend, unpadded.cu_seqlens, unpadded.max_seqlen, unpadded.indices.numel())
+            batch = packed_batch(backend, unpadded.cu_seqlens, unpadded.max_seqlen, unpadded.indices.numel(),
+                                 embeddings.dtype)
             packed = self.encoder(unpadded.hidden_states, batch).last_hidden_state
             sequence_output = ops.pad_input(packed, unpadded.indices, B, S)
             return sequence_output, BaseModelOutput(last_hidden_state=sequence_output)
         if backend == "cpu":  # nothing padded: each row is one sequence of S tokens, run packed
             cu_seqlens = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=embeddings.device)
-            packed = self.encoder(embeddings.reshape(B * S, -1), packed_batch("cpu", cu_seqlens, S, B * S))
+            packed = self.encoder(embeddings.reshape(B * S, -1),
+                                  packed_batch("cpu", cu_seqlens, S, B * S, embeddings.dtype))
             sequence_output = packed.last_hidden_state.view(B, S, -1)
             return sequence_output, BaseModelOutput(last_hidden_state=sequence_output)
         # Nothing padded: no mask at all (SDPA's fastest kernel; no unpadding). While tracing nothing is known,
@@ -465,7 +467,7 @@ class BertModel(BertPreTrainedModel):
             backend in ("triton", "cpu") or (backend == "torch" and self.config.unpad and not output_attentions
                                              and head_mask is None))
         if stay_packed:
-            encoder_out = self.encoder(embeddings, packed_batch(backend, cu_seqlens, max_seqlen, T))
+            encoder_out = self.encoder(embeddings, packed_batch(backend, cu_seqlens, max_seqlen, T, embeddings.dtype))
             return encoder_out.last_hidden_state, encoder_out
         # the reference path (attention probabilities, per-layer hidden states) works on the padded layout
         B = cu_seqlens.numel() - 1

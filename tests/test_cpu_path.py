@@ -243,3 +243,29 @@ def test_frozen_weights_are_packed_once_and_follow_updates():
     got = run().float()
     cos = torch.nn.functional.cosine_similarity(got, want(), dim=-1)
     assert cos.min() > 0.999
+
+
+def test_rows_are_bucketed_in_bf16_only():
+    """bf16/fp16 round the cpu path's rows up to a bucket (oneDNN builds an AMX kernel per row count); fp32
+    runs exact rows (a new row count costs nothing there, extra rows cost GEMM work); both give the same
+    tokens back."""
+    from fastbert.packing import packed_batch
+
+    lengths = [300, 7, 2]
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    total = sum(lengths)
+    assert packed_batch("cpu", cu, 300, total, torch.float32).rows is None
+    for dtype in (torch.bfloat16, torch.float16):
+        rows = packed_batch("cpu", cu, 300, total, dtype).rows
+        assert rows is not None and total < rows <= total * 9 // 8 and rows % 16 == 0
+    assert packed_batch("torch", cu, 300, total, torch.bfloat16).rows is None
+    ours, _ = _pair()
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    lengths = [37, 1, 22]
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
+    ids = torch.randint(1, 97, (sum(lengths),), generator=gen)
+    with torch.no_grad():
+        want = ours(input_ids=ids, cu_seqlens=cu, max_seqlen=37).last_hidden_state
+        got = ours.to(torch.bfloat16)(input_ids=ids, cu_seqlens=cu, max_seqlen=37).last_hidden_state
+    assert got.shape == want.shape == (sum(lengths), CFG["hidden_size"])
+    assert torch.nn.functional.cosine_similarity(got.float(), want, dim=-1).min() > 0.999
