@@ -5,7 +5,7 @@ Packed: hidden states are (T, H), real tokens only, with ``cu_seqlens`` / ``max_
 read ``cu_seqlens`` directly. The PyTorch and cpu paths run their GEMMs on the packed rows too, and each
 layer's attention pads just Q/K/V into (n, S) per ``AttentionGroup`` for ``scaled_dot_product_attention``:
 one group for a batch sorted by length, groups of similar lengths for a first-come batch (``length_groups``),
-the index arithmetic built once per forward (``packed_batch``).
+the index arithmetic built once per forward, when the first layer asks for it (``packed_batch``).
 """
 from typing import List, NamedTuple, Optional
 
@@ -23,21 +23,38 @@ class Batch:
     """
 
     def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, groups=None, restore=None,
-                 rows=None):
+                 rows=None, layout=None):
         self.backend = backend
         self.mask = mask
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
         self.bias = bias  # torch path only: a general (B, 1 or heads, S, S) mask, bool (True = attend) or additive
         # torch and cpu paths, packed: how attention pads Q/K/V, one AttentionGroup per group of sequences of
-        # similar length (see _packed_batch); ``restore`` (T,) puts the groups' tokens back in packed order
-        # (None: they are in it)
-        self.groups = groups
-        self.restore = restore
+        # similar length (see _packed_layout); ``restore`` (rows,) puts the groups' tokens back in packed order
+        # (None: they are in it). ``layout``: a function that builds both, run the first time a layer asks
+        # (the cpu path's AMX attention never does: it reads the packed rows as they are)
+        self._groups = groups
+        self._restore = restore
+        self._layout = layout
         # cpu path: the packed rows every layer runs on, the tokens rounded up to a bucket (extra rows are copies
         # of the first, attended to by nobody and dropped at the end) so that oneDNN, which builds a GEMM kernel
         # per row count, reuses a few dozen kernels instead of building one for nearly every batch
         self.rows = rows
+
+    def _build_layout(self):
+        if self._layout is not None:
+            layout, self._layout = self._layout, None
+            self._groups, self._restore = layout()
+
+    @property
+    def groups(self) -> Optional[List["AttentionGroup"]]:
+        self._build_layout()
+        return self._groups
+
+    @property
+    def restore(self) -> Optional[torch.Tensor]:
+        self._build_layout()
+        return self._restore
 
     @property
     def packed(self) -> bool:
@@ -59,54 +76,59 @@ class AttentionGroup(NamedTuple):
 def packed_batch(backend, cu_seqlens, max_seqlen, total, dtype=None) -> Batch:
     """The Batch of packed sequences: the Triton kernels read ``cu_seqlens`` directly; the PyTorch and cpu
     paths' attention also needs the padded (B, max_seqlen) layout it pads Q/K/V into (none when every sequence
-    is max_seqlen long). ``dtype``: the hidden states' (the cpu path rounds its rows up to a bucket in bf16 and
-    fp16 only, see ``_bucket_rows``)."""
-    bucket = backend == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    is max_seqlen long), built when a layer first asks for it. ``dtype``: the hidden states' (the cpu path
+    rounds its rows up to a bucket in bf16 and fp16 only, see ``bucket_rows``)."""
     if backend == "triton":
         ops.trust_cu_seqlens(cu_seqlens, total, max_seqlen)
         return Batch("triton", cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-    B = cu_seqlens.numel() - 1
-    if not tracing() and cu_seqlens.device.type == "cpu":  # lengths on the host: read for free
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-        groups = length_groups(lengths)
-        if len(groups) > 1:
-            batch = _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups)
-        elif total == B * max_seqlen:
-            batch = Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                          groups=[AttentionGroup(None, None, B, max_seqlen, None)])
-        else:
-            batch = None
-        if batch is not None:
-            return _bucket_rows(batch, total) if bucket else batch
-    # One group, by elementwise index arithmetic only (no sort, no host read: traced graphs, ONNX, CUDA).
-    seq, position = ops.padding.packed_positions(cu_seqlens, total)
-    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    group = _attention_group(starts, lengths, max_seqlen, total)._replace(real=seq * max_seqlen + position)
-    batch = Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=[group])
-    return _bucket_rows(batch, total) if bucket else batch
+    rows = bucket_rows(total) if backend == "cpu" and dtype in (torch.bfloat16, torch.float16) else total
+    rows = None if rows == total else rows
+    return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, rows=rows,
+                 layout=lambda: _packed_layout(cu_seqlens, max_seqlen, total, rows))
 
 
-def _bucket_rows(batch: Batch, total: int) -> Batch:
-    """Round the cpu path's rows up to a bucket (8 per octave, multiples of 16: at most 1/8 more rows): the
-    attention output is gathered straight into the bucketed rows, the extra ones copying token 0.
+def bucket_rows(total: int) -> int:
+    """The cpu path's row count for ``total`` tokens in bf16/fp16: 8 buckets per octave, multiples of 16 (at
+    most 1/8 more rows).
 
     In bf16 oneDNN builds an AMX GEMM kernel per row count, ~12 ms each (MiniLM's 1536 x 384 GEMM: 15 ms the
     first time a row count is seen, 3.8 ms after), so a few dozen buckets are cheaper than a new kernel for
     nearly every batch. In fp32 a new row count costs nothing measurable and the extra rows ~6% more GEMM work
     on average: exact rows there (1,200 texts: 130 vs 119 texts/s, 2 threads)."""
-    rows = -(-total // 16) * 16 if total < 256 else -(-total // (1 << (total.bit_length() - 4))) << (
-        total.bit_length() - 4)
-    if rows == total:
-        return batch
+    if total < 256:
+        return -(-total // 16) * 16
+    step = 1 << (total.bit_length() - 4)
+    return -(-total // step) * step
+
+
+def _packed_layout(cu_seqlens, max_seqlen, total, rows):
+    """(groups, restore) of the padded layout attention pads Q/K/V into; with ``rows`` (bucketed, > total) the
+    attention output is gathered straight into the bucketed rows, the extra ones copying token 0."""
+    groups, restore = _padded_groups(cu_seqlens, max_seqlen, total)
+    if rows is None:
+        return groups, restore
     extra = torch.zeros(rows - total, dtype=torch.long)
-    if batch.restore is not None:
-        batch.restore = torch.cat([batch.restore, extra])
-    else:
-        g = batch.groups[0]
-        real = g.real if g.real is not None else torch.arange(g.n * g.S)
-        batch.groups = [g._replace(real=torch.cat([real.to(torch.long), extra]))]
-    batch.rows = rows
-    return batch
+    if restore is not None:
+        return groups, torch.cat([restore, extra])
+    g = groups[0]
+    real = g.real if g.real is not None else torch.arange(g.n * g.S)
+    return [g._replace(real=torch.cat([real.to(torch.long), extra]))], None
+
+
+def _padded_groups(cu_seqlens, max_seqlen, total):
+    B = cu_seqlens.numel() - 1
+    if not tracing() and cu_seqlens.device.type == "cpu":  # lengths on the host: read for free
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        groups = length_groups(lengths)
+        if len(groups) > 1:
+            return _grouped_layout(cu_seqlens, lengths, groups)
+        if total == B * max_seqlen:
+            return [AttentionGroup(None, None, B, max_seqlen, None)], None
+    # One group, by elementwise index arithmetic only (no sort, no host read: traced graphs, ONNX, CUDA).
+    seq, position = ops.padding.packed_positions(cu_seqlens, total)
+    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    group = _attention_group(starts, lengths, max_seqlen, total)._replace(real=seq * max_seqlen + position)
+    return [group], None
 
 
 def _attention_group(starts, lengths, S, total) -> AttentionGroup:
@@ -133,8 +155,8 @@ def length_groups(lengths: List[int], ratio: float = 0.75, most: int = 8) -> Lis
     return groups
 
 
-def _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups) -> Batch:
-    """A Batch whose attention runs per group of similar lengths (host-side index building: CPU tensors)."""
+def _grouped_layout(cu_seqlens, lengths, groups):
+    """(groups, restore) for attention per group of similar lengths (host-side index building: CPU tensors)."""
     cu = cu_seqlens.long()
     total = int(cu[-1])
     attention_groups, token_order = [], []
@@ -152,4 +174,4 @@ def _grouped_batch(backend, cu_seqlens, max_seqlen, lengths, groups) -> Batch:
     order = torch.cat(token_order)
     restore = torch.empty_like(order)
     restore[order] = torch.arange(order.numel())
-    return Batch(backend, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, groups=attention_groups, restore=restore)
+    return attention_groups, restore
