@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -50,13 +52,30 @@ bool request_amx() {
   return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
 
+// Scratch memory aligned to 64 bytes: every tile row (64 bytes) then sits in one cache line, where a row
+// split over two lines costs two accesses on every tile load and store.
+template <typename T>
+struct Aligned {
+  T* ptr = nullptr;
+  void resize(size_t n) {
+    std::free(ptr);
+    ptr = static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64));
+    if (ptr == nullptr) throw std::bad_alloc();
+  }
+  T* data() { return ptr; }
+  Aligned() = default;
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+  ~Aligned() { std::free(ptr); }
+};
+
 struct Scratch {
-  std::vector<uint32_t> kp;  // K^T, VNNI: per (16-key block, 32-dim chunk) a 16 x 16 tile of bf16 pairs
-  std::vector<uint16_t> vp;  // V, VNNI: per (32-key block, 16-dim tile) a 16 x 32 tile of bf16
-  std::vector<uint16_t> q;   // a partial query tile, zero-padded to 16 rows
-  std::vector<uint16_t> p;   // 16 x L32 unnormalised probabilities, bf16
-  std::vector<float> s;      // 16 x L16 scores, fp32
-  std::vector<float> o;      // 16 x 64 output, fp32 (D = 32: two partial sums side by side)
+  Aligned<uint32_t> kp;  // K^T, VNNI: per (16-key block, 32-dim chunk) a 16 x 16 tile of bf16 pairs
+  Aligned<uint16_t> vp;  // V, VNNI: per (32-key block, 16-dim tile) a 16 x 32 tile of bf16
+  Aligned<uint16_t> q;   // a partial query tile, zero-padded to 16 rows
+  Aligned<uint16_t> p;   // 16 x L32 unnormalised probabilities, bf16
+  Aligned<float> s;      // 16 x L16 scores, fp32
+  Aligned<float> o;      // 16 x 64 output, fp32 (D = 32: two partial sums side by side)
   float inv[16];
 };
 
