@@ -138,3 +138,28 @@ def test_bf16_model_runs_it_and_stays_close_to_fp32(monkeypatch, heads, hidden):
     assert not got[~real].any()
     cos = F.cosine_similarity(got[real].float(), want[real], dim=-1)
     assert cos.min() > 0.999, cos.min()
+
+
+def test_says_once_when_an_amx_cpu_cannot_run_it(monkeypatch):
+    """A CPU with AMX-BF16 whose kernel is missing (fastbert._C_cpu not built) falls back to SDPA and says so
+    once; a CPU without AMX falls back silently (nothing is lost there)."""
+    import sys
+    import warnings
+
+    from fastbert import _warnings
+
+    monkeypatch.setitem(sys.modules, "fastbert._C_cpu", None)  # import fails as if never built
+    monkeypatch.delenv("FASTBERT_CPU_ATTENTION", raising=False)
+    monkeypatch.setattr(_warnings, "WARNED", set())
+    monkeypatch.setattr(fastbert.hardware, "cpu_flags", lambda: frozenset({"amx_bf16", "amx_tile"}))
+    monkeypatch.setattr(ops.cpu, "_amx_state", None)
+    with pytest.warns(UserWarning, match="AMX-BF16 but fastbert's AMX attention cannot run"):
+        assert not ops.cpu.amx_attention_available()
+    assert "not built" in ops.cpu.amx_attention_unavailable_reason()
+    monkeypatch.setattr(ops.cpu, "_amx_state", None)
+    monkeypatch.setattr(_warnings, "WARNED", set())
+    monkeypatch.setattr(fastbert.hardware, "cpu_flags", lambda: frozenset({"avx512f"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not ops.cpu.amx_attention_available()
+    monkeypatch.setattr(ops.cpu, "_amx_state", None)

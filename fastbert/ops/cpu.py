@@ -99,6 +99,12 @@ def _amx_attention():
                     why = "Linux did not grant the AMX tile state (arch_prctl)"
         if why is not None and mode == "amx":
             raise RuntimeError(f"FASTBERT_CPU_ATTENTION=amx, but the AMX attention cannot run: {why}")
+        if why is not None and mode == "auto" and "amx_bf16" in hardware.cpu_flags():
+            from .._warnings import warn_once
+
+            warn_once("amx-attention", f"this CPU has AMX-BF16 but fastbert's AMX attention cannot run ({why}): "
+                      "bf16 attention falls back to PyTorch's scaled_dot_product_attention (slower). Reinstall "
+                      "fastbert with a C++ compiler that has OpenMP (g++) to build fastbert._C_cpu.")
         _amx_state = (why is None, why)
     return _amx_state
 
