@@ -149,6 +149,7 @@ def test_says_once_when_an_amx_cpu_cannot_run_it(monkeypatch):
     from fastbert import _warnings
 
     monkeypatch.setitem(sys.modules, "fastbert._C_cpu", None)  # import fails as if never built
+    monkeypatch.delattr(fastbert, "_C_cpu", raising=False)
     monkeypatch.delenv("FASTBERT_CPU_ATTENTION", raising=False)
     monkeypatch.setattr(_warnings, "WARNED", set())
     monkeypatch.setattr(fastbert.hardware, "cpu_flags", lambda: frozenset({"amx_bf16", "amx_tile"}))
