@@ -154,6 +154,21 @@ AMX_TARGET void pack_v(const uint16_t* V, int64_t ld, int64_t L, int64_t D, uint
   }
 }
 
+// Tiles 0-3 hold the 16 x 64 fp32 accumulators of P V (D = 32: two partial sums of 32 dims side by side).
+AMX_TARGET inline void zero_accumulators() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+AMX_TARGET inline void store_accumulators(float* o) {
+  _tile_stored(0, o, 64 * 4);
+  _tile_stored(1, o + 16, 64 * 4);
+  _tile_stored(2, o + 32, 64 * 4);
+  _tile_stored(3, o + 48, 64 * 4);
+}
+
 AMX_TARGET void attend_one(const uint16_t* qkv, int64_t ld_qkv, uint16_t* out, int64_t ld_out, int64_t start,
                            int64_t L, int64_t h, int64_t heads, int64_t D, float scale, Scratch& sc) {
   const int64_t hidden = heads * D;
@@ -275,10 +290,7 @@ AMX_TARGET void attend_one(const uint16_t* qkv, int64_t ld_qkv, uint16_t* out, i
 
     // O = P V on the tiles
     if (ndt == 2) {  // D = 32: even and odd key blocks in separate accumulators (two shorter chains), summed below
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      zero_accumulators();
       int64_t b = 0;
       for (; b + 2 <= nvb; b += 2) {
         _tile_loadd(4, p + b * 32, L32 * 2);
@@ -299,10 +311,7 @@ AMX_TARGET void attend_one(const uint16_t* qkv, int64_t ld_qkv, uint16_t* out, i
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
       }
-      _tile_stored(0, o, 64 * 4);
-      _tile_stored(1, o + 16, 64 * 4);
-      _tile_stored(2, o + 32, 64 * 4);
-      _tile_stored(3, o + 48, 64 * 4);
+      store_accumulators(o);
       for (int64_t i = 0; i < m; ++i) {
         const __m512 inv = _mm512_set1_ps(sc.inv[i]);
         uint16_t* orow = out + (start + q0 + i) * ld_out + h * D;
@@ -312,10 +321,7 @@ AMX_TARGET void attend_one(const uint16_t* qkv, int64_t ld_qkv, uint16_t* out, i
         _mm512_storeu_si512(orow, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
       }
     } else {  // D = 64: one accumulator per 16 output dims
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      zero_accumulators();
       for (int64_t b = 0; b < nvb; ++b) {
         _tile_loadd(4, p + b * 32, L32 * 2);
         _tile_loadd(6, vp + (b * 4) * 512, 64);
@@ -327,10 +333,7 @@ AMX_TARGET void attend_one(const uint16_t* qkv, int64_t ld_qkv, uint16_t* out, i
         _tile_dpbf16ps(2, 4, 5);
         _tile_dpbf16ps(3, 4, 6);
       }
-      _tile_stored(0, o, 64 * 4);
-      _tile_stored(1, o + 16, 64 * 4);
-      _tile_stored(2, o + 32, 64 * 4);
-      _tile_stored(3, o + 48, 64 * 4);
+      store_accumulators(o);
       for (int64_t i = 0; i < m; ++i) {
         const __m512 inv = _mm512_set1_ps(sc.inv[i]);
         uint16_t* orow = out + (start + q0 + i) * ld_out + h * D;
