@@ -22,8 +22,7 @@ class Batch:
     Packed: hidden states are (T, H) and ``cu_seqlens``/``max_seqlen`` describe the sequences.
     """
 
-    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, groups=None, restore=None,
-                 rows=None, layout=None):
+    def __init__(self, backend, mask=None, cu_seqlens=None, max_seqlen=None, bias=None, rows=None, layout=None):
         self.backend = backend
         self.mask = mask
         self.cu_seqlens = cu_seqlens
@@ -33,8 +32,7 @@ class Batch:
         # similar length (see _packed_layout); ``restore`` (rows,) puts the groups' tokens back in packed order
         # (None: they are in it). ``layout``: a function that builds both, run the first time a layer asks
         # (the cpu path's AMX attention never does: it reads the packed rows as they are)
-        self._groups = groups
-        self._restore = restore
+        self._groups = self._restore = None
         self._layout = layout
         # cpu path: the packed rows every layer runs on, the tokens rounded up to a bucket (extra rows are copies
         # of the first, attended to by nobody and dropped at the end) so that oneDNN, which builds a GEMM kernel

@@ -84,10 +84,11 @@ def _amx_attention():
             raise ValueError(f"FASTBERT_CPU_ATTENTION={mode!r}: use one of {', '.join(_ATTENTION_MODES)}")
         from .. import hardware
 
+        has_amx = "amx_bf16" in hardware.cpu_flags()
         why = None
         if mode == "sdpa":
             why = "FASTBERT_CPU_ATTENTION=sdpa"
-        elif "amx_bf16" not in hardware.cpu_flags():
+        elif not has_amx:
             why = "this CPU has no AMX-BF16"
         else:
             try:
@@ -99,7 +100,7 @@ def _amx_attention():
                     why = "Linux did not grant the AMX tile state (arch_prctl)"
         if why is not None and mode == "amx":
             raise RuntimeError(f"FASTBERT_CPU_ATTENTION=amx, but the AMX attention cannot run: {why}")
-        if why is not None and mode == "auto" and "amx_bf16" in hardware.cpu_flags():
+        if why is not None and mode == "auto" and has_amx:
             from .._warnings import warn_once
 
             warn_once("amx-attention", f"this CPU has AMX-BF16 but fastbert's AMX attention cannot run ({why}): "
@@ -111,7 +112,7 @@ def _amx_attention():
 
 def amx_attention_available() -> bool:
     """Whether ``packed_attention`` runs here (AMX-BF16, the extension built, the tile state granted)."""
-    return _amx_state[0] if _amx_state is not None else _amx_attention()[0]
+    return _amx_attention()[0]
 
 
 def amx_attention_unavailable_reason():
